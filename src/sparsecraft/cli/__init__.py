@@ -1,0 +1,1 @@
+"""The ``sparsecraft`` command line: one module per sub-command (``cmd_*.py``)."""

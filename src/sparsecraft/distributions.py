@@ -1,0 +1,193 @@
+"""Distributions: split one total sparsity over the target layers.
+
+The total is measured over the prunable targets only (kept-dense layers and 1-D parameters
+are not targets), so asking for 90% gives exactly 90% zeros over the prunable weights.
+
+* ``uniform``: every layer gets the same sparsity.
+* ``er`` / ``erk``: density_l = eps * raw_l with raw_l = (sum of dims)/(product of dims)
+  (ERK; ER uses only out and in), eps solved so that the total density is met; layers with
+  eps * raw_l > 1 become dense one at a time, largest first (Evci et al. 2020, RigL;
+  Mocanu et al. 2018, SET).
+* ``global``: one ranking of the criterion scores across all layers (needs scores).
+* ``explicit``: a map {layer name or regex: sparsity}; unmatched layers get the total.
+
+For unstructured layers the per-layer prune counts are rounded by largest remainder so the
+model total is exact to one weight (documented decision; the papers leave rounding open).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from sparsecraft.errors import SparsecraftError
+from sparsecraft.registry import Registry
+from sparsecraft.targets import Target
+
+DISTRIBUTIONS: Registry[type[Distribution]] = Registry("distribution")
+
+
+class Distribution:
+    """Base class: ``allocate(targets, sparsity, scores) -> {target name: sparsity}``."""
+
+    needs_scores = False
+
+    def allocate(
+        self,
+        targets: Sequence[Target],
+        sparsity: float,
+        scores: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def exact_counts(densities: Sequence[float], sizes: Sequence[int], total_keep: int) -> list[int]:
+    """Integer keep-counts close to ``density * size`` that sum exactly to ``total_keep``
+    (largest-remainder rounding, each count within [0, size])."""
+    ideal = [d * n for d, n in zip(densities, sizes)]
+    counts = [min(n, max(0, math.floor(x + 1e-9))) for x, n in zip(ideal, sizes)]
+    short = total_keep - sum(counts)
+    order = sorted(range(len(sizes)), key=lambda i: ideal[i] - counts[i], reverse=True)
+    while short > 0:
+        progressed = False
+        for i in order:
+            if short == 0:
+                break
+            if counts[i] < sizes[i]:
+                counts[i] += 1
+                short -= 1
+                progressed = True
+        if not progressed:
+            break
+    return counts
+
+
+def _sparsities_from_densities(targets: Sequence[Target], densities: Sequence[float], sparsity: float) -> dict[str, float]:
+    sizes = [t.numel for t in targets]
+    total_keep = sum(sizes) - math.floor(sparsity * sum(sizes) + 1e-6)
+    counts = exact_counts(densities, sizes, total_keep)
+    return {t.name: 1.0 - c / n for t, c, n in zip(targets, counts, sizes)}
+
+
+@DISTRIBUTIONS.register("uniform")
+class Uniform(Distribution):
+    """The same sparsity in every layer."""
+
+    def allocate(self, targets, sparsity, scores=None):
+        return {t.name: sparsity for t in targets}
+
+
+def erk_densities(shapes: Sequence[Sequence[int]], density: float, kernel: bool = True) -> list[float]:
+    """Per-layer densities of the Erdos-Renyi(-Kernel) rule for a total ``density``.
+
+    raw_l = sum(dims)/prod(dims) (ERK) or (out+in)/(out*in) (ER); solve eps so that
+    sum_{free} eps*raw_l*P_l + sum_{dense} P_l = density * sum P_l; while some eps*raw_l > 1,
+    make the layer with the largest raw_l dense and solve again.
+    """
+    if not 0.0 <= density <= 1.0:
+        raise SparsecraftError(f"density must be in [0, 1], got {density}")
+    sizes = [math.prod(s) for s in shapes]
+    raws = []
+    for s in shapes:
+        dims = list(s) if kernel else list(s[:2])
+        raws.append(sum(dims) / math.prod(dims))
+    dense: set[int] = set()
+    total = density * sum(sizes)
+    while True:
+        free = [i for i in range(len(shapes)) if i not in dense]
+        budget = total - sum(sizes[i] for i in dense)
+        denom = sum(raws[i] * sizes[i] for i in free)
+        if not free or denom == 0:
+            break
+        eps = budget / denom
+        over = [i for i in free if eps * raws[i] > 1.0]
+        if not over:
+            break
+        dense.add(max(over, key=lambda i: raws[i]))
+    out = []
+    for i in range(len(shapes)):
+        out.append(1.0 if i in dense else max(0.0, eps * raws[i]))
+    return out
+
+
+@DISTRIBUTIONS.register("erk")
+class ERK(Distribution):
+    """Erdos-Renyi-Kernel: density proportional to sum(dims)/prod(dims) (RigL)."""
+
+    kernel = True
+
+    def allocate(self, targets, sparsity, scores=None):
+        dens = erk_densities([t.shape for t in targets], 1.0 - sparsity, kernel=self.kernel)
+        return _sparsities_from_densities(targets, dens, sparsity)
+
+
+@DISTRIBUTIONS.register("er")
+class ER(ERK):
+    """Erdos-Renyi: density proportional to (out+in)/(out*in) (SET)."""
+
+    kernel = False
+
+
+@DISTRIBUTIONS.register("global")
+class Global(Distribution):
+    """One ranking of the scores across all layers; per-layer sparsity follows from it."""
+
+    needs_scores = True
+
+    def allocate(self, targets, sparsity, scores=None):
+        if scores is None:
+            raise SparsecraftError("the global distribution needs criterion scores")
+        flat = torch.cat([scores[t.name].reshape(-1).float() for t in targets])
+        k = math.floor(sparsity * flat.numel() + 1e-6)
+        pruned = torch.zeros(flat.numel(), dtype=torch.bool)
+        if k:
+            pruned[torch.argsort(flat, stable=True)[:k]] = True
+        out, start = {}, 0
+        for t in targets:
+            n = t.numel
+            out[t.name] = pruned[start : start + n].sum().item() / n
+            start += n
+        return out
+
+
+@DISTRIBUTIONS.register("explicit")
+class Explicit(Distribution):
+    """A user map {layer name or regex: sparsity}; first match wins, others get the total."""
+
+    def __init__(self, sparsities: Mapping[str, float] | None = None) -> None:
+        self.sparsities = dict(sparsities or {})
+        for k in self.sparsities:
+            try:
+                re.compile(k)
+            except re.error as e:
+                raise SparsecraftError(f"bad regex {k!r} in the explicit map: {e}") from None
+
+    def allocate(self, targets, sparsity, scores=None):
+        out = {}
+        for t in targets:
+            out[t.name] = sparsity
+            for key, s in self.sparsities.items():
+                if key in (t.name, t.module_name) or re.search(key, t.name):
+                    out[t.name] = float(s)
+                    break
+        return out
+
+
+def make_distribution(spec: Any) -> Distribution:
+    """A distribution from a name, a dict ``{"type": ..., **kwargs}`` or an instance."""
+    if isinstance(spec, Distribution):
+        return spec
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        kind = spec.pop("type", None)
+        if kind is None:
+            raise SparsecraftError("a distribution dict needs a 'type' key")
+        try:
+            return DISTRIBUTIONS.get(kind)(**spec)
+        except TypeError as e:
+            raise SparsecraftError(f"bad arguments for distribution {kind!r}: {e}") from None
+    return DISTRIBUTIONS.get(str(spec))()

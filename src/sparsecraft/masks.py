@@ -1,0 +1,131 @@
+"""Masks on a model: attach, re-apply, remove, list.
+
+A mask is a boolean buffer ``<param>_mask`` registered on the module that owns the weight
+(``True`` = kept). Masks are *hard*: attaching zeroes the masked weights in place, and
+:func:`apply_masks` re-zeroes them (call it after every optimizer step, or let a training
+method do it). So the weight used in forward is the weight itself, and a report's true
+sparsity is a count of its zeros. The buffers are part of ``state_dict``; metadata (pattern,
+target sparsity, method) lives in ``module.sparsecraft_meta``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from sparsecraft.errors import SparsecraftError
+
+MASK_SUFFIX = "_mask"
+
+
+@dataclass
+class MaskMeta:
+    """What produced a mask: pattern spec, target sparsity, method, step."""
+
+    pattern: str = "unstructured"
+    target: float = 0.0
+    method: str = "oneshot"
+    step: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MaskedParam:
+    module_name: str
+    module: nn.Module
+    param_name: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.{self.param_name}" if self.module_name else self.param_name
+
+    @property
+    def param(self) -> torch.Tensor:
+        return getattr(self.module, self.param_name)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return getattr(self.module, self.param_name + MASK_SUFFIX)
+
+    @property
+    def meta(self) -> MaskMeta:
+        return self.module.sparsecraft_meta[self.param_name]
+
+
+def set_mask(
+    module: nn.Module,
+    mask: torch.Tensor,
+    param_name: str = "weight",
+    meta: MaskMeta | None = None,
+    apply: bool = True,
+) -> None:
+    """Attach (or replace) the mask of ``module.<param_name>`` and zero the pruned weights."""
+    param = getattr(module, param_name, None)
+    if not isinstance(param, torch.Tensor):
+        raise SparsecraftError(f"{type(module).__name__} has no tensor {param_name!r} to mask")
+    if tuple(mask.shape) != tuple(param.shape):
+        raise SparsecraftError(
+            f"mask shape {tuple(mask.shape)} does not match {param_name} shape {tuple(param.shape)}"
+        )
+    mask = mask.to(device=param.device, dtype=torch.bool)
+    buf = param_name + MASK_SUFFIX
+    if hasattr(module, buf) and isinstance(getattr(module, buf), torch.Tensor):
+        getattr(module, buf).copy_(mask)
+    else:
+        module.register_buffer(buf, mask.clone())
+    if not hasattr(module, "sparsecraft_meta"):
+        module.sparsecraft_meta = {}
+    module.sparsecraft_meta[param_name] = meta or module.sparsecraft_meta.get(param_name, MaskMeta())
+    if apply:
+        with torch.no_grad():
+            param.masked_fill_(~getattr(module, buf), 0)
+
+
+def masked_params(model: nn.Module) -> Iterator[MaskedParam]:
+    """Every masked parameter of ``model`` in module order."""
+    for mname, module in model.named_modules():
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            if bname.endswith(MASK_SUFFIX) and buf is not None and buf.dtype == torch.bool:
+                pname = bname[: -len(MASK_SUFFIX)]
+                if isinstance(getattr(module, pname, None), torch.Tensor):
+                    if not hasattr(module, "sparsecraft_meta"):
+                        module.sparsecraft_meta = {}
+                    module.sparsecraft_meta.setdefault(pname, MaskMeta())
+                    yield MaskedParam(mname, module, pname)
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module) -> None:
+    """Re-zero every masked weight (after an optimizer step, a load, a manual edit)."""
+    for mp in masked_params(model):
+        mp.param.masked_fill_(~mp.mask, 0)
+
+
+@torch.no_grad()
+def remove_masks(model: nn.Module) -> None:
+    """Make the zeros permanent and drop the mask buffers and metadata."""
+    for mp in list(masked_params(model)):
+        mp.param.masked_fill_(~mp.mask, 0)
+        delattr(mp.module, mp.param_name + MASK_SUFFIX)
+        mp.module.sparsecraft_meta.pop(mp.param_name, None)
+
+
+def prepare_for_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Register empty masks on ``model`` for every ``*_mask`` key of ``state_dict`` so that
+    ``model.load_state_dict(state_dict)`` works on a fresh (unmasked) model."""
+    modules = dict(model.named_modules())
+    for key, value in state_dict.items():
+        if not key.endswith(MASK_SUFFIX) or value.dtype != torch.bool:
+            continue
+        mname, _, bname = key.rpartition(".")
+        module = modules.get(mname)
+        pname = bname[: -len(MASK_SUFFIX)]
+        if module is None or not isinstance(getattr(module, pname, None), torch.Tensor):
+            raise SparsecraftError(f"state_dict has mask {key!r} but the model has no such weight")
+        if not hasattr(module, bname):
+            set_mask(module, torch.ones_like(getattr(module, pname), dtype=torch.bool), pname, apply=False)

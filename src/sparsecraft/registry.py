@@ -1,0 +1,60 @@
+"""A tiny name -> class registry used by every plug-in axis.
+
+Adding a pattern, criterion, distribution, schedule, method or job is one new class with a
+``@REGISTRY.register("name")`` decorator; the CLI, the recipes and ``sparsecraft list`` only
+look names up here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from sparsecraft.errors import SparsecraftError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to classes (or factories) of one kind, e.g. all patterns."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            key = name.lower()
+            if key in self._entries and self._entries[key] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[key] = obj
+            obj.registry_name = key  # type: ignore[attr-defined]
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        key = str(name).lower()
+        if key not in self._entries:
+            raise SparsecraftError(
+                f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
+            )
+        return self._entries[key]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __iter__(self) -> Iterator[tuple[str, T]]:
+        return iter(sorted(self._entries.items()))
+
+    def summary(self) -> list[tuple[str, str]]:
+        """(name, first line of the docstring) for every entry, for ``sparsecraft list``."""
+        rows = []
+        for name, obj in self:
+            doc = inspect.getdoc(obj) or ""
+            rows.append((name, doc.strip().splitlines()[0] if doc.strip() else ""))
+        return rows

@@ -1,0 +1,139 @@
+"""Exact sparsity statistics of a model.
+
+The true sparsity of a layer is the count of zeros in the weight that forward actually uses:
+for hard masks that is the parameter itself (a drifted weight shows up as lower sparsity: the
+report never trusts the mask alone). A module that computes its forward weight differently
+(e.g. straight-through N:M training keeps dense weights and multiplies by the mask in forward)
+registers ``module.sparsecraft_forward_weights = {param_name: callable() -> Tensor}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from sparsecraft.masks import masked_params
+from sparsecraft.targets import find_targets
+
+
+@dataclass
+class LayerStats:
+    name: str
+    shape: tuple[int, ...]
+    pattern: str
+    target: float
+    sparsity: float
+    nonzeros: int
+    numel: int
+
+
+@dataclass
+class SparsityReport:
+    """Per-layer statistics plus totals over the listed layers and over all parameters."""
+
+    layers: list[LayerStats] = field(default_factory=list)
+    model_numel: int = 0
+    model_nonzeros: int = 0
+
+    @property
+    def numel(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def nonzeros(self) -> int:
+        return sum(layer.nonzeros for layer in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        """Sparsity over the listed (prunable) layers."""
+        return 1.0 - self.nonzeros / self.numel if self.numel else 0.0
+
+    @property
+    def model_sparsity(self) -> float:
+        """Sparsity over every parameter of the model (biases, norms, embeddings included)."""
+        return 1.0 - self.model_nonzeros / self.model_numel if self.model_numel else 0.0
+
+    def layer(self, name: str) -> LayerStats:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "layers": [{**asdict(l), "shape": list(l.shape)} for l in self.layers],
+            "total": {"numel": self.numel, "nonzeros": self.nonzeros, "sparsity": self.sparsity},
+            "model": {
+                "numel": self.model_numel,
+                "nonzeros": self.model_nonzeros,
+                "sparsity": self.model_sparsity,
+            },
+        }
+
+    def to_markdown(self) -> str:
+        lines = [
+            "| layer | shape | pattern | target | true sparsity | nonzeros |",
+            "|---|---|---|---|---|---|",
+        ]
+        for l in self.layers:
+            shape = "x".join(map(str, l.shape))
+            lines.append(
+                f"| {l.name} | {shape} | {l.pattern} | {l.target:.4f} | {l.sparsity:.4f} | {l.nonzeros} |"
+            )
+        lines.append(
+            f"| **total (listed)** | {self.numel} | | | {self.sparsity:.4f} | {self.nonzeros} |"
+        )
+        lines.append(
+            f"| **model (all params)** | {self.model_numel} | | | {self.model_sparsity:.4f} | "
+            f"{self.model_nonzeros} |"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def forward_weight(module: nn.Module, param_name: str) -> torch.Tensor:
+    hooks = getattr(module, "sparsecraft_forward_weights", None)
+    if hooks and param_name in hooks:
+        return hooks[param_name]()
+    return getattr(module, param_name)
+
+
+@torch.no_grad()
+def report(model: nn.Module, include_dense: bool = True, include: Sequence[str] | None = None) -> SparsityReport:
+    """Exact per-layer statistics of every masked weight (and, with ``include_dense``, of every
+    other prunable weight, shown with pattern ``dense``)."""
+    rows: dict[str, LayerStats] = {}
+    order: list[str] = []
+    for mp in masked_params(model):
+        w = forward_weight(mp.module, mp.param_name)
+        nz = int(torch.count_nonzero(w))
+        meta = mp.meta
+        rows[mp.name] = LayerStats(mp.name, tuple(w.shape), meta.pattern, meta.target, 1 - nz / w.numel(), nz, w.numel())
+    if include_dense:
+        for t in find_targets(model, include=include):
+            if t.name in rows:
+                continue
+            w = forward_weight(t.module, t.param_name)
+            nz = int(torch.count_nonzero(w))
+            rows[t.name] = LayerStats(t.name, t.shape, "dense", 0.0, 1 - nz / w.numel(), nz, w.numel())
+    # keep module order
+    for name, _ in model.named_parameters():
+        if name in rows:
+            order.append(name)
+    order += [n for n in rows if n not in order]
+    total = nonzeros = 0
+    for _, p in model.named_parameters():
+        total += p.numel()
+        nonzeros += int(torch.count_nonzero(p))
+    # soft (STE-style) forward weights: use their counts for the model total too
+    for name in order:
+        s = rows[name]
+        p = dict(model.named_parameters()).get(name)
+        if p is not None:
+            nonzeros += s.nonzeros - int(torch.count_nonzero(p))
+    return SparsityReport([rows[n] for n in order], total, nonzeros)

@@ -1,0 +1,91 @@
+"""Which parameters of a model are prunable ("targets"), and the keep-dense rules.
+
+A target is the ``weight`` of a ``nn.Linear``, ``nn.Conv1d/2d/3d`` or Hugging Face GPT-2
+``Conv1D``. 1-D parameters (biases, norm scales) are never targets. Names or regexes the
+user lists in ``keep_dense`` stay dense; ``include`` (regexes) narrows the search, e.g. to the
+decoder layers of a language model. Regexes are matched with ``re.search`` against the
+module name (``layers.0.mlp.up_proj``) and the parameter name (``layers.0.mlp.up_proj.weight``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparsecraft.errors import SparsecraftError
+from sparsecraft.layout import WeightLayout, is_transposed_conv1d, layout_for
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class Target:
+    """One prunable parameter: ``module.<param_name>`` at ``module_name`` in the model."""
+
+    module_name: str
+    module: nn.Module
+    param_name: str = "weight"
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.{self.param_name}" if self.module_name else self.param_name
+
+    @property
+    def param(self) -> torch.Tensor:
+        return getattr(self.module, self.param_name)
+
+    @property
+    def layout(self) -> WeightLayout:
+        return layout_for(self.module, self.param)
+
+    @property
+    def numel(self) -> int:
+        return self.param.numel()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.param.shape)
+
+
+def _matches(patterns: Iterable[str], *names: str) -> bool:
+    for p in patterns:
+        rx = re.compile(p)
+        if any(n == p or rx.search(n) for n in names):
+            return True
+    return False
+
+
+def is_prunable_module(module: nn.Module) -> bool:
+    return isinstance(module, PRUNABLE_TYPES) or is_transposed_conv1d(module)
+
+
+def find_targets(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    keep_dense: Sequence[str] | None = None,
+) -> list[Target]:
+    """All prunable weights of ``model`` in module order, minus the kept-dense ones."""
+    keep_dense = list(keep_dense or [])
+    for p in [*(include or []), *keep_dense]:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise SparsecraftError(f"bad regex {p!r} in include/keep_dense: {e}") from None
+    targets = []
+    for mname, module in model.named_modules():
+        if not is_prunable_module(module):
+            continue
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+            continue
+        t = Target(mname, module)
+        if include and not _matches(include, mname, t.name):
+            continue
+        if _matches(keep_dense, mname, t.name):
+            continue
+        targets.append(t)
+    return targets
