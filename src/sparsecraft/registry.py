@@ -16,6 +16,12 @@ from sparsecraft.errors import SparsecraftError
 T = TypeVar("T")
 
 
+def first_sentence(text: str) -> str:
+    """The text up to and including its first '. ' (or all of it)."""
+    cut = text.find(". ")
+    return text if cut < 0 else text[: cut + 1]
+
+
 class Registry(Generic[T]):
     """Maps names to classes (or factories) of one kind, e.g. all patterns."""
 
@@ -55,6 +61,6 @@ class Registry(Generic[T]):
         """(name, first line of the docstring) for every entry, for ``sparsecraft list``."""
         rows = []
         for name, obj in self:
-            doc = inspect.getdoc(obj) or ""
-            rows.append((name, doc.strip().splitlines()[0] if doc.strip() else ""))
+            doc = (inspect.getdoc(obj) or "").strip().split("\n\n")[0]
+            rows.append((name, first_sentence(" ".join(doc.split()))))
         return rows

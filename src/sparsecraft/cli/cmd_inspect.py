@@ -1,0 +1,80 @@
+"""Show the true per-layer sparsity stored in a sparsecraft checkpoint.
+
+The sparsity is counted from the stored weights themselves (zeros in the weight that forward
+uses), not taken from the metadata; the metadata's pattern and target are shown beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from sparsecraft.cli.common import print_json
+from sparsecraft.masks import MASK_SUFFIX
+
+NAME = "inspect"
+HELP = "show per-layer true sparsity, pattern and target of a checkpoint"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a .safetensors file written by sparsecraft.save")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--all", action="store_true", help="also list dense >=2-D tensors without a mask")
+
+
+def inspect_checkpoint(path: str, include_dense: bool = False) -> dict:
+    from sparsecraft.checkpoint import read_checkpoint
+
+    state, doc = read_checkpoint(path)
+    masks = doc.get("masks", {})
+    layers = []
+    for key, t in state.items():
+        if key.endswith(MASK_SUFFIX) and t.dtype == torch.bool:
+            continue
+        mkey = key + MASK_SUFFIX
+        if mkey not in masks and not (include_dense and t.dim() >= 2):
+            continue
+        info = masks.get(mkey, {})
+        nz = int(torch.count_nonzero(t))
+        mask_ok = bool(torch.all(t[~state[mkey]] == 0)) if mkey in state else True
+        layers.append({
+            "name": key,
+            "shape": list(t.shape),
+            "dtype": str(t.dtype).replace("torch.", ""),
+            "pattern": info.get("pattern", "dense"),
+            "target": info.get("target", 0.0),
+            "sparsity": 1 - nz / t.numel(),
+            "nonzeros": nz,
+            "numel": t.numel(),
+            "zeros_match_mask": mask_ok,
+        })
+    numel = sum(l["numel"] for l in layers)
+    nonzeros = sum(l["nonzeros"] for l in layers)
+    total_all = sum(t.numel() for k, t in state.items() if not k.endswith(MASK_SUFFIX))
+    nz_all = sum(int(torch.count_nonzero(t)) for k, t in state.items() if not k.endswith(MASK_SUFFIX))
+    return {
+        "checkpoint": str(path),
+        "layers": layers,
+        "total": {"numel": numel, "nonzeros": nonzeros, "sparsity": 1 - nonzeros / numel if numel else 0.0},
+        "model": {"numel": total_all, "nonzeros": nz_all, "sparsity": 1 - nz_all / total_all if total_all else 0.0},
+        "extra": doc.get("extra", {}),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = inspect_checkpoint(args.checkpoint, include_dense=args.all)
+    if args.json:
+        print_json(info)
+        return 0
+    print(f"{info['checkpoint']}")
+    print("| layer | shape | pattern | target | true sparsity | nonzeros |")
+    print("|---|---|---|---|---|---|")
+    for l in info["layers"]:
+        flag = "" if l["zeros_match_mask"] else "  (weights outside the mask are nonzero!)"
+        shape = "x".join(map(str, l["shape"]))
+        print(f"| {l['name']} | {shape} | {l['pattern']} | {l['target']:.4f} | {l['sparsity']:.4f} | {l['nonzeros']} |{flag}")
+    t, m = info["total"], info["model"]
+    print(f"| **total (masked)** | {t['numel']} | | | {t['sparsity']:.4f} | {t['nonzeros']} |")
+    print(f"| **model (all tensors)** | {m['numel']} | | | {m['sparsity']:.4f} | {m['nonzeros']} |")
+    return 0

@@ -1,0 +1,1 @@
+"""Built-in data sources (no downloads at run time)."""

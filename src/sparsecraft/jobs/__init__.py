@@ -1,0 +1,1 @@
+"""Runnable recipe kinds (one module each, registered in :data:`sparsecraft.recipe.JOBS`)."""

@@ -1,0 +1,132 @@
+"""Recipes: a YAML document that declares a whole run, mapping one-to-one to the Python API.
+
+A recipe names a ``job`` (a registered :class:`Job`) and gives that job's fields; every job
+declares its fields as a pydantic model with ``extra="forbid"``, so unknown keys, wrong types and
+unknown registry names are rejected with a message naming the key path and the allowed values::
+
+    job: digits-sweep
+    train: {epochs: 30}
+    sweep:
+      sparsities: [0.5, 0.8, 0.9]
+      criteria: [magnitude, random]
+    output: {dir: runs/digits}
+
+A new job is one module in ``sparsecraft/jobs/`` with a ``@JOBS.register("name")`` class; jobs
+are discovered, no edit here. Built-in recipes live in ``sparsecraft/recipes/*.yaml`` and can
+be named without a path (``sparsecraft run digits``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from sparsecraft.errors import RecipeError, SparsecraftError
+from sparsecraft.registry import Registry
+
+JOBS: Registry[type[Job]] = Registry("job")
+BUILTIN_DIR = Path(__file__).parent / "recipes"
+
+
+class Strict(BaseModel):
+    """Base of every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OutputConfig(Strict):
+    dir: str | None = None  #: run folder; default runs/<job>-<timestamp>
+
+
+def registry_name_validator(registry: Registry, field: str):
+    """A pydantic validator that checks a string is a name in ``registry``."""
+
+    def check(cls, v):  # noqa: ANN001
+        if isinstance(v, str) and v.lower() not in registry:
+            raise ValueError(f"unknown {registry.kind} {v!r}; allowed: {', '.join(registry.names())}")
+        return v
+
+    return field_validator(field)(check)
+
+
+class Job:
+    """A runnable recipe kind: ``Config`` (a :class:`Strict` model) + ``run(config, run_dir)``."""
+
+    Config: ClassVar[type[Strict]]
+
+    def run(self, config: Any, run_dir: Path) -> dict[str, Any]:
+        """Do the work, write outputs under ``run_dir``, return the report dict."""
+        raise NotImplementedError
+
+
+def discover_jobs() -> None:
+    import sparsecraft.jobs as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"sparsecraft.jobs.{info.name}")
+
+
+def _format_error(e: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        parts.append(f"{prefix}{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def builtin_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
+
+
+def read_recipe_text(source: str | Path) -> dict[str, Any]:
+    """Parse a recipe file (or a built-in recipe name) into a dict."""
+    path = Path(source)
+    if not path.is_file():
+        builtins = builtin_recipes()
+        if str(source) in builtins:
+            path = builtins[str(source)]
+        else:
+            raise RecipeError(
+                f"recipe {str(source)!r} is neither a file nor a built-in recipe; built-in: "
+                f"{', '.join(builtins) or '(none)'}"
+            )
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping with a 'job' key")
+    return doc
+
+
+def parse_recipe(doc: dict[str, Any]) -> tuple[Job, Strict]:
+    """Validate a recipe dict; returns the job and its validated config."""
+    discover_jobs()
+    doc = dict(doc)
+    name = doc.pop("job", None)
+    if name is None:
+        raise RecipeError(f"recipe has no 'job' key; allowed jobs: {', '.join(JOBS.names())}")
+    try:
+        job_cls = JOBS.get(name)
+    except SparsecraftError as e:
+        raise RecipeError(f"job: {e}") from None
+    try:
+        config = job_cls.Config.model_validate(doc)
+    except ValidationError as e:
+        raise RecipeError(f"recipe error: {_format_error(e)}") from None
+    return job_cls(), config
+
+
+def load_recipe(source: str | Path | dict[str, Any]) -> tuple[Job, Strict]:
+    doc = source if isinstance(source, dict) else read_recipe_text(source)
+    return parse_recipe(doc)
