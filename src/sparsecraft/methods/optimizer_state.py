@@ -70,7 +70,9 @@ def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
         return {str(k): _encode(v, f"{key}.{k}", tensors) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise CheckpointError(f"optimizer state value {key!r} of type {type(value).__name__} cannot be saved")
+    raise CheckpointError(
+        f"optimizer state value {key!r} of type {type(value).__name__} cannot be saved"
+    )
 
 
 def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -92,7 +94,9 @@ def optimizer_to_tensors(
     tensors: dict[str, torch.Tensor] = {}
     sd = optimizer.state_dict()
     doc = {
-        "state": {str(i): _encode(s, f"{prefix}.state.{i}", tensors) for i, s in sd["state"].items()},
+        "state": {
+            str(i): _encode(s, f"{prefix}.state.{i}", tensors) for i, s in sd["state"].items()
+        },
         "param_groups": _encode(sd["param_groups"], f"{prefix}.groups", tensors),
     }
     return tensors, json.dumps(doc)

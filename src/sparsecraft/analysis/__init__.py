@@ -1,0 +1,1 @@
+"""Analysis of sparse models and of their training (mask dynamics, ...)."""
