@@ -45,9 +45,7 @@ def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         x, y = batch
         return F.cross_entropy(model(x), y)
-    raise SparsecraftError(
-        "cannot compute a loss for this batch; pass (inputs, labels) batches or loss_fn=..."
-    )
+    raise SparsecraftError("cannot compute a loss for this batch; pass (inputs, labels) batches or loss_fn=...")
 
 
 class Criterion:

@@ -66,7 +66,9 @@ def exact_counts(densities: Sequence[float], sizes: Sequence[int], total_keep: i
     return counts
 
 
-def _sparsities_from_densities(targets: Sequence[Target], densities: Sequence[float], sparsity: float) -> dict[str, float]:
+def _sparsities_from_densities(
+    targets: Sequence[Target], densities: Sequence[float], sparsity: float
+) -> dict[str, float]:
     sizes = [t.numel for t in targets]
     total_keep = sum(sizes) - math.floor(sparsity * sum(sizes) + 1e-6)
     counts = exact_counts(densities, sizes, total_keep)

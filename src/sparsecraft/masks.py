@@ -69,9 +69,7 @@ def set_mask(
     if not isinstance(param, torch.Tensor):
         raise SparsecraftError(f"{type(module).__name__} has no tensor {param_name!r} to mask")
     if tuple(mask.shape) != tuple(param.shape):
-        raise SparsecraftError(
-            f"mask shape {tuple(mask.shape)} does not match {param_name} shape {tuple(param.shape)}"
-        )
+        raise SparsecraftError(f"mask shape {tuple(mask.shape)} does not match {param_name} shape {tuple(param.shape)}")
     mask = mask.to(device=param.device, dtype=torch.bool)
     buf = param_name + MASK_SUFFIX
     if hasattr(module, buf) and isinstance(getattr(module, buf), torch.Tensor):

@@ -43,9 +43,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         key = str(name).lower()
         if key not in self._entries:
-            raise SparsecraftError(
-                f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
-            )
+            raise SparsecraftError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}")
         return self._entries[key]
 
     def __contains__(self, name: object) -> bool:

@@ -80,15 +80,10 @@ class SparsityReport:
         ]
         for l in self.layers:
             shape = "x".join(map(str, l.shape))
-            lines.append(
-                f"| {l.name} | {shape} | {l.pattern} | {l.target:.4f} | {l.sparsity:.4f} | {l.nonzeros} |"
-            )
+            lines.append(f"| {l.name} | {shape} | {l.pattern} | {l.target:.4f} | {l.sparsity:.4f} | {l.nonzeros} |")
+        lines.append(f"| **total (listed)** | {self.numel} | | | {self.sparsity:.4f} | {self.nonzeros} |")
         lines.append(
-            f"| **total (listed)** | {self.numel} | | | {self.sparsity:.4f} | {self.nonzeros} |"
-        )
-        lines.append(
-            f"| **model (all params)** | {self.model_numel} | | | {self.model_sparsity:.4f} | "
-            f"{self.model_nonzeros} |"
+            f"| **model (all params)** | {self.model_numel} | | | {self.model_sparsity:.4f} | {self.model_nonzeros} |"
         )
         return "\n".join(lines)
 
@@ -113,7 +108,9 @@ def report(model: nn.Module, include_dense: bool = True, include: Sequence[str] 
         w = forward_weight(mp.module, mp.param_name)
         nz = int(torch.count_nonzero(w))
         meta = mp.meta
-        rows[mp.name] = LayerStats(mp.name, tuple(w.shape), meta.pattern, meta.target, 1 - nz / w.numel(), nz, w.numel())
+        rows[mp.name] = LayerStats(
+            mp.name, tuple(w.shape), meta.pattern, meta.target, 1 - nz / w.numel(), nz, w.numel()
+        )
     if include_dense:
         for t in find_targets(model, include=include):
             if t.name in rows:

@@ -72,9 +72,9 @@ class _Ramp(Schedule):
 class Constant(Schedule):
     """The same value at every step."""
 
-    def __init__(self, value: float) -> None:
+    def __init__(self, value: float, start: int = 0) -> None:
         self.value_ = float(value)
-        self.start = 0
+        self.start = int(start)
 
     def value(self, step: int) -> float:
         return self.value_
@@ -125,7 +125,9 @@ class Cosine(_Ramp):
 class Exponential(_Ramp):
     """Geometric interpolation initial*(final/initial)^p; with final 0, initial*exp(-rate*t)."""
 
-    def __init__(self, final: float, initial: float = 1.0, start: int = 0, end: int = 1, rate: float | None = None) -> None:
+    def __init__(
+        self, final: float, initial: float = 1.0, start: int = 0, end: int = 1, rate: float | None = None
+    ) -> None:
         super().__init__(final, initial, start, end)
         if initial == 0:
             raise SparsecraftError("exponential schedule needs a non-zero initial value")
@@ -169,9 +171,7 @@ def make_schedule(spec: Any) -> Schedule:
         spec = dict(spec)
         kind = spec.pop("type", None)
         if kind is None:
-            raise SparsecraftError(
-                f"a schedule dict needs a 'type' key; allowed: {', '.join(SCHEDULES.names())}"
-            )
+            raise SparsecraftError(f"a schedule dict needs a 'type' key; allowed: {', '.join(SCHEDULES.names())}")
         try:
             return SCHEDULES.get(kind)(**spec)
         except TypeError as e:
@@ -184,9 +184,7 @@ def make_schedule(spec: Any) -> Schedule:
             elif isinstance(item, dict):
                 segs.append(make_schedule(item))
             else:
-                raise SparsecraftError(
-                    f"schedule list items must be [step, value] pairs or dicts, got {item!r}"
-                )
+                raise SparsecraftError(f"schedule list items must be [step, value] pairs or dicts, got {item!r}")
         return Segments(segs)
     raise SparsecraftError(f"cannot read schedule {spec!r}: give a number, a dict or a list")
 

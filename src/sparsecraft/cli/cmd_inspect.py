@@ -38,17 +38,19 @@ def inspect_checkpoint(path: str, include_dense: bool = False) -> dict:
         info = masks.get(mkey, {})
         nz = int(torch.count_nonzero(t))
         mask_ok = bool(torch.all(t[~state[mkey]] == 0)) if mkey in state else True
-        layers.append({
-            "name": key,
-            "shape": list(t.shape),
-            "dtype": str(t.dtype).replace("torch.", ""),
-            "pattern": info.get("pattern", "dense"),
-            "target": info.get("target", 0.0),
-            "sparsity": 1 - nz / t.numel(),
-            "nonzeros": nz,
-            "numel": t.numel(),
-            "zeros_match_mask": mask_ok,
-        })
+        layers.append(
+            {
+                "name": key,
+                "shape": list(t.shape),
+                "dtype": str(t.dtype).replace("torch.", ""),
+                "pattern": info.get("pattern", "dense"),
+                "target": info.get("target", 0.0),
+                "sparsity": 1 - nz / t.numel(),
+                "nonzeros": nz,
+                "numel": t.numel(),
+                "zeros_match_mask": mask_ok,
+            }
+        )
     numel = sum(l["numel"] for l in layers)
     nonzeros = sum(l["nonzeros"] for l in layers)
     total_all = sum(t.numel() for k, t in state.items() if not k.endswith(MASK_SUFFIX))
@@ -73,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     for l in info["layers"]:
         flag = "" if l["zeros_match_mask"] else "  (weights outside the mask are nonzero!)"
         shape = "x".join(map(str, l["shape"]))
-        print(f"| {l['name']} | {shape} | {l['pattern']} | {l['target']:.4f} | {l['sparsity']:.4f} | {l['nonzeros']} |{flag}")
+        print(
+            f"| {l['name']} | {shape} | {l['pattern']} | {l['target']:.4f} | "
+            f"{l['sparsity']:.4f} | {l['nonzeros']} |{flag}"
+        )
     t, m = info["total"], info["model"]
     print(f"| **total (masked)** | {t['numel']} | | | {t['sparsity']:.4f} | {t['nonzeros']} |")
     print(f"| **model (all tensors)** | {m['numel']} | | | {m['sparsity']:.4f} | {m['nonzeros']} |")

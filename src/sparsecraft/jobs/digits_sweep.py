@@ -103,7 +103,9 @@ def train_dense(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
             opt.step()
 
 
-def markdown_table(sparsities: list[float], criteria: list[str], acc: dict[str, dict[float, float]], dense: float) -> str:
+def markdown_table(
+    sparsities: list[float], criteria: list[str], acc: dict[str, dict[float, float]], dense: float
+) -> str:
     head = "| sparsity | " + " | ".join(criteria) + " |"
     lines = [head, "|" + "---|" * (len(criteria) + 1)]
     lines.append("| dense | " + " | ".join(f"{100 * dense:.2f}" for _ in criteria) + " |")
@@ -137,7 +139,9 @@ class DigitsSweep(Job):
             pruned = copy.deepcopy(model)
             rep = prune(pruned, s, **{**plan, "criterion": crit}, data=calib)
             acc[crit][s] = accuracy(pruned, x_te, y_te)
-            rows.append({"criterion": crit, "sparsity": s, "true_sparsity": rep.sparsity, "test_accuracy": acc[crit][s]})
+            rows.append(
+                {"criterion": crit, "sparsity": s, "true_sparsity": rep.sparsity, "test_accuracy": acc[crit][s]}
+            )
             if crit == config.checkpoint.criterion.lower() and abs(s - config.checkpoint.sparsity) < 1e-9:
                 save(pruned, run_dir / "pruned.safetensors", extra={"test_accuracy": acc[crit][s]})
                 (run_dir / "pruned_layers.md").write_text(rep.to_markdown() + "\n")
@@ -146,9 +150,7 @@ class DigitsSweep(Job):
             prune(pruned, config.checkpoint.sparsity, **{**plan, "criterion": config.checkpoint.criterion}, data=calib)
             save(pruned, run_dir / "pruned.safetensors", extra={"test_accuracy": accuracy(pruned, x_te, y_te)})
         table = markdown_table(config.sweep.sparsities, criteria, acc, dense_acc)
-        (run_dir / "table.md").write_text(
-            f"# Digits MLP: test accuracy (%) vs. one-shot sparsity\n\n{table}\n"
-        )
+        (run_dir / "table.md").write_text(f"# Digits MLP: test accuracy (%) vs. one-shot sparsity\n\n{table}\n")
         result = {"dense_test_accuracy": dense_acc, "rows": rows, "table_markdown": table}
         write_json(run_dir / "results.json", result)
         return result

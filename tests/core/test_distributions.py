@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import sparsecraft
+from sparsecraft.distributions import erk_densities, exact_counts
+from sparsecraft.errors import SparsecraftError
+from tests.core.helpers import mlp, small_mlp
+
+
+def test_erk_test_vector_from_algorithms_md():
+    dens = erk_densities([(300, 784), (100, 300), (10, 100)], 0.10)
+    assert dens[0] == pytest.approx(0.0796, abs=5e-5)
+    assert dens[1] == pytest.approx(0.2302, abs=5e-5)
+    assert dens[2] == 1.0
+    sizes = [300 * 784, 100 * 300, 10 * 100]
+    assert sum(d * n for d, n in zip(dens, sizes)) / sum(sizes) == pytest.approx(0.100, abs=1e-12)
+
+
+def test_erk_prune_meets_total_exactly():
+    model = mlp()
+    rep = sparsecraft.prune(model, 0.9, distribution="erk")
+    assert rep.nonzeros == 26620  # exactly 10% of 266,200 prunable weights
+    assert rep.layer("4.weight").sparsity == 0.0
+
+
+def test_er_uses_only_out_and_in_for_convs():
+    d_er = erk_densities([(16, 8, 3, 3), (32, 16, 3, 3)], 0.2, kernel=False)
+    raw = [(16 + 8) / (16 * 8), (32 + 16) / (32 * 16)]
+    assert d_er[0] / d_er[1] == pytest.approx(raw[0] / raw[1])
+
+
+@given(st.lists(st.integers(1, 500), min_size=1, max_size=6), st.floats(0, 1))
+def test_exact_counts_sum_to_the_total(sizes, density):
+    total = math.floor(density * sum(sizes))
+    counts = exact_counts([density] * len(sizes), sizes, total)
+    assert sum(counts) == total
+    assert all(0 <= c <= n for c, n in zip(counts, sizes))
+
+
+@given(st.floats(0, 1))
+def test_global_prunes_exact_total(s):
+    model = small_mlp()
+    rep = sparsecraft.prune(model, s, distribution="global")
+    n = rep.numel
+    assert n - rep.nonzeros == math.floor(s * n + 1e-6)
+
+
+def test_global_is_one_ranking_across_layers():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].weight.fill_(2.0)
+    rep = sparsecraft.prune(model, 0.5, distribution="global")
+    assert rep.layer("0.weight").sparsity == 1.0
+    assert rep.layer("1.weight").sparsity == 0.0
+
+
+def test_keep_dense_total_is_met_over_the_prunable_rest():
+    model = small_mlp()
+    rep = sparsecraft.prune(model, 0.75, distribution="erk", keep_dense=["^4$"])
+    masked = [l for l in rep.layers if l.pattern != "dense"]
+    assert [l.name for l in masked] == ["0.weight", "2.weight"]
+    numel = sum(l.numel for l in masked)
+    assert sum(l.nonzeros for l in masked) == numel - math.floor(0.75 * numel)
+    assert rep.layer("4.weight").sparsity == 0.0
+
+
+def test_biases_are_never_pruned():
+    model = small_mlp()
+    sparsecraft.prune(model, 0.9)
+    assert all(torch.count_nonzero(m.bias) == m.bias.numel() for m in model if isinstance(m, nn.Linear))
+
+
+def test_explicit_map_and_overrides():
+    model = small_mlp()
+    rep = sparsecraft.prune(
+        model,
+        0.5,
+        distribution={"type": "explicit", "sparsities": {r"^0\.": 0.25}},
+        overrides=[{"match": r"^4\.", "sparsity": 0.0}],
+    )
+    assert rep.layer("0.weight").sparsity == 0.25
+    assert rep.layer("2.weight").sparsity == 0.5
+    assert rep.layer("4.weight").sparsity == 0.0
+
+
+def test_unknown_distribution_lists_allowed():
+    with pytest.raises(SparsecraftError, match="allowed: er, erk, explicit, global, uniform"):
+        sparsecraft.prune(small_mlp(), 0.5, distribution="zipf")

@@ -1,0 +1,47 @@
+import torch
+from torch import nn
+
+import sparsecraft
+from sparsecraft.masks import apply_masks, masked_params, prepare_for_state_dict, remove_masks
+from tests.core.helpers import small_mlp
+
+
+def test_apply_rezeroes_after_an_update_and_remove_makes_permanent():
+    model = small_mlp()
+    sparsecraft.prune(model, 0.75)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # e.g. an optimizer step
+    assert sparsecraft.report(model).layer("0.weight").sparsity < 0.75  # the report never lies
+    apply_masks(model)
+    assert sparsecraft.report(model).layer("0.weight").sparsity == 0.75
+    remove_masks(model)
+    assert list(masked_params(model)) == []
+    assert "0.weight_mask" not in model.state_dict()
+    assert sparsecraft.report(model).layer("0.weight").sparsity == 0.75
+
+
+def test_state_dict_round_trip_into_a_fresh_model():
+    model = small_mlp(0)
+    sparsecraft.prune(model, 0.7, distribution="global")
+    sd = model.state_dict()
+    fresh = small_mlp(1)
+    prepare_for_state_dict(fresh, sd)
+    fresh.load_state_dict(sd)
+    x = torch.randn(3, 16)
+    assert torch.equal(model(x), fresh(x))
+    assert [m.name for m in masked_params(fresh)] == ["0.weight", "2.weight", "4.weight"]
+
+
+def test_repruning_keeps_earlier_zeros():
+    model = small_mlp()
+    sparsecraft.prune(model, 0.5, criterion="random")
+    first = model[0].weight_mask.clone()
+    sparsecraft.prune(model, 0.8)
+    assert not torch.any(model[0].weight_mask & ~first)
+
+
+def test_report_model_totals_count_every_parameter():
+    model = nn.Sequential(nn.Linear(10, 10))
+    rep = sparsecraft.prune(model, 0.5)
+    assert rep.model_numel == 110
+    assert rep.model_nonzeros == 50 + int(torch.count_nonzero(model[0].bias))
