@@ -54,9 +54,23 @@ class Law:
         """y for inputs ``x``. Each parameter may be a scalar or a ``(G, 1)`` column (grid)."""
         raise NotImplementedError
 
-    def grid(self, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
-        """Candidate values per parameter (natural space) for the coarse search."""
+    def grid(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Coarse-search candidates, shape (G, n_params), natural space. Laws build them as a
+        product grid in a reparametrised space (offset as a fraction of min y, scale as the
+        curve's value at the geometric-mean input, breaks inside the data range) so the grid
+        adapts to the data's units."""
         raise NotImplementedError
+
+    def validate_inputs(self, x: np.ndarray) -> None:
+        """Raise a :class:`SparsecraftError` if an input value is outside the law's domain
+        (default: every input must be > 0, as in any power law)."""
+        for name, col in zip(self.inputs, self.columns(x)):
+            bad = np.flatnonzero(~(col > 0))
+            if bad.size:
+                raise SparsecraftError(
+                    f"law {self.name!r} needs {name} > 0; rows {bad[:5].tolist()} have "
+                    f"{col[bad[:5]].tolist()}"
+                )
 
     # helpers -------------------------------------------------------------------------------
     @property
@@ -102,6 +116,16 @@ def make_law(name: str | Law, **options: Any) -> Law:
 def log_grid(lo: float, hi: float, n: int) -> np.ndarray:
     """``n`` log-spaced values between ``lo`` and ``hi`` (both > 0)."""
     return np.geomspace(max(lo, 1e-300), max(hi, lo * 1.0001), n)
+
+
+def product(*axes: Any) -> np.ndarray:
+    """All combinations of the given 1-D axes, shape (G, len(axes))."""
+    mesh = np.meshgrid(*[np.asarray(a, dtype=float) for a in axes], indexing="ij")
+    return np.stack([m.ravel() for m in mesh], axis=1)
+
+
+def geo_mean(v: np.ndarray) -> float:
+    return float(np.exp(np.mean(np.log(np.asarray(v, dtype=float)))))
 
 
 def safe_power(base: np.ndarray, exponent: Any) -> np.ndarray:

@@ -1,0 +1,2 @@
+"""placeholder"""
+def load_table(*a, **k): raise NotImplementedError
