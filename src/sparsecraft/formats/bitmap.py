@@ -1,0 +1,38 @@
+"""Bitmap format: one bit per element (nonzero or not) plus the nonzero values in order.
+
+Bytes for ``n`` elements with ``nnz`` nonzeros of ``b`` bytes each:
+
+    ceil(n / 8) + nnz * b
+
+which is the bitmap bound ``((1 - s) * b + 1/8) * n`` up to the rounding of the last byte.
+"Nonzero" is bitwise (see :mod:`sparsecraft.formats.base`), so ``-0.0`` and NaNs are kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsecraft.formats.base import FORMATS, Format, Packed
+from sparsecraft.layout import WeightLayout
+
+
+@FORMATS.register("bitmap")
+class Bitmap(Format):
+    """1 bit per element + the nonzero values: ceil(n/8) + nnz x value bytes."""
+
+    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
+        return int((x.size + 7) // 8 + np.count_nonzero(x) * x.itemsize)
+
+    def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
+        flat = np.ascontiguousarray(x).reshape(-1)
+        nz = flat != 0
+        return {"bitmap": np.packbits(nz, bitorder="little"), "values": flat[nz]}
+
+    def decode(self, p: Packed) -> np.ndarray:
+        values = p.parts["values"]
+        nz = np.unpackbits(p.parts["bitmap"], bitorder="little", count=p.numel).astype(bool)
+        if int(nz.sum()) != values.size:
+            raise ValueError(f"bitmap has {int(nz.sum())} set bits but {values.size} values")
+        out = np.zeros(p.numel, dtype=values.dtype)
+        out[nz] = values
+        return out.reshape(p.shape)

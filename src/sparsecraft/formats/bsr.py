@@ -1,0 +1,74 @@
+"""BSR (block sparse row) on the row view: the matrix is cut into ``br x bc`` blocks and
+only blocks with at least one (bitwise) nonzero are stored, densely.
+
+Parts: ``indptr`` (block rows + 1), ``indices`` (block column of each stored block) and
+``blocks`` (``nblocks * br * bc`` values, each block row-major). Bytes:
+
+    (R + 1) * p + nblocks * (c + br * bc * b)
+
+with ``R = rows / br`` and the smallest index types that fit. Pays off for block patterns
+(``block:4x4`` etc.); needs ``rows % br == 0`` and ``cols % bc == 0``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsecraft.formats.base import FORMATS, Format, Packed, from_rows, index_dtype, rows_of
+from sparsecraft.layout import WeightLayout
+
+
+def _blocks(m: np.ndarray, br: int, bc: int) -> np.ndarray:
+    r, c = m.shape
+    return m.reshape(r // br, br, c // bc, bc).transpose(0, 2, 1, 3)
+
+
+@FORMATS.register("bsr")
+class BSR(Format):
+    """Dense br x bc blocks where any element is nonzero, CSR-indexed by block."""
+
+    needs_rows = True
+
+    def __init__(self, br: int = 4, bc: int = 4) -> None:
+        self.br, self.bc = int(br), int(bc)
+
+    def params(self) -> dict[str, int]:
+        return {"br": self.br, "bc": self.bc}
+
+    def _occupied(self, x: np.ndarray, layout: WeightLayout | None) -> np.ndarray | None:
+        if layout is None or layout.rows % self.br or layout.cols % self.bc:
+            return None
+        return _blocks(rows_of(x, layout), self.br, self.bc).any(axis=(2, 3))
+
+    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
+        occ = self._occupied(x, layout)
+        if occ is None:
+            return None
+        nb = int(occ.sum())
+        per_block = index_dtype(occ.shape[1]).itemsize + self.br * self.bc * x.itemsize
+        return (occ.shape[0] + 1) * index_dtype(nb + 1).itemsize + nb * per_block
+
+    def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
+        blocks = _blocks(rows_of(x, layout), self.br, self.bc)
+        occ = blocks.any(axis=(2, 3))
+        nb = int(occ.sum())
+        indptr = np.zeros(occ.shape[0] + 1, dtype=index_dtype(nb + 1))
+        np.cumsum(occ.sum(axis=1), out=indptr[1:])
+        cols = np.nonzero(occ)[1].astype(index_dtype(occ.shape[1]))
+        return {"indptr": indptr, "indices": cols, "blocks": blocks[occ].reshape(-1)}
+
+    def decode(self, p: Packed) -> np.ndarray:
+        br, bc = int(p.params["br"]), int(p.params["bc"])
+        layout = WeightLayout(p.layout, tuple(p.shape))
+        nr, nc = layout.rows // br, layout.cols // bc
+        indptr = p.parts["indptr"].astype(np.int64)
+        cols = p.parts["indices"].astype(np.int64)
+        data = p.parts["blocks"]
+        if indptr.size != nr + 1 or indptr[-1] != cols.size or data.size != cols.size * br * bc:
+            raise ValueError("BSR parts are inconsistent (indptr / indices / blocks)")
+        if cols.size and cols.max() >= nc:
+            raise ValueError("BSR block column out of range")
+        out = np.zeros((nr, nc, br, bc), dtype=data.dtype)
+        row = np.repeat(np.arange(nr), np.diff(indptr))
+        out[row, cols] = data.reshape(-1, br, bc)
+        return from_rows(out.transpose(0, 2, 1, 3).reshape(layout.rows, layout.cols), layout)

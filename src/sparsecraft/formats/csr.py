@@ -1,0 +1,58 @@
+"""CSR (compressed sparse row) on the weight's row view (out, in).
+
+Parts: ``indptr`` (rows + 1 offsets), ``indices`` (column of every nonzero) and ``values``.
+Index types are the smallest unsigned type that fits (uint8 when ``in <= 256``, uint16 when
+``in <= 65536``, else uint32; ``indptr`` likewise by ``nnz``), so bytes are
+
+    (rows + 1) * p + nnz * (c + b)
+
+with ``p``, ``c`` the index widths and ``b`` the value width. Pays off at high sparsity,
+where it beats the bitmap's fixed 1/8 byte per element.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsecraft.formats.base import FORMATS, Format, Packed, from_rows, index_dtype, rows_of
+from sparsecraft.layout import WeightLayout
+
+
+def csr_size(rows: int, cols: int, nnz: int, value_bytes: int) -> int:
+    return (rows + 1) * index_dtype(nnz + 1).itemsize + nnz * (index_dtype(cols).itemsize + value_bytes)
+
+
+@FORMATS.register("csr")
+class CSR(Format):
+    """Compressed sparse rows with the smallest index types that fit."""
+
+    needs_rows = True
+
+    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
+        if layout is None:
+            return None
+        return csr_size(layout.rows, layout.cols, int(np.count_nonzero(x)), x.itemsize)
+
+    def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
+        m = rows_of(x, layout)
+        nz = m != 0
+        counts = nz.sum(axis=1)
+        nnz = int(counts.sum())
+        indptr = np.zeros(m.shape[0] + 1, dtype=index_dtype(nnz + 1))
+        np.cumsum(counts, out=indptr[1:])
+        cols = np.nonzero(nz)[1].astype(index_dtype(m.shape[1]))
+        return {"indptr": indptr, "indices": cols, "values": m[nz]}
+
+    def decode(self, p: Packed) -> np.ndarray:
+        layout = WeightLayout(p.layout, tuple(p.shape))
+        indptr = p.parts["indptr"].astype(np.int64)
+        cols = p.parts["indices"].astype(np.int64)
+        values = p.parts["values"]
+        if indptr[-1] != values.size or cols.size != values.size or np.any(np.diff(indptr) < 0):
+            raise ValueError("CSR parts are inconsistent (indptr / indices / values)")
+        if cols.size and cols.max() >= layout.cols:
+            raise ValueError("CSR column index out of range")
+        out = np.zeros((layout.rows, layout.cols), dtype=values.dtype)
+        row = np.repeat(np.arange(layout.rows), np.diff(indptr))
+        out[row, cols] = values
+        return from_rows(out, layout)

@@ -1,0 +1,25 @@
+"""Dense storage: every element, as is. The fallback when no sparse format pays off.
+
+Bytes: ``numel * value_bytes``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsecraft.formats.base import FORMATS, Format, Packed
+from sparsecraft.layout import WeightLayout
+
+
+@FORMATS.register("dense")
+class Dense(Format):
+    """All elements stored as they are: numel x value bytes."""
+
+    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
+        return int(x.size * x.itemsize)
+
+    def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
+        return {"values": np.ascontiguousarray(x).reshape(-1)}
+
+    def decode(self, p: Packed) -> np.ndarray:
+        return p.parts["values"].reshape(p.shape)
