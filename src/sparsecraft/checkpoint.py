@@ -40,6 +40,10 @@ from torch import nn
 from tqdm import tqdm
 
 from sparsecraft.errors import CheckpointError, SparsecraftError
+from sparsecraft.formats import FORMAT_CHOICES, unpack
+from sparsecraft.formats.base import bits_view
+from sparsecraft.formats.container import from_entries, probe, split_part_key, to_entries
+from sparsecraft.formats.select import pack_if_fits
 from sparsecraft.layout import WeightLayout, layout_for
 from sparsecraft.masks import MASK_SUFFIX, MaskMeta, masked_params, prepare_for_state_dict
 
@@ -116,11 +120,6 @@ def save_state(
 ) -> Path:
     """Write a state dict (masks: bool ``*_mask`` tensors described in ``masks``) to ``path``.
     ``format`` is ``dense`` or a packed format name / ``auto`` (see module docstring)."""
-    from sparsecraft.formats import FORMAT_CHOICES
-    from sparsecraft.formats.select import pack_if_fits
-    from sparsecraft.formats.base import bits_view
-    from sparsecraft.formats.container import to_entries
-
     if format not in FORMAT_CHOICES:
         raise SparsecraftError(f"unknown checkpoint format {format!r}; allowed: {', '.join(FORMAT_CHOICES)}")
     path, layouts, masks = Path(path), layouts or {}, dict(masks or {})
@@ -190,10 +189,6 @@ def save(
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a checkpoint: (state_dict with masks unpacked, metadata document)."""
-    from sparsecraft.formats import unpack
-    from sparsecraft.formats.base import bits_view
-    from sparsecraft.formats.container import from_entries, probe, split_part_key
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
