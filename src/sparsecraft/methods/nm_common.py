@@ -1,4 +1,4 @@
-"""Shared maths of the N:M training methods (STE, SR-STE, PGF, CAST, ISS-P on N:M).
+"""Shared maths and lifecycle of the N:M training methods (STE, SR-STE, PGF, CAST).
 
 These methods keep the *dense* weight ``W`` as the trained parameter and compute the weight
 used in forward from it (ALGORITHMS.md, "N:M training"):
@@ -6,35 +6,35 @@ used in forward from it (ALGORITHMS.md, "N:M training"):
 * **mask** ``E``: in every group of M consecutive weights along the input dimension keep the
   N largest ``|w|`` (row view of :mod:`sparsecraft.layout`: Linear rows, conv permuted to
   (out, kh, kw, in), GPT-2 ``Conv1D`` transposed), via :class:`sparsecraft.patterns.NM`;
+  recomputed from the current ``W`` at every forward after ``W`` changed;
 * **forward weight** ``W_f = W * (E + (1 - E) * beta)``; ``beta = 0`` is the hard N:M weight
-  (STE / SR-STE), ``beta(t) in (0, 1]`` is PGF's decayed gradient-flow weight (MDGF);
+  (STE / SR-STE), ``beta(t) in (0, 1]`` is PGF's decayed gradient flow (MDGF);
 * **backward** (:class:`SoftMaskSTE`): ``dL/dW = g + lambda_w * (1 - E) * W`` with
   ``g = dL/dW_f`` -- plain STE for ``lambda_w = 0``, SR-STE (Zhou et al., 2021, eq. 5)
   otherwise.
 
-The substitution is done by giving the module an instance ``forward`` that calls the layer's
-functional op with ``W_f`` (``state_dict`` keys stay unchanged, so save/load round-trip), and
-``module.sparsecraft_forward_weights = {"weight": ...}`` so that :func:`sparsecraft.report`
-counts the zeros of ``W_f``, the weight forward really uses. The current mask is kept in the
-ordinary ``weight_mask`` buffer (saved as bits by :mod:`sparsecraft.checkpoint`); it is an
-*indicator* here, never applied to ``W`` in place until the method's hard phase / finalize.
+:class:`NMMethod` plugs this into :class:`~sparsecraft.methods.base.SparseMethod` as a
+soft-mask method: the base patches each layer's forward to use :meth:`NMMethod.forward_weight`
+(state_dict keys unchanged) and registers it for :func:`sparsecraft.report`, so reports count
+the zeros of ``W_f``. The ``weight_mask`` buffer holds the current ``E`` (saved as bits by
+checkpoints). An optional final *hard fine-tune* (``finetune_steps``) freezes ``E``, zeroes
+the pruned weights and keeps them (and their optimizer state) at zero like a static mask.
+``finalize()`` writes ``W * E`` into ``W``: plain weights exactly N:M.
 """
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from sparsecraft.layout import WeightLayout, layout_for
-from sparsecraft.masks import MASK_SUFFIX, MaskMeta, set_mask
-from sparsecraft.methods.forward import functional_forward
-from sparsecraft.patterns import NM
-
-STATE_ATTR = "sparsecraft_nm"
+from sparsecraft.errors import ShapeError, SparsecraftError
+from sparsecraft.layout import WeightLayout
+from sparsecraft.methods.base import SparseMethod, resolve_step
+from sparsecraft.methods.optimizer_state import mask_state
+from sparsecraft.patterns import NM, parse_pattern
+from sparsecraft.targets import Target
 
 
 def nm_keep(weight: torch.Tensor, layout: WeightLayout, n: int, m: int) -> torch.Tensor:
@@ -44,143 +44,154 @@ def nm_keep(weight: torch.Tensor, layout: WeightLayout, n: int, m: int) -> torch
 
 
 class SoftMaskSTE(torch.autograd.Function):
-    """``W_f = W * (E + (1-E) * beta)``; backward ``g + lambda_w * (1-E) * W``.
-
-    ``beta = lambda_w = 0`` is the straight-through estimator of Zhou et al. (2021); a
-    positive ``lambda_w`` is SR-STE; ``beta > 0`` with ``lambda_w = 0`` is PGF's MDGF.
-    """
+    """``W_f = W * (E + (1-E) * beta)``; backward ``g + lambda_w * (1-E) * W``."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, keep: torch.Tensor, beta: float, lambda_w: float):  # type: ignore[override]
+    def forward(ctx, w, keep, beta, lambda_w):  # type: ignore[override]  # noqa: ANN001, ANN205
         e = keep.to(w.dtype)
         ctx.save_for_backward(w, e)
         ctx.lambda_w = lambda_w
-        factor = e if beta == 0.0 else e + (1.0 - e) * beta
-        return w * factor
+        return w * (e if beta == 0.0 else e + (1.0 - e) * beta)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g):  # type: ignore[override]  # noqa: ANN001, ANN205
         w, e = ctx.saved_tensors
-        grad = g
-        if ctx.lambda_w:
-            grad = g + ctx.lambda_w * (1.0 - e) * w
+        grad = g + ctx.lambda_w * (1.0 - e) * w if ctx.lambda_w else g
         return grad, None, None, None
 
 
-def soft_masked_weight(
-    w: torch.Tensor, keep: torch.Tensor, beta: float = 0.0, lambda_w: float = 0.0
-) -> torch.Tensor:
-    """Apply :class:`SoftMaskSTE` (differentiable in ``w`` only)."""
+def soft_masked_weight(w: torch.Tensor, keep: torch.Tensor, beta: float = 0.0, lambda_w: float = 0.0) -> torch.Tensor:
+    """:class:`SoftMaskSTE` applied to ``w`` (differentiable in ``w`` only)."""
     return SoftMaskSTE.apply(w, keep, float(beta), float(lambda_w))
 
 
-@dataclass
-class NMLayerState:
-    """Per-layer settings read by the substituted forward (stored on the module)."""
+class NMMethod(SparseMethod):
+    """Base of the N:M straight-through methods (see the module docstring).
 
-    n: int
-    m: int
-    layout: WeightLayout
-    beta: float = 0.0  # gradient-flow weight of pruned entries (PGF); 0 = hard N:M
-    lambda_w: float = 0.0  # SR-STE refinement
-    frozen: bool = False  # True: use weight_mask as is (hard fine-tune); False: recompute
-    scale: nn.Parameter | None = None  # CAST's learnable per-layer scale
-    extra: dict = field(default_factory=dict)
-    _version: int = -1  # weight._version when the mask was last recomputed
-
-
-def refresh_mask(module: nn.Module) -> torch.Tensor:
-    """Recompute the N:M mask of ``module.weight`` unless frozen or unchanged; return it."""
-    st: NMLayerState = getattr(module, STATE_ATTR)
-    buf = getattr(module, "weight" + MASK_SUFFIX)
-    w = module.weight
-    if not st.frozen and w._version != st._version:
-        with torch.no_grad():
-            buf.copy_(nm_keep(w, st.layout, st.n, st.m))
-        st._version = w._version
-    return buf
-
-
-def effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight forward uses: ``scale * W * (E + (1-E) * beta)`` (see module docstring)."""
-    st: NMLayerState = getattr(module, STATE_ATTR)
-    keep = refresh_mask(module)
-    w = soft_masked_weight(module.weight, keep, st.beta, st.lambda_w)
-    if st.scale is not None:
-        w = w * st.scale
-    return w
-
-
-def _nm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return functional_forward(self, x, effective_weight(self))
-
-
-class _ReportWeight:
-    """Picklable/deep-copyable callable for ``sparsecraft_forward_weights``."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __call__(self) -> torch.Tensor:
-        with torch.no_grad():
-            return effective_weight(self.module).detach()
-
-
-def install(
-    module: nn.Module, n: int, m: int, method: str, **settings: object
-) -> NMLayerState:
-    """Give ``module`` the N:M forward of this file and a ``weight_mask`` indicator buffer."""
-    st = NMLayerState(n=n, m=m, layout=layout_for(module, module.weight), **settings)  # type: ignore[arg-type]
-    NM(n, m).check(st.layout.rows, st.layout.cols)
-    setattr(module, STATE_ATTR, st)
-    keep = nm_keep(module.weight, st.layout, n, m)
-    meta = MaskMeta(pattern=f"{n}:{m}", target=1.0 - n / m, method=method)
-    set_mask(module, keep, "weight", meta, apply=False)
-    st._version = module.weight._version
-    module.forward = types.MethodType(_nm_forward, module)
-    hooks = dict(getattr(module, "sparsecraft_forward_weights", {}) or {})
-    hooks["weight"] = _ReportWeight(module)
-    module.sparsecraft_forward_weights = hooks
-    return st
-
-
-@torch.no_grad()
-def harden(module: nn.Module) -> None:
-    """Zero the pruned weights in place and freeze the mask (start of a hard fine-tune)."""
-    keep = refresh_mask(module)
-    st: NMLayerState = getattr(module, STATE_ATTR)
-    module.weight.masked_fill_(~keep, 0)
-    st.frozen, st.beta, st.lambda_w = True, 0.0, 0.0
-
-
-@torch.no_grad()
-def uninstall(module: nn.Module, fold_scale: bool = True) -> None:
-    """Make the N:M weight permanent: ``W <- W_f`` (scale folded in), plain forward again.
-
-    The ``weight_mask`` buffer stays as an ordinary hard mask (so the checkpoint and the
-    report still name the pattern), consistent with the now exactly N:M weight.
+    Args (besides :class:`SparseMethod`'s): ``pattern`` an ``"N:M"`` spec (default 2:4);
+    ``finetune_steps`` (int or fraction of ``total_steps``) of final hard-mask fine-tune;
+    ``skip_unfit`` drops layers whose input width is not divisible by M instead of raising.
     """
-    st: NMLayerState = getattr(module, STATE_ATTR)
-    keep = refresh_mask(module)
-    module.weight.masked_fill_(~keep, 0)
-    if fold_scale and st.scale is not None:
-        module.weight.mul_(st.scale.detach().to(module.weight.dtype))
-    if "forward" in module.__dict__:
-        del module.forward
-    hooks = getattr(module, "sparsecraft_forward_weights", None)
-    if hooks:
-        hooks.pop("weight", None)
-        if not hooks:
-            del module.sparsecraft_forward_weights
-    delattr(module, STATE_ATTR)
 
+    hard_masks = False  # instance attribute flips to True in the hard fine-tune phase
+    lambda_w_default = 0.0
 
-def nm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every module of ``model`` that currently has the N:M forward installed."""
-    return [(name, mod) for name, mod in model.named_modules() if hasattr(mod, STATE_ATTR)]
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        pattern: Any = "2:4",
+        finetune_steps: int | float = 0,
+        skip_unfit: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        target = parse_pattern(pattern)
+        if not isinstance(target, NM):
+            raise SparsecraftError(f"method needs an N:M pattern such as '2:4', got {pattern!r}")
+        kwargs.setdefault("sparsity", 1.0 - target.n / target.m)
+        super().__init__(model, optimizer, pattern=target, **kwargs)
+        self.target_nm: NM = target
+        self.finetune_start = self.total_steps - (resolve_step(finetune_steps, self.total_steps) or 0)
+        self.beta = 0.0
+        self.lambda_w = self.lambda_w_default
+        self._versions: dict[str, int] = {}
+        self._check_fit(self.required_patterns(), skip_unfit)
 
+    # --------------------------------------------------------------- overridable pieces
+    def required_patterns(self) -> list[NM]:
+        """Every N:M pattern the run will use (checked against each layer at init)."""
+        return [self.target_nm]
 
-def set_all(model: nn.Module, fn: Callable[[NMLayerState], None]) -> None:
-    """Apply ``fn`` to the state of every N:M layer (e.g. to set ``beta``)."""
-    for _, mod in nm_modules(model):
-        fn(getattr(mod, STATE_ATTR))
+    def sync_phase(self, recompute: bool = True) -> None:
+        """Set ``beta`` / ``pattern`` / hard phase for ``self.step_count`` (subclasses extend;
+        ``recompute=False`` after a resume: the loaded masks are kept)."""
+        if self.step_count >= self.finetune_start and not self.hard_masks:
+            self.enter_hard_phase(recompute)
+
+    # --------------------------------------------------------------- the N:M mechanics
+    def _check_fit(self, patterns: list[NM], skip_unfit: bool) -> None:
+        keep = []
+        for t in self.targets:
+            lay = t.layout
+            bad = [p for p in patterns if not p.fits(lay.rows, lay.cols)]
+            if not bad:
+                keep.append(t)
+            elif not skip_unfit:
+                bad[0].check(lay.rows, lay.cols, t.name)
+        if not keep:
+            raise ShapeError(f"no layer can take {self.target_nm.spec()} (all inputs too narrow)")
+        self.targets = keep
+
+    def current_nm(self) -> NM:
+        p = self.pattern
+        return p if isinstance(p, NM) else self.target_nm
+
+    def refresh_mask(self, t: Target) -> torch.Tensor:
+        """Recompute ``E`` from ``|W|`` unless frozen (hard phase) or ``W`` is unchanged."""
+        buf = self.mask(t)
+        if self.hard_masks:
+            return buf
+        version = t.param._version
+        if self._versions.get(t.name) != version:
+            nm = self.current_nm()
+            with torch.no_grad():
+                buf.copy_(nm_keep(t.param, t.layout, nm.n, nm.m))
+            self._versions[t.name] = t.param._version
+        return buf
+
+    def initial_masks(self) -> dict[str, torch.Tensor]:
+        nm = self.current_nm()
+        return {t.name: nm_keep(t.param, t.layout, nm.n, nm.m) for t in self.targets}
+
+    def forward_weight(self, target: Target) -> torch.Tensor:
+        keep = self.refresh_mask(target)
+        beta = 0.0 if self.hard_masks else self.beta
+        return soft_masked_weight(target.param, keep, beta, 0.0 if self.hard_masks else self.lambda_w)
+
+    def recompute_all(self) -> None:
+        """Recompute every mask now (after a pattern change) and update the metadata."""
+        self._versions.clear()
+        nm = self.current_nm()
+        self._set_masks({t.name: nm_keep(t.param, t.layout, nm.n, nm.m) for t in self.targets})
+
+    def target_sparsity(self, step: int | None = None) -> float:
+        nm = self.current_nm()
+        return 1.0 - nm.n / nm.m
+
+    @torch.no_grad()
+    def enter_hard_phase(self, recompute: bool = True) -> None:
+        """Freeze ``E`` at the target pattern; zero pruned weights and their optimizer state."""
+        self.pattern = self.target_nm
+        self.beta = 0.0
+        if recompute:
+            self.recompute_all()
+        self.hard_masks = True
+        for t in self.targets:
+            keep = self.mask(t)
+            t.param.masked_fill_(~keep, 0)
+            if self.optimizer is not None:
+                mask_state(self.optimizer, t.param, keep)
+
+    # --------------------------------------------------------------- lifecycle hooks
+    def attach(self) -> NMMethod:
+        self.sync_phase()
+        return super().attach()  # type: ignore[return-value]
+
+    def post_step(self) -> None:
+        self.sync_phase()
+
+    def finalize(self) -> None:
+        """Write the target N:M ``W * E`` into ``W`` and remove the hooks."""
+        if not self.hard_masks:
+            self.pattern = self.target_nm
+            self.recompute_all()
+        super().finalize()
+        with torch.no_grad():
+            for t in self.targets:
+                t.param.masked_fill_(~self.mask(t), 0)
+
+    def load_state_dict(self, state: Any) -> None:
+        super().load_state_dict(state)
+        self._versions.clear()
+        self.sync_phase(recompute=False)

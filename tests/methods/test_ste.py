@@ -1,0 +1,78 @@
+"""STE: masks valid N:M after every step (Linear, Conv2d), exact sparsity after finalize."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsecraft
+from sparsecraft.methods import attach
+from sparsecraft.methods.nm_common import nm_keep
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 4, 3)
+        self.fc = nn.Linear(4 * 3 * 3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def nm_ok(t, n: int, m: int) -> bool:
+    rows = t.layout.to_rows(t.module.sparsecraft_forward_weights["weight"]())
+    return bool(((rows != 0).reshape(rows.shape[0], -1, m).sum(-1) <= n).all())
+
+
+def train(method: str, steps: int = 6, check=None, **cfg):  # noqa: ANN001, ANN201
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    sp = attach(model, opt, method=method, total_steps=steps, **cfg)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, 8, 5, 5)).pow(2).mean().backward()
+        opt.step()
+        model(torch.randn(1, 8, 5, 5))
+        if check:
+            check(sp)
+    return model, sp
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4)])
+def test_masks_valid_after_every_step_and_exact_after_finalize(n: int, m: int) -> None:
+    def check(sp) -> None:  # noqa: ANN001
+        for t in sp.targets:
+            assert nm_ok(t, n, m)
+            assert torch.equal(sp.mask(t), nm_keep(t.param, t.layout, n, m))
+
+    model, sp = train("ste", check=check, pattern=f"{n}:{m}")
+    sp.finalize()
+    for t in sp.targets:
+        rows = t.layout.to_rows(t.param)
+        assert ((rows != 0).reshape(rows.shape[0], -1, m).sum(-1) == n).all()
+    rep = sparsecraft.report(model)
+    assert rep.sparsity == pytest.approx(1 - n / m)
+    assert "forward" not in model.conv.__dict__
+
+
+def test_finetune_phase_freezes_mask_and_keeps_zeros() -> None:
+    seen = []
+    model, sp = train("ste", steps=8, finetune_steps=4, check=lambda sp: seen.append(
+        (sp.hard_masks, {k: v.clone() for k, v in sp.masks().items()})))
+    assert [h for h, _ in seen] == [False] * 3 + [True] * 5
+    frozen = seen[3][1]
+    for _, masks in seen[3:]:
+        assert all(torch.equal(masks[k], frozen[k]) for k in masks)
+    for t in sp.targets:
+        assert (t.param[~sp.mask(t)] == 0).all()
+
+
+def test_unfit_layer_raises_or_is_skipped() -> None:
+    model = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 2))
+    with pytest.raises(sparsecraft.SparsecraftError, match="'0.weight'"):
+        attach(model, None, method="ste", total_steps=3)
+    sp = attach(model, None, method="ste", total_steps=3, skip_unfit=True)
+    assert [t.name for t in sp.targets] == ["1.weight"]
