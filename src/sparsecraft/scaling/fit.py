@@ -137,7 +137,7 @@ def local_fit(law: Law, x: np.ndarray, y: np.ndarray, loss: str, p0: np.ndarray,
     q0 = space.inside(space.to_q(p0))
     res = least_squares(residuals, q0, bounds=(space.lo, space.hi), method="trf",
                         x_scale="jac", ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=max_nfev)
-    p = space.to_p(res.x)
+    p = law.canonical(space.to_p(res.x))
     return p, float(np.mean(res.fun**2))
 
 

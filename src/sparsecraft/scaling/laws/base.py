@@ -61,6 +61,10 @@ class Law:
         adapts to the data's units."""
         raise NotImplementedError
 
+    def canonical(self, params: np.ndarray) -> np.ndarray:
+        """A canonical ordering of equivalent parameter vectors (identity by default)."""
+        return np.asarray(params, dtype=float)
+
     def validate_inputs(self, x: np.ndarray) -> None:
         """Raise a :class:`SparsecraftError` if an input value is outside the law's domain
         (default: every input must be > 0, as in any power law)."""

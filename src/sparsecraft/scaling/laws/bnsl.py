@@ -48,6 +48,14 @@ class BNSL(Law):
         hi = [np.inf, np.inf, 20.0] + [50.0, np.inf, 1e3] * self.breaks
         return np.array(lo), np.array(hi)
 
+    def canonical(self, params: np.ndarray) -> np.ndarray:
+        """Breaks sorted by position d_i (the form is symmetric under permuting breaks)."""
+        p = np.asarray(params, dtype=float).copy()
+        if self.breaks > 1:
+            blocks = p[3:].reshape(self.breaks, 3)
+            p[3:] = blocks[np.argsort(blocks[:, 1], kind="stable")].ravel()
+        return p
+
     def predict(self, params: Sequence[Any], x: np.ndarray) -> np.ndarray:
         (x,) = self.columns(x)
         a, b, c0 = params[0], params[1], params[2]
@@ -75,7 +83,7 @@ class BNSL(Law):
                 np.geomspace(xmin / 1.5, xmax * 1.5, 9),  # d_i
                 np.array([0.03, 0.1, 0.3, 1.0, 3.0]),  # f_i
             ]
-        g = product(*axes) if self.breaks <= 1 else _sampled_product(axes, 200_000)
+        g = product(*axes) if self.breaks <= 1 else _sampled_product(axes, 120_000)
         a = g[:, 0] * ymin
         b = g[:, 1] * np.maximum(ymax - a, 1e-12 * ymax) * safe_power(xmin, g[:, 2])
         return np.concatenate([a[:, None], b[:, None], g[:, 2:]], axis=1)
