@@ -41,7 +41,5 @@ def attach(
     if "total_steps" not in config:
         from sparsecraft.errors import SparsecraftError
 
-        raise SparsecraftError(
-            "attach needs total_steps= (optimizer steps in the whole run) for its schedules"
-        )
+        raise SparsecraftError("attach needs total_steps= (optimizer steps in the whole run) for its schedules")
     return cls(model, optimizer, **config).attach()

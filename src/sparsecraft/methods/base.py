@@ -69,9 +69,7 @@ def make_update_rule(spec: Any, total_steps: int, defaults: Mapping[str, Any]) -
     spec = {**defaults, **(spec or {})}
     unknown = set(spec) - {"every", "start", "stop"}
     if unknown:
-        raise SparsecraftError(
-            f"unknown update keys {sorted(unknown)}; allowed: every, start, stop"
-        )
+        raise SparsecraftError(f"unknown update keys {sorted(unknown)}; allowed: every, start, stop")
     return UpdateRule(
         every=int(spec["every"]),
         start=resolve_step(spec["start"], total_steps) or 0,
@@ -179,9 +177,7 @@ class SparseMethod:
         tensors.update({f"movement.{k}": v for k, v in self.criterion.movement.items()})
         return tensors, {}
 
-    def load_extra_state(
-        self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
-    ) -> None:
+    def load_extra_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
         for key, value in tensors.items():
             kind, _, name = key.partition(".")
             if kind == "grad_sums":
@@ -276,9 +272,7 @@ class SparseMethod:
                 t.param.masked_fill_(~self.mask(t), 0)
 
     @torch.no_grad()
-    def _set_masks(
-        self, new: Mapping[str, torch.Tensor], record: bool = False
-    ) -> dict[str, Any] | None:
+    def _set_masks(self, new: Mapping[str, torch.Tensor], record: bool = False) -> dict[str, Any] | None:
         new = _sync_masks(dict(new))
         old = {k: v.clone() for k, v in self.masks().items() if k in new} if record else {}
         meta = MaskMeta(self.pattern.spec(), self.target_sparsity(), self.name, self.step_count)
@@ -328,13 +322,9 @@ class SparseMethod:
         if missing:
             raise SparsecraftError(f"method state has no mask for {missing[:3]}")
         self._set_masks(masks)
-        self.dynamics.initial = {
-            k[8:]: v.clone() for k, v in tensors.items() if k.startswith("initial.")
-        }
+        self.dynamics.initial = {k[8:]: v.clone() for k, v in tensors.items() if k.startswith("initial.")}
         self.dynamics.load_json(meta.get("dynamics", []))
-        self.load_extra_state(
-            {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}, meta.get("extra", {})
-        )
+        self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}, meta.get("extra", {}))
 
 
 def _sync_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -33,9 +33,7 @@ def functional_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor)
         size_out = x.size()[:-1] + (weight.shape[1],)
         out = torch.addmm(module.bias, x.reshape(-1, x.size(-1)), weight)
         return out.view(size_out)
-    raise SparsecraftError(
-        f"cannot compute a forward with a custom weight for {type(module).__name__}"
-    )
+    raise SparsecraftError(f"cannot compute a forward with a custom weight for {type(module).__name__}")
 
 
 def patch_forward(module: nn.Module, weight_fn: WeightFn, param_name: str = "weight") -> None:

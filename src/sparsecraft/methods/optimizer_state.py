@@ -25,11 +25,7 @@ from sparsecraft.errors import CheckpointError
 def param_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, torch.Tensor]:
     """The state tensors of ``param`` that have its shape (empty before the first step)."""
     state = optimizer.state.get(param, {})
-    return {
-        k: v
-        for k, v in state.items()
-        if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(param.shape)
-    }
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(param.shape)}
 
 
 @torch.no_grad()
@@ -70,9 +66,7 @@ def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
         return {str(k): _encode(v, f"{key}.{k}", tensors) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise CheckpointError(
-        f"optimizer state value {key!r} of type {type(value).__name__} cannot be saved"
-    )
+    raise CheckpointError(f"optimizer state value {key!r} of type {type(value).__name__} cannot be saved")
 
 
 def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -94,17 +88,13 @@ def optimizer_to_tensors(
     tensors: dict[str, torch.Tensor] = {}
     sd = optimizer.state_dict()
     doc = {
-        "state": {
-            str(i): _encode(s, f"{prefix}.state.{i}", tensors) for i, s in sd["state"].items()
-        },
+        "state": {str(i): _encode(s, f"{prefix}.state.{i}", tensors) for i, s in sd["state"].items()},
         "param_groups": _encode(sd["param_groups"], f"{prefix}.groups", tensors),
     }
     return tensors, json.dumps(doc)
 
 
-def optimizer_from_tensors(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], structure: str
-) -> None:
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], structure: str) -> None:
     """Restore what :func:`optimizer_to_tensors` wrote (exactly, incl. dtypes)."""
     doc = json.loads(structure)
     sd = {
