@@ -1,0 +1,164 @@
+"""N:M sparse training on Fashion-MNIST: dense vs STE, SR-STE and PGF on the small CNN.
+
+Protocol (issue 3): SmallCNN of ``sparsecraft.models.vision`` (first conv kept dense: 9
+inputs per filter cannot take N:M), SGD momentum 0.9, lr 0.05 with a per-step cosine decay,
+weight decay 5e-4, batch 128, 2:4 and 1:4, test accuracy after ``finalize()`` (the plain
+weights are then exactly N:M; the table shows the true sparsity ``sparsecraft.report`` counts
+over the N:M layers). ``--epochs``, ``--seeds`` and ``--limit`` shrink the grid for slow
+machines; every finished run is appended to a JSON-lines file and the markdown table is
+rewritten after each run, so a killed benchmark keeps what it finished.
+
+    python benchmarks/bench_nm_training.py --epochs 20 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import sparsecraft
+from sparsecraft.data.fashion_mnist import load_fashion_mnist
+from sparsecraft.methods import attach
+from sparsecraft.models.vision import KEEP_DENSE, SmallCNN
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), 1000):
+            correct += int((model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum())
+    model.train()
+    return 100.0 * correct / len(x)
+
+
+def run_one(method: str, pattern: str, seed: int, data, args) -> dict:  # noqa: ANN001
+    xtr, ytr, xte, yte = data
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    steps_per_epoch = math.ceil(len(xtr) / args.batch)
+    total = steps_per_epoch * args.epochs
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    sp = None
+    if method != "dense":
+        cfg: dict = {"pattern": pattern, "total_steps": total, "keep_dense": KEEP_DENSE["cnn"]}
+        if method == "pgf":
+            cfg.update(mode="mdgf", decay="linear", rate=args.pgf_rate, dense_steps=0.1,
+                       finetune_steps=0.1)
+        sp = attach(model, opt, method=method, **cfg)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(args.epochs):
+        perm = torch.randperm(len(xtr), generator=gen)
+        for i in range(0, len(xtr), args.batch):
+            idx = perm[i : i + args.batch]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
+            opt.step()
+            sched.step()
+    seconds = time.perf_counter() - t0
+    if sp is not None:
+        sp.finalize()
+    rep = sparsecraft.report(model)
+    nm_layers = [layer for layer in rep.layers if layer.pattern != "dense"]
+    nnz = sum(layer.nonzeros for layer in nm_layers)
+    numel = sum(layer.numel for layer in nm_layers)
+    return {
+        "method": method, "pattern": "dense" if method == "dense" else pattern, "seed": seed,
+        "epochs": args.epochs, "limit": args.limit, "acc": evaluate(model, xte, yte),
+        "nm_sparsity": 1 - nnz / numel if numel else 0.0, "seconds": seconds,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["pattern"], r["method"]), []).append(r)
+    lines = [
+        "| pattern | method | test acc % (mean +- std) | seeds | true sparsity of N:M layers | s/run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (pattern, method), rs in groups.items():
+        accs = [r["acc"] for r in rs]
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        lines.append(
+            f"| {pattern} | {method} | {statistics.mean(accs):.2f} +- {std:.2f} | "
+            f"{','.join(str(r['seed']) for r in rs)} | {rs[0]['nm_sparsity']:.4f} | "
+            f"{statistics.mean(r['seconds'] for r in rs):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_markdown(rows: list[dict], args, path: Path) -> None:  # noqa: ANN001
+    cmd = "python benchmarks/bench_nm_training.py " + " ".join(sys.argv[1:])
+    text = (
+        "# N:M sparse training on Fashion-MNIST (small CNN)\n\n"
+        f"Produced by `{cmd}` on {dt.date.today().isoformat()} "
+        f"({torch.get_num_threads()} CPU threads, torch {torch.__version__}).\n\n"
+        f"Protocol: SmallCNN (conv 1-32-64, fc 1600-128-10; first conv dense), SGD momentum 0.9, "
+        f"lr {args.lr} per-step cosine, wd 5e-4, batch {args.batch}, {args.epochs} epochs, "
+        f"training set {'first ' + str(args.limit) if args.limit else 'full (60k)'}, test set "
+        f"{'first ' + str(args.limit) if args.limit else 'full (10k)'}. PGF = MDGF, linear "
+        f"decay, rate {args.pgf_rate}, 10% dense, 10% hard fine-tune. SR-STE lambda_w = 2e-4. "
+        "Accuracy measured after `finalize()` (weights exactly N:M).\n\n"
+        + table(rows) + "\n"
+    )
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--patterns", nargs="+", default=["2:4", "1:4"])
+    ap.add_argument("--methods", nargs="+", default=["dense", "ste", "sr-ste", "pgf"])
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--pgf-rate", default="auto", help="'auto' or a number such as 2e-4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "docs/results/training_nm.md"))
+    ap.add_argument("--jsonl", default=str(ROOT / "docs/results/training_nm.jsonl"))
+    args = ap.parse_args()
+    if args.pgf_rate != "auto":
+        args.pgf_rate = float(args.pgf_rate)
+    torch.set_num_threads(args.threads)
+    data = load_fashion_mnist(limit=args.limit)
+    jsonl = Path(args.jsonl)
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    done = {(r["method"], r["pattern"], r["seed"], r["epochs"], r["limit"]) for r in rows}
+    for seed in args.seeds:
+        for pattern in args.patterns:
+            for method in args.methods:
+                pat = "dense" if method == "dense" else pattern
+                if (method, pat, seed, args.epochs, args.limit) in done:
+                    continue
+                r = run_one(method, pattern, seed, data, args)
+                done.add((method, pat, seed, args.epochs, args.limit))
+                rows.append(r)
+                with jsonl.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+                mine = [x for x in rows if x["epochs"] == args.epochs and x["limit"] == args.limit]
+                write_markdown(mine, args, Path(args.out))
+                print(json.dumps(r), flush=True)
+    print(table([x for x in rows if x["epochs"] == args.epochs and x["limit"] == args.limit]))
+
+
+if __name__ == "__main__":
+    main()
