@@ -32,3 +32,27 @@ def test_block_groups() -> None:
     w = torch.ones(2, 4)  # two 2x2 blocks of norm 2
     prox_group_lasso_(w, LIN, *group_shape("block:2x2", LIN), thresh=1.0)
     assert torch.allclose(w, torch.full((2, 4), 0.5))
+
+
+def test_method_prox_uses_lr_times_lambda_then_prunes_channels() -> None:
+    from torch import nn
+
+    from sparsecraft.methods import attach
+
+    lin = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0]]))
+    model = nn.Sequential(lin)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sp = attach(model, opt, method="group-lasso", groups="channel", lam=2.0, total_steps=3,
+                finetune_steps=1)
+    opt.zero_grad()
+    lin.weight.grad = torch.zeros_like(lin.weight)
+    opt.step()  # prox threshold 0.5 * 2 = 1: row 0 norm 5 -> 4, row 1 -> 0
+    assert torch.allclose(lin.weight, torch.tensor([[2.4, 3.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert sp.zero_groups == {"0.weight": 1}
+    opt.step()
+    opt.step()  # step 3 >= prune step 2 already: channel 1 masked for good
+    assert sp.pruned and sp.mask(sp.targets[0])[:, 0].tolist() == [True, False]
+    sp.finalize()
+    assert (lin.weight[1] == 0).all() and (lin.weight[0] != 0).sum() == 2

@@ -14,7 +14,9 @@ norm is below that. Groups:
 * ``"block:HxW"``: an H x W tile of the row view;
 * ``"N:M"`` / ``"group:M"``: M consecutive inputs (the groups N:M works on).
 
-At the end (``finalize``) the zeroed groups -- and, if a target ``sparsity`` is given, the
+Training: ``total_steps - finetune_steps`` steps of SGD/Adam + prox, then the groups are
+pruned with hard masks and the rest fine-tunes; ``finalize`` prunes if that has not happened.
+At the prune the zeroed groups -- and, if a target ``sparsity`` is given, the
 lowest-norm groups up to it -- are removed by a hard mask of the group's pattern (channel
 pruning for ``"channel"``; masked, not physically removed).
 """
@@ -22,12 +24,16 @@ pruning for ``"channel"``; masked, not physically removed).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
+from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.layout import WeightLayout
+from sparsecraft.methods.base import METHODS, SparseMethod, resolve_step
 from sparsecraft.patterns import Block, Channel, Pattern, parse_pattern
+from sparsecraft.targets import Target
 
 
 def group_shape(groups: str, layout: WeightLayout) -> tuple[int, int]:
@@ -82,3 +88,93 @@ def prox_group_lasso_(weight: torch.Tensor, layout: WeightLayout, h: int, w: int
 def group_lasso_penalty(weight: torch.Tensor, layout: WeightLayout, h: int, w: int) -> torch.Tensor:
     """``sum_g ||w_g||_2`` (for logging the regulariser's value)."""
     return group_norms(layout.to_rows(weight), h, w).sum()
+
+
+def _lr_of(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> float:
+    if optimizer is None:
+        raise SparsecraftError("group-lasso needs the optimizer (its lr scales the prox step)")
+    for group in optimizer.param_groups:
+        if any(p is param for p in group["params"]):
+            return float(group["lr"])
+    raise SparsecraftError("a group-lasso target weight is not in the optimizer")
+
+
+@METHODS.register("group-lasso")
+class GroupLasso(SparseMethod):
+    """Proximal group lasso on channel / block / N:M groups, then group (channel) pruning."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        groups: str = "channel",
+        lam: float = 1e-4,
+        finetune_steps: int | float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        if lam < 0:
+            raise SparsecraftError(f"group-lasso lam must be >= 0, got {lam}")
+        kwargs.setdefault("sparsity", 0.0)
+        kwargs.setdefault("distribution", "uniform")
+        super().__init__(model, optimizer, **kwargs)
+        self.groups, self.lam = groups, float(lam)
+        self.shapes = {t.name: group_shape(groups, t.layout) for t in self.targets}
+        for t in self.targets:
+            h, w = self.shapes[t.name]
+            if t.layout.rows % h or t.layout.cols % w:
+                raise SparsecraftError(
+                    f"layer {t.name!r} (row view {t.layout.rows}x{t.layout.cols}) cannot be cut "
+                    f"into {h}x{w} groups for {groups!r}"
+                )
+        self.prune_step = self.total_steps - (resolve_step(finetune_steps, self.total_steps) or 0)
+        self.pruned = False
+        self.zero_groups: dict[str, int] = {}
+
+    def initial_masks(self) -> dict[str, torch.Tensor]:
+        return {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in self.targets}
+
+    @torch.no_grad()
+    def prox(self) -> None:
+        """One proximal step on every target with threshold ``lr * lam``."""
+        for t in self.targets:
+            h, w = self.shapes[t.name]
+            thresh = _lr_of(self.optimizer, t.param) * self.lam
+            self.zero_groups[t.name] = prox_group_lasso_(t.param, t.layout, h, w, thresh)
+
+    def group_keep(self, t: Target, sparsity: float) -> torch.Tensor:
+        """Keep-mask: zero-norm groups go, then the lowest-norm ones up to ``sparsity``."""
+        rows = t.layout.to_rows(t.param.detach()).float().pow(2)
+        pattern = group_pattern(self.groups, t.layout)
+        keep = pattern.mask(rows, sparsity)
+        h, w = self.shapes[t.name]
+        nonzero = group_norms(rows, h, w) > 0
+        keep &= nonzero.repeat_interleave(h, 0).repeat_interleave(w, 1)
+        return t.layout.from_rows(keep).contiguous()
+
+    @torch.no_grad()
+    def prune_groups(self) -> None:
+        s = self.target_sparsity()
+        self._set_masks({t.name: self.group_keep(t, s) for t in self.targets})
+        self.pruned = True
+
+    def post_step(self) -> None:
+        if self.pruned:
+            return
+        if self.step_count >= self.prune_step:
+            self.prune_groups()
+        else:
+            self.prox()
+
+    def finalize(self) -> None:
+        if not self.pruned:
+            self.prune_groups()
+        super().finalize()
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, meta = super().extra_state()
+        return tensors, {**meta, "pruned": self.pruned}
+
+    def load_extra_state(self, tensors: Any, meta: Any) -> None:
+        super().load_extra_state(tensors, meta)
+        self.pruned = bool(meta.get("pruned", False))
