@@ -1,0 +1,85 @@
+"""Lossless sparse deltas: bit-exact apply (special values), size bound, buckets, errors."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsecraft.formats.delta import DeltaError, apply_delta, encode_delta
+from tests.formats.helpers import DTYPES, random_bits, same_bits
+
+
+def clone(state):
+    return {k: v.clone() for k, v in state.items()}
+
+
+@settings(max_examples=25, deadline=None)
+@given(dtype=st.sampled_from(DTYPES), frac=st.floats(0.0, 1.0), seed=st.integers(0, 2**31),
+       bucket=st.sampled_from([64, 1000, 1 << 20]))
+def test_apply_is_bit_exact(dtype, frac, seed, bucket):
+    old = {"w": random_bits((7, 33), dtype, 0.3, seed), "b": random_bits((5,), dtype, 0.0, seed + 1)}
+    new = clone(old)
+    g = torch.Generator().manual_seed(seed)
+    for t in new.values():
+        flip = torch.rand(t.shape, generator=g) < frac
+        t[flip] = random_bits(t.shape, dtype, 0.0, seed + 2)[flip]
+    payload = encode_delta(old, new, bucket_bytes=bucket)
+    got = apply_delta(clone(old), payload)
+    assert all(same_bits(got[k], new[k]) for k in new)
+    assert all(len(b) <= bucket + 4096 for b in payload.buckets)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_special_values_count_as_changes(dtype):
+    old = {"t": torch.zeros(6, dtype=dtype)}
+    new = {"t": torch.tensor([-0.0, float("nan"), 0.0, 0.0, 0.0, 0.0], dtype=dtype)}
+    new["t"][2:3].view(torch.int16 if dtype != torch.float32 else torch.int32).fill_(1)  # subnormal
+    payload = encode_delta(old, new)
+    assert payload.stats["changed"] == 3
+    assert same_bits(apply_delta(clone(old), payload)["t"], new["t"])
+    assert encode_delta(new, clone(new)).nbytes == 0  # NaN == NaN bitwise: nothing to send
+
+
+def test_one_percent_changed_meets_the_size_bound():
+    n = 200_000
+    old = {"w": torch.randn(n).to(torch.bfloat16)}
+    new = clone(old)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: n // 100]
+    new["w"][idx] = new["w"][idx] + 1.0
+    p = encode_delta(old, new)
+    changed = p.stats["changed"]
+    assert changed == (new["w"].view(torch.int16) != old["w"].view(torch.int16)).sum()
+    assert p.nbytes <= changed * (2 + 2) + p.stats["header_bytes"]
+    assert p.stats["header_bytes"] < 200
+
+
+def test_dense_fallback_when_most_changed():
+    old = {"w": torch.randn(1000)}
+    new = {"w": old["w"] + 1}
+    p = encode_delta(old, new)
+    assert p.stats["dense_tensors"] == ["w"] and p.stats["value_bytes"] == 4000
+    assert p.stats["index_bytes"] == 0
+    assert same_bits(apply_delta(clone(old), p)["w"], new["w"])
+
+
+def test_buckets_are_size_bounded_and_split_tensors():
+    old = {"w": torch.randn(10_000)}
+    new = {"w": old["w"] + 1}
+    p = encode_delta(old, new, bucket_bytes=4096)
+    assert len(p.buckets) == 10 and all(len(b) <= 4096 + 200 for b in p.buckets)
+    assert same_bits(apply_delta(clone(old), p)["w"], new["w"])
+
+
+def test_corrupted_bucket_and_mismatched_state_are_errors():
+    old = {"w": torch.randn(100)}
+    new = clone(old)
+    new["w"][3] = 7.0
+    p = encode_delta(old, new)
+    bad = bytearray(p.buckets[0])
+    bad[-1] ^= 1
+    with pytest.raises(DeltaError, match="CRC32"):
+        apply_delta(clone(old), [bytes(bad)])
+    with pytest.raises(DeltaError, match="'w'"):
+        apply_delta({"w": torch.randn(101)}, p)
+    with pytest.raises(DeltaError, match="differ in their tensors"):
+        encode_delta(old, {"v": new["w"]})
