@@ -39,17 +39,29 @@ class SparsityReport:
     model_nonzeros: int = 0
 
     @property
+    def masked(self) -> list[LayerStats]:
+        """The layers that carry a mask (pattern is not ``dense``)."""
+        return [layer for layer in self.layers if layer.pattern != "dense"]
+
+    @property
     def numel(self) -> int:
-        return sum(layer.numel for layer in self.layers)
+        """Weights in the masked layers (the ones a sparsity target applies to)."""
+        return sum(layer.numel for layer in self.masked)
 
     @property
     def nonzeros(self) -> int:
-        return sum(layer.nonzeros for layer in self.layers)
+        return sum(layer.nonzeros for layer in self.masked)
 
     @property
     def sparsity(self) -> float:
-        """Sparsity over the listed (prunable) layers."""
+        """True sparsity over the masked layers (0.0 when nothing is masked)."""
         return 1.0 - self.nonzeros / self.numel if self.numel else 0.0
+
+    @property
+    def listed_sparsity(self) -> float:
+        """True sparsity over every listed layer, kept-dense ones included."""
+        n = sum(layer.numel for layer in self.layers)
+        return 1.0 - sum(layer.nonzeros for layer in self.layers) / n if n else 0.0
 
     @property
     def model_sparsity(self) -> float:
@@ -66,6 +78,11 @@ class SparsityReport:
         return {
             "layers": [{**asdict(l), "shape": list(l.shape)} for l in self.layers],
             "total": {"numel": self.numel, "nonzeros": self.nonzeros, "sparsity": self.sparsity},
+            "listed": {
+                "numel": sum(l.numel for l in self.layers),
+                "nonzeros": sum(l.nonzeros for l in self.layers),
+                "sparsity": self.listed_sparsity,
+            },
             "model": {
                 "numel": self.model_numel,
                 "nonzeros": self.model_nonzeros,
@@ -81,7 +98,10 @@ class SparsityReport:
         for l in self.layers:
             shape = "x".join(map(str, l.shape))
             lines.append(f"| {l.name} | {shape} | {l.pattern} | {l.target:.4f} | {l.sparsity:.4f} | {l.nonzeros} |")
-        lines.append(f"| **total (listed)** | {self.numel} | | | {self.sparsity:.4f} | {self.nonzeros} |")
+        lines.append(f"| **total (masked layers)** | {self.numel} | | | {self.sparsity:.4f} | {self.nonzeros} |")
+        if len(self.masked) != len(self.layers):
+            listed = sum(l.nonzeros for l in self.layers)
+            lines.append(f"| **total (all listed layers)** | | | | {self.listed_sparsity:.4f} | {listed} |")
         lines.append(
             f"| **model (all params)** | {self.model_numel} | | | {self.model_sparsity:.4f} | {self.model_nonzeros} |"
         )
