@@ -1,0 +1,1 @@
+"""Evaluation metrics: perplexity of causal LMs, embedding similarity of encoders."""

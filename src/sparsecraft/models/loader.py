@@ -1,0 +1,52 @@
+"""Load a model + tokenizer from a built-in name or a local HF directory (float32, offline)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsecraft.models.sources import require_transformers, resolve_model_dir
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    path: Path
+    kind: str  #: "causal-lm" or "encoder"
+
+
+def model_kind(path: Path) -> str:
+    """``causal-lm`` when the config names a *ForCausalLM architecture, else ``encoder``."""
+    import json
+
+    cfg = json.loads((path / "config.json").read_text())
+    archs = cfg.get("architectures") or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal-lm"
+    if cfg.get("model_type") in ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet"):
+        return "encoder"
+    return "causal-lm" if cfg.get("is_decoder") or not archs else "encoder"
+
+
+def load_model(name_or_path: str | os.PathLike, kind: str | None = None) -> LoadedModel:
+    """Model (eval mode, float32) and tokenizer of ``name_or_path``; no network access."""
+    require_transformers()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_dir(name_or_path)
+    kind = kind or model_kind(path)
+    cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+    model = cls.from_pretrained(str(path), dtype=torch.float32)
+    model.eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception:  # a model directory without tokenizer files
+        tok = None
+    return LoadedModel(model, tok, path, kind)
