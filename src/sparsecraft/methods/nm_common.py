@@ -75,6 +75,7 @@ class NMMethod(SparseMethod):
 
     hard_masks = False  # instance attribute flips to True in the hard fine-tune phase
     lambda_w_default = 0.0
+    recompute_each_forward = True  # False: masks change only in compute_masks (CAST)
 
     def __init__(
         self,
@@ -130,7 +131,7 @@ class NMMethod(SparseMethod):
     def refresh_mask(self, t: Target) -> torch.Tensor:
         """Recompute ``E`` from ``|W|`` unless frozen (hard phase) or ``W`` is unchanged."""
         buf = self.mask(t)
-        if self.hard_masks:
+        if self.hard_masks or not self.recompute_each_forward:
             return buf
         version = t.param._version
         if self._versions.get(t.name) != version:
@@ -183,7 +184,7 @@ class NMMethod(SparseMethod):
 
     def finalize(self) -> None:
         """Write the target N:M ``W * E`` into ``W`` and remove the hooks."""
-        if not self.hard_masks:
+        if not self.hard_masks and self.recompute_each_forward:
             self.pattern = self.target_nm
             self.recompute_all()
         super().finalize()
