@@ -26,17 +26,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("source", help="runs.csv, a .json of runs, or a folder of run reports")
     p.add_argument("--law", default="bnsl", help=f"one of: {', '.join(LAWS.names())}")
-    p.add_argument("--x", required=True,
-                   help="input column(s), comma-separated in the law's order; dotted paths for "
-                   "nested keys (final.density)")
+    p.add_argument(
+        "--x",
+        required=True,
+        help="input column(s), comma-separated in the law's order; dotted paths for nested keys (final.density)",
+    )
     p.add_argument("--y", required=True, help="target column; prefix 1- for one minus it")
     p.add_argument("--breaks", type=int, default=1, help="number of breaks (bnsl only)")
-    p.add_argument("--holdout", type=int, default=0,
-                   help="points held out for the extrapolation error")
-    p.add_argument("--holdout-side", choices=["high", "low"], default="high",
-                   help="hold out the largest (high) or smallest (low) first-input values")
-    p.add_argument("--loss", default="auto", choices=["auto", "log", "log1p", "linear"],
-                   help="residual space (auto = the law's default; bnsl: log1p)")
+    p.add_argument("--holdout", type=int, default=0, help="points held out for the extrapolation error")
+    p.add_argument(
+        "--holdout-side",
+        choices=["high", "low"],
+        default="high",
+        help="hold out the largest (high) or smallest (low) first-input values",
+    )
+    p.add_argument(
+        "--loss",
+        default="auto",
+        choices=["auto", "log", "log1p", "linear"],
+        help="residual space (auto = the law's default; bnsl: log1p)",
+    )
     p.add_argument("--restarts", type=int, default=8, help="grid points polished locally")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits (0 = none)")
     p.add_argument("--level", type=float, default=0.9, help="confidence level of intervals")
@@ -55,10 +64,21 @@ def run(args: argparse.Namespace) -> int:
         raise SparsecraftError(f"--level must be in (0, 1), got {args.level}")
     table = load_table(args.source, args.x, args.y)
     opts = {"breaks": args.breaks} if args.law.lower() == "bnsl" else {}
-    res = fit(args.law, table.x, table.y, loss=args.loss, holdout=args.holdout,
-              holdout_side=args.holdout_side, restarts=args.restarts, bootstrap=args.bootstrap,
-              level=args.level, seed=args.seed, x_names=table.x_names, y_name=table.y_name,
-              **opts)
+    res = fit(
+        args.law,
+        table.x,
+        table.y,
+        loss=args.loss,
+        holdout=args.holdout,
+        holdout_side=args.holdout_side,
+        restarts=args.restarts,
+        bootstrap=args.bootstrap,
+        level=args.level,
+        seed=args.seed,
+        x_names=table.x_names,
+        y_name=table.y_name,
+        **opts,
+    )
     out = Path(args.out or f"fit-{res.law.name}")
     json_path = res.save(out / "fit.json")
     png = None
@@ -66,20 +86,28 @@ def run(args: argparse.Namespace) -> int:
         from sparsecraft.scaling.plot import plot_fit
 
         png = plot_fit(res, out / "fit.png")
-    summary = {**res.summary(), "rows_skipped": table.skipped, "fit_json": str(json_path),
-               "plot": None if png is None else str(png)}
+    summary = {
+        **res.summary(),
+        "rows_skipped": table.skipped,
+        "fit_json": str(json_path),
+        "plot": None if png is None else str(png),
+    }
     if args.json:
         print_json(summary)
         return 0
     ci = summary["intervals"] or {}
-    print(f"{res.law.name} fit of {res.y_name} vs {', '.join(res.x_names)} "
-          f"({summary['n_fit']} fit points, {summary['n_holdout']} held out, loss {res.loss})")
+    print(
+        f"{res.law.name} fit of {res.y_name} vs {', '.join(res.x_names)} "
+        f"({summary['n_fit']} fit points, {summary['n_holdout']} held out, loss {res.loss})"
+    )
     for name, v in summary["params"].items():
         band = f"  [{ci[name][0]:.4g}, {ci[name][1]:.4g}]" if name in ci else ""
         print(f"  {name:>6} = {v:.6g}{band}")
     if ci:
         print(f"  ({int(args.level * 100)}% bootstrap intervals, {summary['n_bootstrap']} refits)")
-    print(f"RMSLE fit {res.rmsle_fit:.4g}" + (f", held out {res.rmsle_holdout:.4g}"
-                                              if res.rmsle_holdout is not None else ""))
+    print(
+        f"RMSLE fit {res.rmsle_fit:.4g}"
+        + (f", held out {res.rmsle_holdout:.4g}" if res.rmsle_holdout is not None else "")
+    )
     print(f"wrote {json_path}" + (f" and {png}" if png else ""))
     return 0

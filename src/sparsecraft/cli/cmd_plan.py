@@ -24,8 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-flops", type=float, required=True, help="training FLOP budget")
     p.add_argument("--params-max", type=float, default=None, help="cap on non-zero (inference) params")
     p.add_argument("--sparsities", default=None, help="comma-separated sparsities to consider")
-    p.add_argument("--compute", default="gradual", choices=["gradual", "sparse", "dense"],
-                   help="which parameters training FLOPs are paid on (default: gradual)")
+    p.add_argument(
+        "--compute",
+        default="gradual",
+        choices=["gradual", "sparse", "dense"],
+        help="which parameters training FLOPs are paid on (default: gradual)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -44,12 +48,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'sparsity':>8} {'non-zero N':>11} {'dense N':>11} {'tokens D':>11} {'pred. loss':>11}")
     for o in pl.per_sparsity:
         mark = "  <- best" if o is pl.best else ""
-        print(f"{o.sparsity:8.3f} {o.params_nonzero:11.4g} {o.params_dense:11.4g} {o.tokens:11.4g} "
-              f"{o.loss:11.5g}{mark}")
+        print(
+            f"{o.sparsity:8.3f} {o.params_nonzero:11.4g} {o.params_dense:11.4g} {o.tokens:11.4g} {o.loss:11.5g}{mark}"
+        )
     b, d = pl.best, pl.dense
-    print(f"recommend: sparsity {b.sparsity:g}, {b.params_nonzero:.4g} non-zero params "
-          f"({b.params_dense:.4g} dense), {b.tokens:.4g} tokens -> loss {b.loss:.5g}")
-    print(f"best dense: {d.params_nonzero:.4g} params, {d.tokens:.4g} tokens -> loss {d.loss:.5g} "
-          f"(sparse gains {pl.loss_gain_vs_dense:.4g}, inference params x{b.params_nonzero / d.params_nonzero:.3g})")
+    print(
+        f"recommend: sparsity {b.sparsity:g}, {b.params_nonzero:.4g} non-zero params "
+        f"({b.params_dense:.4g} dense), {b.tokens:.4g} tokens -> loss {b.loss:.5g}"
+    )
+    print(
+        f"best dense: {d.params_nonzero:.4g} params, {d.tokens:.4g} tokens -> loss {d.loss:.5g} "
+        f"(sparse gains {pl.loss_gain_vs_dense:.4g}, inference params x{b.params_nonzero / d.params_nonzero:.3g})"
+    )
     print("assumptions: " + "; ".join(pl.assumptions))
     return 0

@@ -19,11 +19,11 @@ HELP = "run a training recipe over sparsities x seeds (resumable) and write runs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe file or built-in recipe name (its job must accept "
-                   "top-level 'sparsity' and 'seed')")
+    p.add_argument(
+        "recipe", help="recipe file or built-in recipe name (its job must accept top-level 'sparsity' and 'seed')"
+    )
     p.add_argument("--sparsity", required=True, help="comma-separated target sparsities")
-    p.add_argument("--seeds", default="1",
-                   help="number of seeds (3 -> 0,1,2) or a comma list of seeds (e.g. 0,5,7)")
+    p.add_argument("--seeds", default="1", help="number of seeds (3 -> 0,1,2) or a comma list of seeds (e.g. 0,5,7)")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     p.add_argument("--out", default="runs/sweep", help="output folder")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise SparsecraftError(f"--jobs must be >= 1, got {args.jobs}")
-    rows = sweep_train(args.recipe, float_list(args.sparsity, "sparsity"), parse_seeds(args.seeds),
-                       args.out, jobs=args.jobs)
+    rows = sweep_train(
+        args.recipe, float_list(args.sparsity, "sparsity"), parse_seeds(args.seeds), args.out, jobs=args.jobs
+    )
     failed = [r for r in rows if r["status"] == "failed"]
     if args.json:
         print_json(rows)

@@ -26,15 +26,13 @@ def average_density(schedule: Any, total_steps: int) -> float:
     if int(total_steps) < 1:
         raise SparsecraftError(f"total_steps must be >= 1, got {total_steps}")
     sched = make_schedule(schedule)
-    s = np.fromiter((sched.value(t) for t in range(int(total_steps))), dtype=float,
-                    count=int(total_steps))
+    s = np.fromiter((sched.value(t) for t in range(int(total_steps))), dtype=float, count=int(total_steps))
     if np.any((s < 0) | (s > 1)):
         raise SparsecraftError("the schedule leaves [0, 1]; a sparsity schedule is needed")
     return float(np.mean(1.0 - s))
 
 
-def average_param_count(schedule: Any, total_steps: int, prunable_params: float,
-                        dense_params: float = 0.0) -> float:
+def average_param_count(schedule: Any, total_steps: int, prunable_params: float, dense_params: float = 0.0) -> float:
     """Nbar: the parameter count averaged over training.
 
     Args:
@@ -48,8 +46,12 @@ def average_param_count(schedule: Any, total_steps: int, prunable_params: float,
     return float(dense_params + prunable_params * average_density(schedule, total_steps))
 
 
-def gmp_schedule(final: float, total_steps: int, start_frac: float = 0.25,
-                 end_frac: float = 0.75) -> dict[str, Any]:
+def gmp_schedule(final: float, total_steps: int, start_frac: float = 0.25, end_frac: float = 0.75) -> dict[str, Any]:
     """The cubic schedule spec found near-optimal by Jin et al. (prune from 25% to 75%)."""
-    return {"type": "polynomial", "final": float(final), "start": int(start_frac * total_steps),
-            "end": int(end_frac * total_steps), "power": 3}
+    return {
+        "type": "polynomial",
+        "final": float(final),
+        "start": int(start_frac * total_steps),
+        "end": int(end_frac * total_steps),
+        "power": 3,
+    }

@@ -122,8 +122,9 @@ class _Space:
         return np.clip(q, self.lo + eps, self.hi - eps)
 
 
-def local_fit(law: Law, x: np.ndarray, y: np.ndarray, loss: str, p0: np.ndarray,
-              max_nfev: int = 4000) -> tuple[np.ndarray, float]:
+def local_fit(
+    law: Law, x: np.ndarray, y: np.ndarray, loss: str, p0: np.ndarray, max_nfev: int = 4000
+) -> tuple[np.ndarray, float]:
     """Least squares in loss space from ``p0``; returns (params, mean squared residual)."""
     space = _Space(law)
     gy = transform(law, y, loss)
@@ -135,8 +136,17 @@ def local_fit(law: Law, x: np.ndarray, y: np.ndarray, loss: str, p0: np.ndarray,
         return np.where(np.isfinite(r), r, _PENALTY)
 
     q0 = space.inside(space.to_q(p0))
-    res = least_squares(residuals, q0, bounds=(space.lo, space.hi), method="trf",
-                        x_scale="jac", ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=max_nfev)
+    res = least_squares(
+        residuals,
+        q0,
+        bounds=(space.lo, space.hi),
+        method="trf",
+        x_scale="jac",
+        ftol=1e-12,
+        xtol=1e-12,
+        gtol=1e-12,
+        max_nfev=max_nfev,
+    )
     p = law.canonical(space.to_p(res.x))
     return p, float(np.mean(res.fun**2))
 
@@ -208,9 +218,18 @@ def fit(
             best = (p, obj)
     if best is None:
         raise FitError(f"law {law.name!r}: every local fit failed or returned non-finite values")
-    result = FitResult(law=law, params=best[0], loss=loss, x=x, y=y, fit_mask=mask,
-                       objective=best[1], x_names=list(x_names or law.inputs), y_name=y_name,
-                       level=level)
+    result = FitResult(
+        law=law,
+        params=best[0],
+        loss=loss,
+        x=x,
+        y=y,
+        fit_mask=mask,
+        objective=best[1],
+        x_names=list(x_names or law.inputs),
+        y_name=y_name,
+        level=level,
+    )
     if bootstrap:
         from sparsecraft.scaling.bootstrap import bootstrap_params
 

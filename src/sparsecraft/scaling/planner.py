@@ -64,8 +64,7 @@ def predict_loss(result: FitResult, s: float, n: np.ndarray, d: np.ndarray) -> n
         x = np.stack([n, d], axis=1)
     else:
         raise SparsecraftError(
-            f"cannot plan with law {name!r}: fit 'sparse' (S, N, D), 'average-param' (Nbar, D) "
-            "or 'chinchilla' (N, D)"
+            f"cannot plan with law {name!r}: fit 'sparse' (S, N, D), 'average-param' (Nbar, D) or 'chinchilla' (N, D)"
         )
     return result.predict(x)
 
@@ -101,28 +100,49 @@ class Plan:
         return d
 
 
-def _best_for(result: FitResult, s: float, budget: float, params_max: float | None, compute: str,
-              points: int) -> Option | None:
-    hi = budget / 6.0 / 1.0  # D >= 1 token
+def _best_for(
+    result: FitResult, s: float, budget: float, params_max: float | None, compute: str, points: int
+) -> Option | None:
+    """Scan log N on a grid (D = budget / (6 N_eff)), then refine between the grid neighbours."""
+    from scipy.optimize import minimize_scalar
+
+    hi = budget / 6.0  # D >= 1 token
     if params_max is not None:
         hi = min(hi, params_max)
-    lo = max(1.0, hi * 1e-9)
-    if hi <= lo:
+    if hi <= 1.0:
         return None
-    n = np.geomspace(lo, hi, points)
-    d = budget / (6.0 * cost_params(n, s, compute))
-    with np.errstate(all="ignore"):
-        loss = predict_loss(result, s, n, d)
-    loss = np.where(np.isfinite(loss), loss, np.inf)
+
+    def loss_at(logn: np.ndarray) -> np.ndarray:
+        n = np.exp(logn)
+        with np.errstate(all="ignore"):
+            out = predict_loss(result, s, n, budget / (6.0 * cost_params(n, s, compute)))
+        return np.where(np.isfinite(out), out, np.inf)
+
+    grid = np.linspace(0.0, np.log(hi), points)
+    loss = loss_at(grid)
     i = int(np.argmin(loss))
     if not np.isfinite(loss[i]):
         return None
-    return Option(s, float(n[i]), float(n[i] / (1 - s)), float(d[i]), float(budget), float(loss[i]))
+    lo_b, hi_b = grid[max(i - 1, 0)], grid[min(i + 1, points - 1)]
+    if hi_b > lo_b:
+        r = minimize_scalar(
+            lambda v: float(loss_at(np.array([v]))[0]), bounds=(lo_b, hi_b), method="bounded", options={"xatol": 1e-6}
+        )
+        if r.fun < loss[i]:
+            grid[i], loss[i] = r.x, r.fun
+    n = float(np.exp(grid[i]))
+    d = float(budget / (6.0 * cost_params(np.array(n), s, compute)))
+    return Option(s, n, n / (1 - s), d, float(budget), float(loss[i]))
 
 
-def plan(result: FitResult, budget_flops: float, params_max: float | None = None,
-         sparsities: Sequence[float] | None = None, compute: str = "gradual",
-         points: int = 2000) -> Plan:
+def plan(
+    result: FitResult,
+    budget_flops: float,
+    params_max: float | None = None,
+    sparsities: Sequence[float] | None = None,
+    compute: str = "gradual",
+    points: int = 2000,
+) -> Plan:
     """Best (sparsity, non-zero params, tokens) under ``budget_flops`` (and ``params_max``)."""
     if not budget_flops > 0:
         raise SparsecraftError(f"the FLOP budget must be > 0, got {budget_flops}")

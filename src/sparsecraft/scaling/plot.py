@@ -35,8 +35,14 @@ def plot_fit(result: FitResult, path: str | Path, extend: float = 2.0) -> Path:
         inside = (grid >= xf_min) & (grid <= xf_max)
         band = result.band(grid)
         if band is not None:
-            ax.fill_between(grid, band[0], band[1], color="tab:red", alpha=0.18,
-                            label=f"{int(result.level * 100)}% band (bootstrap)")
+            ax.fill_between(
+                grid,
+                band[0],
+                band[1],
+                color="tab:red",
+                alpha=0.18,
+                label=f"{int(result.level * 100)}% band (bootstrap)",
+            )
         ax.plot(grid[inside], pred[inside], color="tab:red", lw=2, label="fit")
         left, right = grid < xf_min, grid > xf_max
         ax.plot(grid[right], pred[right], color="tab:red", lw=1.5, ls="--", label="extrapolation")

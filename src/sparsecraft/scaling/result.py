@@ -114,9 +114,7 @@ class FitResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FitResult:
         if d.get("format") != FORMAT:
-            raise SparsecraftError(
-                f"not a sparsecraft fit file (format {d.get('format')!r}, expected {FORMAT!r})"
-            )
+            raise SparsecraftError(f"not a sparsecraft fit file (format {d.get('format')!r}, expected {FORMAT!r})")
         law = make_law(d["law"], **d.get("options", {}))
         params = np.array([d["params"][n] for n in law.param_names()], dtype=float)
         boot = d.get("bootstrap_params")

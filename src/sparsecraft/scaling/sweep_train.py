@@ -76,8 +76,9 @@ def _run_one(doc: dict[str, Any], run_dir: str, job_module: str | None) -> dict[
     return report
 
 
-def _row(sparsity: float, seed: int, run_dir: Path, status: str, report: dict[str, Any] | None,
-         error: str | None = None) -> dict[str, Any]:
+def _row(
+    sparsity: float, seed: int, run_dir: Path, status: str, report: dict[str, Any] | None, error: str | None = None
+) -> dict[str, Any]:
     row: dict[str, Any] = {"sparsity": sparsity, "seed": seed}
     row.update(flatten(report or {}))
     row.update({"run_dir": str(run_dir), "status": status})
@@ -86,9 +87,14 @@ def _row(sparsity: float, seed: int, run_dir: Path, status: str, report: dict[st
     return row
 
 
-def sweep_train(recipe: str | Path | dict[str, Any], sparsities: Sequence[float],
-                seeds: int | Sequence[int] = 1, out: str | Path = "runs/sweep", jobs: int = 1,
-                progress: bool = True) -> list[dict[str, Any]]:
+def sweep_train(
+    recipe: str | Path | dict[str, Any],
+    sparsities: Sequence[float],
+    seeds: int | Sequence[int] = 1,
+    out: str | Path = "runs/sweep",
+    jobs: int = 1,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Run the grid (skipping finished runs) and write ``OUT/runs.csv``; returns its rows.
 
     Failed runs are recorded with ``status = failed`` and their error, and the others go on.
@@ -112,8 +118,7 @@ def sweep_train(recipe: str | Path | dict[str, Any], sparsities: Sequence[float]
             rows[(s, seed)] = _row(s, seed, run_dir, "skipped", json.loads(rep_path.read_text()))
         else:
             todo.append((s, seed, d, run_dir))
-    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="sweep-train", unit="run",
-               disable=not progress)
+    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="sweep-train", unit="run", disable=not progress)
 
     def finish(s: float, seed: int, run_dir: Path, report: dict | None, err: str | None) -> None:
         rows[(s, seed)] = _row(s, seed, run_dir, "failed" if err else "done", report, err)
@@ -128,8 +133,7 @@ def sweep_train(recipe: str | Path | dict[str, Any], sparsities: Sequence[float]
                 finish(s, seed, run_dir, None, _describe(e))
     else:
         with ProcessPoolExecutor(max_workers=int(jobs)) as pool:
-            futures = {pool.submit(_run_one, d, str(rd), job_module): (s, seed, rd)
-                       for s, seed, d, rd in todo}
+            futures = {pool.submit(_run_one, d, str(rd), job_module): (s, seed, rd) for s, seed, d, rd in todo}
             for fut in as_completed(futures):
                 s, seed, rd = futures[fut]
                 try:

@@ -72,8 +72,7 @@ class Law:
             bad = np.flatnonzero(~(col > 0))
             if bad.size:
                 raise SparsecraftError(
-                    f"law {self.name!r} needs {name} > 0; rows {bad[:5].tolist()} have "
-                    f"{col[bad[:5]].tolist()}"
+                    f"law {self.name!r} needs {name} > 0; rows {bad[:5].tolist()} have {col[bad[:5]].tolist()}"
                 )
 
     # helpers -------------------------------------------------------------------------------
@@ -92,8 +91,7 @@ class Law:
                 raise SparsecraftError(f"law {self.name!r} takes one input column, got shape {x.shape}")
         elif x.ndim != 2 or x.shape[1] != k:
             raise SparsecraftError(
-                f"law {self.name!r} takes {k} input columns ({', '.join(self.inputs)}), "
-                f"got shape {x.shape}"
+                f"law {self.name!r} takes {k} input columns ({', '.join(self.inputs)}), got shape {x.shape}"
             )
         return x
 

@@ -41,8 +41,7 @@ class SparseLaw(Law):
         s, n, d = self.columns(x)
         bad = np.flatnonzero(~((s >= 0) & (s < 1)))
         if bad.size:
-            raise SparsecraftError(f"law 'sparse' needs 0 <= S < 1; rows {bad[:5].tolist()} have "
-                                   f"{s[bad[:5]].tolist()}")
+            raise SparsecraftError(f"law 'sparse' needs 0 <= S < 1; rows {bad[:5].tolist()} have {s[bad[:5]].tolist()}")
         for name, col in (("N", n), ("D", d)):
             bad = np.flatnonzero(~(col > 0))
             if bad.size:
