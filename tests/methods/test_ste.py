@@ -76,3 +76,28 @@ def test_unfit_layer_raises_or_is_skipped() -> None:
         attach(model, None, method="ste", total_steps=3)
     sp = attach(model, None, method="ste", total_steps=3, skip_unfit=True)
     assert [t.name for t in sp.targets] == ["1.weight"]
+
+
+class Conv1D(nn.Module):
+    """Stand-in for Hugging Face GPT-2 ``Conv1D``: weight stored (in, out)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
+
+
+def test_gpt2_conv1d_groups_run_along_inputs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(3, 8))
+    sp = attach(model, None, method="sr-ste", pattern="2:4", total_steps=2)
+    w_f = model[0].sparsecraft_forward_weights["weight"]()
+    assert ((w_f != 0).t().reshape(3, 2, 4).sum(-1) == 2).all()  # per output, per 4 inputs
+    x = torch.randn(5, 8)
+    assert torch.allclose(model(x), x @ w_f + model[0].bias)
+    sp.finalize()
+    assert torch.equal(model[0].weight, w_f)
