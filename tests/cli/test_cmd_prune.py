@@ -1,0 +1,69 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sparsecraft
+from sparsecraft.cli.main import main
+
+from .tiny_hf import make_tiny_hf
+
+ARGS = ["--n-calib", "4", "--n-eval", "2", "--seqlen", "32", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_hf(tmp_path_factory.mktemp("tiny"))
+
+
+def test_prune_cli_in_process(tiny, tmp_path, capsys):
+    model_dir, text = tiny
+    out = tmp_path / "run"
+    rc = main(["prune", "--model", str(model_dir), "--method", "wanda", "--pattern", "2:4",
+               "--calib", str(text), "--out", str(out), *ARGS])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and "true sparsity   0.5000" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["job"] == "prune-llm"
+    dense, pruned = report["rows"]
+    assert dense["method"] == "dense" and pruned["true_sparsity"] == pytest.approx(0.5)
+    assert pruned["perplexity"] > 0 and dense["perplexity"] > 0
+    # the HF copy loads with from_pretrained and keeps the N:M zeros
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    w = hf.model.layers[0].mlp.up_proj.weight
+    assert ((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all()
+    # the sparse checkpoint loads into a fresh model with its masks
+    fresh = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    sparsecraft.load(out / "sparse.safetensors", fresh)
+    assert torch.equal(fresh.model.layers[0].mlp.up_proj.weight, w)
+    assert sparsecraft.report(fresh).layer("model.layers.0.mlp.up_proj.weight").pattern == "2:4"
+    assert "2:4" in (out / "sparsity.md").read_text()
+
+
+def test_prune_cli_user_error(tiny, tmp_path, capsys):
+    model_dir, text = tiny
+    rc = main(["prune", "--model", str(tmp_path / "nope"), "--calib", str(text), "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert "neither a built-in name" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prune_cli_subprocess_json(tiny, tmp_path):
+    model_dir, text = tiny
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sparsecraft.cli.main", "prune", "--model", str(model_dir), "--method",
+           "sparsegpt", "--sparsity", "0.5", "--calib", str(text), "--eval", str(text), "--out", str(out),
+           "--json", *ARGS]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["rows"][1]["method"] == "sparsegpt"
+    assert doc["rows"][1]["true_sparsity"] == pytest.approx(0.5)
+    assert (out / "model" / "config.json").is_file()
