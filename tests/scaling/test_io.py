@@ -70,3 +70,27 @@ def test_write_csv_roundtrip(tmp_path):
     p = write_csv(tmp_path / "t.csv", rows)
     back = read_records(p)
     assert back[0]["a"] == "1" and back[0]["b"] == "[1, 2]" and back[1]["c"] == "z"
+
+
+def test_sweep_report_rows_and_filters(tmp_path):
+    rep = {
+        "job": "digits-sweep",
+        "dense_test_accuracy": 0.97,
+        "rows": [
+            {"criterion": "magnitude", "sparsity": 0.5, "test_accuracy": 0.96},
+            {"criterion": "random", "sparsity": 0.5, "test_accuracy": 0.90},
+            {"criterion": "magnitude", "sparsity": 0.9, "test_accuracy": 0.80},
+        ],
+    }
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").write_text(json.dumps(rep))
+    t = load_table(tmp_path, "sparsity", "1-test_accuracy", rows="rows", where=["criterion=magnitude"])
+    np.testing.assert_allclose(t.x, [0.5, 0.9])
+    np.testing.assert_allclose(t.y, [0.04, 0.2])
+    assert t.records[0]["dense_test_accuracy"] == 0.97
+    with pytest.raises(SparsecraftError, match="no row matches"):
+        load_table(tmp_path, "sparsity", "test_accuracy", rows="rows", where=["criterion=none"])
+    with pytest.raises(SparsecraftError, match="no record has a list of rows under 'items'"):
+        load_table(tmp_path, "sparsity", "test_accuracy", rows="items")
+    with pytest.raises(SparsecraftError, match="KEY=VALUE"):
+        load_table(tmp_path, "sparsity", "test_accuracy", rows="rows", where=["criterion"])

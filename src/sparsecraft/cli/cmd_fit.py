@@ -32,6 +32,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="input column(s), comma-separated in the law's order; dotted paths for nested keys (final.density)",
     )
     p.add_argument("--y", required=True, help="target column; prefix 1- for one minus it")
+    p.add_argument(
+        "--rows", default=None, help="expand a list of row objects in each report (e.g. rows for a sweep report)"
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep only rows where KEY equals VALUE (repeatable)",
+    )
     p.add_argument("--breaks", type=int, default=1, help="number of breaks (bnsl only)")
     p.add_argument("--holdout", type=int, default=0, help="points held out for the extrapolation error")
     p.add_argument(
@@ -62,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.level < 1:
         raise SparsecraftError(f"--level must be in (0, 1), got {args.level}")
-    table = load_table(args.source, args.x, args.y)
+    table = load_table(args.source, args.x, args.y, rows=args.rows, where=args.where)
     opts = {"breaks": args.breaks} if args.law.lower() == "bnsl" else {}
     res = fit(
         args.law,

@@ -143,12 +143,62 @@ def select(records: list[dict[str, Any]], x: Sequence[str], y: str) -> Table:
     return Table(xa, np.asarray(ys, dtype=float), list(x), y, len(records) - len(xs), kept)
 
 
-def load_table(source: str | Path, x: str | Sequence[str], y: str) -> Table:
-    """Read ``source`` and select input column(s) ``x`` (comma-separated or a list) and ``y``."""
+def expand_rows(records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Records whose ``key`` holds a list of row objects (e.g. a sweep report's ``rows``) become
+    one record per row: the row's keys plus the parent's other keys (row keys win)."""
+    out = []
+    for rec in records:
+        rows = rec.get(key)
+        if isinstance(rows, str) and rows.startswith("["):  # a list stored in a CSV cell
+            rows = json.loads(rows)
+        if not isinstance(rows, list):
+            continue
+        parent = {k: v for k, v in rec.items() if k != key}
+        out += [{**parent, **flatten(r)} for r in rows if isinstance(r, dict)]
+    if not out:
+        raise SparsecraftError(f"no record has a list of rows under {key!r}")
+    return out
+
+
+def filter_records(records: list[dict[str, Any]], where: Sequence[str]) -> list[dict[str, Any]]:
+    """Keep records matching every ``KEY=VALUE`` (compared as text, numbers as numbers)."""
+    out = records
+    for cond in where:
+        if "=" not in cond:
+            raise SparsecraftError(f"bad filter {cond!r}: use KEY=VALUE")
+        key, want = (part.strip() for part in cond.split("=", 1))
+        out = [r for r in out if _equal(r.get(key), want)]
+    if not out:
+        raise SparsecraftError(f"no row matches {' and '.join(where)}")
+    return out
+
+
+def _equal(value: Any, want: str) -> bool:
+    if value is None:
+        return False
+    try:
+        return float(value) == float(want)
+    except (TypeError, ValueError):
+        return str(value) == want
+
+
+def load_table(
+    source: str | Path, x: str | Sequence[str], y: str, rows: str | None = None, where: Sequence[str] = ()
+) -> Table:
+    """Read ``source`` and select input column(s) ``x`` (comma-separated or a list) and ``y``.
+
+    ``rows`` expands a list of row objects inside each record (``rows="rows"`` for a sweep
+    report); ``where`` keeps only records matching ``KEY=VALUE`` filters.
+    """
     xs = [s.strip() for s in x.split(",") if s.strip()] if isinstance(x, str) else list(x)
     if not xs:
         raise SparsecraftError("name at least one input column (--x)")
-    return select(read_records(source), xs, y)
+    records = read_records(source)
+    if rows:
+        records = expand_rows(records, rows)
+    if where:
+        records = filter_records(records, where)
+    return select(records, xs, y)
 
 
 def write_csv(path: str | Path, records: list[dict[str, Any]]) -> Path:
