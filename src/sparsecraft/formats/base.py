@@ -76,6 +76,15 @@ def pack_uint(values: np.ndarray, bits: int) -> np.ndarray:
     v = np.ascontiguousarray(values, dtype=np.uint8 if bits <= 8 else np.uint32).reshape(-1)
     if bits == 8:
         return v.astype(np.uint8)
+    if 8 % bits == 0:  # 1, 2, 4 bits: several values per byte, one shift-or pass each
+        per = 8 // bits
+        padded = np.zeros(-(-v.size // per) * per, dtype=np.uint8)
+        padded[: v.size] = v
+        lanes = padded.reshape(-1, per)
+        out = lanes[:, 0].copy()
+        for k in range(1, per):
+            out |= lanes[:, k] << np.uint8(k * bits)
+        return out
     shifts = np.arange(bits, dtype=v.dtype)
     planes = ((v[:, None] >> shifts) & 1).astype(np.uint8)
     return np.packbits(planes.reshape(-1), bitorder="little")
@@ -85,6 +94,13 @@ def unpack_uint(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_uint` (returns ``count`` values as int64)."""
     if bits == 8:
         return packed[:count].astype(np.int64)
+    if 8 % bits == 0:
+        per = 8 // bits
+        if packed.size * per < count:
+            raise ValueError(f"{packed.size} bytes hold fewer than {count} {bits}-bit values")
+        shifts = (np.arange(per) * bits).astype(np.uint8)
+        lanes = (packed[:, None] >> shifts) & np.uint8((1 << bits) - 1)
+        return lanes.reshape(-1)[:count].astype(np.int64)
     planes = np.unpackbits(packed, bitorder="little", count=count * bits).reshape(count, bits)
     weights = (1 << np.arange(bits, dtype=np.int64))
     return planes.astype(np.int64) @ weights
@@ -125,9 +141,10 @@ class Format:
     registry_name: str = ""
     needs_rows: bool = False  # True when the format works on the (out, in) row view
 
-    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
+    def size(self, x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None = None) -> int | None:
         """Exact payload bytes for bit-view ``x`` (shape of the tensor), or ``None`` when
-        this format cannot hold it (wrong shape, not N:M, ...)."""
+        this format cannot hold it (wrong shape, not N:M, ...). ``nz`` (``x != 0``) may be
+        passed in when already computed."""
         raise NotImplementedError
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:

@@ -20,8 +20,8 @@ from sparsecraft.layout import WeightLayout
 class Bitmap(Format):
     """1 bit per element + the nonzero values: ceil(n/8) + nnz x value bytes."""
 
-    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
-        return int((x.size + 7) // 8 + np.count_nonzero(x) * x.itemsize)
+    def size(self, x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None = None) -> int | None:
+        return int((x.size + 7) // 8 + np.count_nonzero(x if nz is None else nz) * x.itemsize)
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
         flat = np.ascontiguousarray(x).reshape(-1)

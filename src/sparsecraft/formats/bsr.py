@@ -23,6 +23,30 @@ def _blocks(m: np.ndarray, br: int, bc: int) -> np.ndarray:
     return m.reshape(r // br, br, c // bc, bc).transpose(0, 2, 1, 3)
 
 
+def bsr_size(occ: np.ndarray, br: int, bc: int, value_bytes: int) -> int:
+    nb = int(occ.sum())
+    per_block = index_dtype(occ.shape[1]).itemsize + br * bc * value_bytes
+    return (occ.shape[0] + 1) * index_dtype(nb + 1).itemsize + nb * per_block
+
+
+def square_block_sizes(
+    nz: np.ndarray, layout: WeightLayout, sides: tuple[int, ...], value_bytes: int
+) -> dict[int, int]:
+    """Exact BSR bytes for square blocks of every side in ``sides`` (ascending powers of
+    two) that tiles the row view; the occupancy of a 2k block is the OR of 2x2 k-blocks."""
+    out: dict[int, int] = {}
+    occ, prev = None, 0
+    for side in sides:
+        if layout.rows % side or layout.cols % side:
+            break
+        if occ is not None and side == 2 * prev:
+            occ = occ.reshape(occ.shape[0] // 2, 2, occ.shape[1] // 2, 2).any(axis=(1, 3))
+        else:
+            occ = _blocks(rows_of(nz, layout), side, side).any(axis=(2, 3))
+        out[side], prev = bsr_size(occ, side, side, value_bytes), side
+    return out
+
+
 @FORMATS.register("bsr")
 class BSR(Format):
     """Dense br x bc blocks where any element is nonzero, CSR-indexed by block."""
@@ -35,18 +59,16 @@ class BSR(Format):
     def params(self) -> dict[str, int]:
         return {"br": self.br, "bc": self.bc}
 
-    def _occupied(self, x: np.ndarray, layout: WeightLayout | None) -> np.ndarray | None:
+    def _occupied(self, nz: np.ndarray, layout: WeightLayout | None) -> np.ndarray | None:
         if layout is None or layout.rows % self.br or layout.cols % self.bc:
             return None
-        return _blocks(rows_of(x, layout), self.br, self.bc).any(axis=(2, 3))
+        return _blocks(rows_of(nz, layout), self.br, self.bc).any(axis=(2, 3))
 
-    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
-        occ = self._occupied(x, layout)
+    def size(self, x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None = None) -> int | None:
+        occ = self._occupied(x != 0 if nz is None else nz, layout)
         if occ is None:
             return None
-        nb = int(occ.sum())
-        per_block = index_dtype(occ.shape[1]).itemsize + self.br * self.bc * x.itemsize
-        return (occ.shape[0] + 1) * index_dtype(nb + 1).itemsize + nb * per_block
+        return bsr_size(occ, self.br, self.bc, x.itemsize)
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
         blocks = _blocks(rows_of(x, layout), self.br, self.bc)

@@ -28,10 +28,10 @@ class CSR(Format):
 
     needs_rows = True
 
-    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
+    def size(self, x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None = None) -> int | None:
         if layout is None:
             return None
-        return csr_size(layout.rows, layout.cols, int(np.count_nonzero(x)), x.itemsize)
+        return csr_size(layout.rows, layout.cols, int(np.count_nonzero(x if nz is None else nz)), x.itemsize)
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
         m = rows_of(x, layout)

@@ -15,7 +15,7 @@ from sparsecraft.layout import WeightLayout
 class Dense(Format):
     """All elements stored as they are: numel x value bytes."""
 
-    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
+    def size(self, x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None = None) -> int | None:
         return int(x.size * x.itemsize)
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:

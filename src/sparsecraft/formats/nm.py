@@ -17,6 +17,7 @@ with groups along in-channels, GPT-2 ``Conv1D`` transposed).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -33,12 +34,56 @@ def nm_size(numel: int, n: int, m: int, value_bytes: int) -> int:
     return kept * value_bytes + (kept * index_bits(m) + 7) // 8
 
 
-def group_counts(x: np.ndarray, layout: WeightLayout | None, m: int) -> np.ndarray | None:
-    """Nonzeros per group of ``m`` along the input dim, or ``None`` when groups don't fit."""
+def group_codes(nz_groups: np.ndarray) -> np.ndarray | None:
+    """The occupancy of every group (rows of a bool (G, M) array) as an integer code,
+    bit j = position j nonzero; ``None`` unless M is 2, 4, 8 or 16. Word arithmetic: the
+    M bool bytes of a group are read as one little-endian word, and byte k (at bit 8k) is
+    moved to bit k by a right shift of 7k; every other byte lands at bit >= M (masked)."""
+    m = nz_groups.shape[1]
+    if m not in (2, 4, 8, 16):
+        return None
+    lanes = min(m, 8)
+    words = np.ascontiguousarray(nz_groups).view(f"<u{lanes}").reshape(-1, m // lanes)
+    codes = np.zeros(words.shape[0], dtype=np.intp)
+    for part in range(words.shape[1]):
+        w = words[:, part]
+        acc = w.copy()
+        for k in range(1, lanes):
+            acc |= w >> w.dtype.type(7 * k)
+        acc &= w.dtype.type((1 << lanes) - 1)
+        codes |= acc.astype(np.intp) << (lanes * part)
+    return codes
+
+
+@lru_cache(maxsize=32)
+def _tables(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every code: its popcount, and its N kept positions (set bits in order, then
+    unset bits in order as padding)."""
+    codes = np.arange(1 << m, dtype=np.int64)
+    bits = ((codes[:, None] >> np.arange(m)) & 1).astype(bool)
+    order = np.argsort(~bits, axis=1, kind="stable")[:, :n].astype(np.uint8)
+    return bits.sum(axis=1).astype(np.int32), order
+
+
+def group_counts(nz: np.ndarray, layout: WeightLayout | None, m: int) -> np.ndarray | None:
+    """Nonzeros per group of ``m`` along the input dim (``nz``: the tensor's ``!= 0``), or
+    ``None`` when the groups don't tile the row view."""
     if layout is None or layout.cols % m:
         return None
-    rows = rows_of(x, layout)
-    return np.count_nonzero(rows.reshape(-1, m), axis=1)
+    groups = rows_of(nz, layout).reshape(-1, m)
+    codes = group_codes(groups)
+    if codes is None:
+        return groups.sum(axis=1, dtype=np.int32)
+    return _tables(1, m)[0][codes]
+
+
+def group_positions(nz: np.ndarray, n: int) -> np.ndarray:
+    """Per group (row of ``nz``), ``n`` distinct positions: the nonzero ones in order, then
+    zero ones in order as padding (a table lookup on the occupancy code for M <= 16)."""
+    codes = group_codes(nz)
+    if codes is not None:
+        return _tables(n, nz.shape[1])[1][codes]
+    return np.argsort(~nz, axis=1, kind="stable")[:, :n].astype(np.uint8)
 
 
 @FORMATS.register("nm")
@@ -55,19 +100,19 @@ class NM(Format):
     def params(self) -> dict[str, int]:
         return {"n": self.n, "m": self.m}
 
-    def size(self, x: np.ndarray, layout: WeightLayout | None) -> int | None:
-        counts = group_counts(x, layout, self.m)
+    def size(self, x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None = None) -> int | None:
+        counts = group_counts(x != 0 if nz is None else nz, layout, self.m)
         if counts is None or (counts.size and counts.max() > self.n):
             return None
         return nm_size(x.size, self.n, self.m, x.itemsize)
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
         groups = rows_of(x, layout).reshape(-1, self.m)
-        # nonzero positions first (in order), then zero positions: the first N of each group
-        order = np.argsort(groups == 0, axis=1, kind="stable")[:, : self.n]
-        values = np.take_along_axis(groups, order, axis=1)
-        if np.count_nonzero(values) != np.count_nonzero(groups):
+        nz = groups != 0
+        if groups.size and nz.sum(axis=1, dtype=np.int32).max() > self.n:
             raise ValueError(f"tensor is not {self.n}:{self.m} along its input dimension")
+        order = group_positions(nz, self.n)
+        values = np.take_along_axis(groups, order.astype(np.intp), axis=1)
         return {"values": values.reshape(-1), "index": pack_uint(order.reshape(-1), index_bits(self.m))}
 
     def decode(self, p: Packed) -> np.ndarray:

@@ -16,8 +16,8 @@ from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.formats.base import FORMATS, Format, Packed, bits_view, dtype_from_name, dtype_name, from_bits
-from sparsecraft.formats.bsr import BSR
-from sparsecraft.formats.nm import NM, group_counts
+from sparsecraft.formats.bsr import BSR, square_block_sizes
+from sparsecraft.formats.nm import NM, group_counts, nm_size
 from sparsecraft.layout import WeightLayout, layout_for
 
 FORMAT_CHOICES = ("dense", "auto", "bitmap", "csr", "nm", "bsr")
@@ -40,14 +40,31 @@ def make_format(name: str, **params: Any) -> Format:
         raise SparsecraftError(f"bad parameters {params} for format {name!r}: {e}") from None
 
 
-def candidates(x: np.ndarray, layout: WeightLayout | None) -> list[Format]:
+def nm_counts(nz: np.ndarray, layout: WeightLayout) -> dict[int, np.ndarray]:
+    """Nonzeros per group for every M in ``NM_GROUPS`` that tiles the rows (M=8 and 16
+    counts are sums of neighbouring M=4 counts: one pass over the tensor)."""
+    out: dict[int, np.ndarray] = {}
+    prev = None
+    for m in NM_GROUPS:
+        if layout.cols % m:
+            break
+        if prev is not None and m == 2 * prev[0]:
+            counts = prev[1].reshape(-1, 2).sum(axis=1, dtype=np.int32)
+        else:
+            counts = group_counts(nz, layout, m)
+        out[m] = counts
+        prev = (m, counts)
+    return out
+
+
+def candidates(x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None = None) -> list[Format]:
     """Every format instance worth sizing for ``x``; on equal size the earlier wins
     (dense, then N:M, which keeps the structure for kernels, then bitmap, CSR, BSR)."""
     out: list[Format] = [make_format("dense")]
+    nz = x != 0 if nz is None else nz
     if layout is not None:
-        for m in NM_GROUPS:
-            counts = group_counts(x, layout, m)
-            if counts is not None and counts.size and int(counts.max()) < m:
+        for m, counts in nm_counts(nz, layout).items():
+            if counts.size and int(counts.max()) < m:
                 out.append(NM(max(1, int(counts.max())), m))
     out.append(make_format("bitmap"))
     if layout is not None:
@@ -59,8 +76,16 @@ def candidates(x: np.ndarray, layout: WeightLayout | None) -> list[Format]:
 def choose(x: np.ndarray, layout: WeightLayout | None) -> tuple[Format, int]:
     """The smallest applicable format for bit view ``x`` and its exact size."""
     best: tuple[Format, int] | None = None
-    for fmt in candidates(x, layout):
-        size = fmt.size(x, layout)
+    nz = x != 0
+    sides = tuple(br for br, bc in BSR_BLOCKS if br == bc)
+    bsr = square_block_sizes(nz, layout, sides, x.itemsize) if layout is not None else {}
+    for fmt in candidates(x, layout, nz):
+        if isinstance(fmt, NM):  # candidates() already checked that the tensor is N:M
+            size = nm_size(x.size, fmt.n, fmt.m, x.itemsize)
+        elif isinstance(fmt, BSR) and fmt.br == fmt.bc and fmt.br in sides:
+            size = bsr.get(fmt.br)
+        else:
+            size = fmt.size(x, layout, nz)
         if size is not None and (best is None or size < best[1]):
             best = (fmt, size)
     assert best is not None  # dense always applies
@@ -85,7 +110,7 @@ def pack(
         fmt = choose(x, layout)[0]
     else:
         fmt = make_format(format, **params)
-    if fmt.size(x, layout) is None:
+    if format != "auto" and fmt.size(x, layout) is None:
         why = "has no row view" if layout is None else f"does not fit (row view {layout.rows}x{layout.cols})"
         raise SparsecraftError(
             f"format {fmt.registry_name!r} {fmt.params() or ''} cannot hold a tensor of shape "
@@ -107,10 +132,10 @@ def pack_if_fits(t: torch.Tensor, format: str, layout: WeightLayout | None = Non
     layout = layout if layout is not None else default_layout(t)
     if format == "nm":
         fits = [f for f in candidates(x, layout) if isinstance(f, NM)]
-        fmt = min(fits, key=lambda f: f.size(x, layout)) if fits else None
+        fmt = min(fits, key=lambda f: nm_size(x.size, f.n, f.m, x.itemsize)) if fits else None
     else:
         fmt = make_format(format)
-    if fmt is None or fmt.size(x, layout) is None:
+    if fmt is None or (format != "nm" and fmt.size(x, layout) is None):
         return None
     return pack(t, fmt, layout=layout)
 
