@@ -50,6 +50,14 @@ from sparsecraft.targets import Target, find_targets
 
 METHODS: Registry[type[SparseMethod]] = Registry("method")
 
+#: optimizers whose update of a weight with zero gradient, zero state and zero value is exactly
+#: zero (element-wise rules, incl. coupled/decoupled weight decay): masking the gradient before
+#: the step is enough, so the weights need no re-zeroing after it (saves a pass per step).
+EXACT_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
+    torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam,
+)  # fmt: skip
+
 
 def resolve_step(value: int | float | None, total_steps: int) -> int | None:
     """An int is a step; a float in [0, 1] is a fraction of ``total_steps``; None stays None."""
@@ -124,6 +132,8 @@ class SparseMethod:
         self.dynamics = MaskDynamics()
         self._dense_grads: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
+        self._fmasks: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._grads_masked = False
         self._attached = False
 
     # ----------------------------------------------------------------- names and masks
@@ -220,9 +230,11 @@ class SparseMethod:
             self._capture_grads()
         self.modify_gradients()
         if self.hard_masks:
-            for t in self.targets:
-                if t.param.grad is not None:
-                    t.param.grad.masked_fill_(~self.mask(t), 0)
+            pairs = [(t.param.grad, self._float_mask(t)) for t in self.targets if t.param.grad is not None]
+            if pairs:
+                grads, masks = zip(*pairs)
+                torch._foreach_mul_(list(grads), list(masks))
+            self._grads_masked = True
 
     def step(self) -> dict[str, Any] | None:
         """Call once after ``optimizer.step()`` when hooks are off; a no-op with hooks."""
@@ -239,7 +251,9 @@ class SparseMethod:
     def after_optimizer_step(self) -> dict[str, Any] | None:
         """Advance one step; update masks when the UpdateRule says so. Returns the dynamics
         entry of an update, else None."""
-        self._reapply()
+        if not (self._grads_masked and isinstance(self.optimizer, EXACT_OPTIMIZERS)):
+            self._reapply()
+        self._grads_masked = False
         self.step_count += 1
         self.post_step()
         entry = None
@@ -268,8 +282,16 @@ class SparseMethod:
     @torch.no_grad()
     def _reapply(self) -> None:
         if self.hard_masks:
-            for t in self.targets:
-                t.param.masked_fill_(~self.mask(t), 0)
+            torch._foreach_mul_([t.param.data for t in self.targets], [self._float_mask(t) for t in self.targets])
+
+    def _float_mask(self, target: Target) -> torch.Tensor:
+        """The mask as 0/1 in the weight's dtype, cached until the mask buffer changes."""
+        mask = self.mask(target)
+        hit = self._fmasks.get(target.name)
+        if hit is None or hit[0] is not mask or hit[1] != mask._version or hit[2].dtype != target.param.dtype:
+            hit = (mask, mask._version, mask.to(target.param.dtype))
+            self._fmasks[target.name] = hit
+        return hit[2]
 
     @torch.no_grad()
     def _set_masks(self, new: Mapping[str, torch.Tensor], record: bool = False) -> dict[str, Any] | None:

@@ -1,0 +1,1 @@
+"""Training-loop building blocks shared by the ``train`` job and the benchmarks."""
