@@ -1,12 +1,27 @@
 """Packed formats, sparse checkpoints and lossless sparse weight deltas.
 
 * :func:`pack` / :func:`unpack`: bitmap, CSR, N:M, BSR and dense, bitwise lossless for
-  every float dtype; ``format="auto"`` picks the smallest.
-* :func:`encode_delta` / :func:`apply_delta`: SparseRL-Sync style weight deltas.
+  every float dtype; ``format="auto"`` picks the smallest (:mod:`.select`).
+* :func:`encode_delta` / :func:`apply_delta`: SparseRL-Sync style weight deltas
+  (:mod:`.delta`), shipped over ``torch.distributed`` by :class:`DeltaSync` (:mod:`.transport`).
+* Hugging Face directories: :mod:`.hf` (``save_pretrained_sparse``, ``load_pretrained_sparse``).
 """
 
 from sparsecraft.formats import bitmap, bsr, csr, dense, nm  # noqa: F401  (register formats)
 from sparsecraft.formats.base import FORMATS, Format, Packed
+from sparsecraft.formats.delta import DeltaError, DeltaPayload, apply_delta, encode_delta
 from sparsecraft.formats.select import FORMAT_CHOICES, choose, pack, unpack
 
-__all__ = ["FORMATS", "FORMAT_CHOICES", "Format", "Packed", "choose", "pack", "unpack"]
+__all__ = [
+    "FORMATS",
+    "FORMAT_CHOICES",
+    "DeltaError",
+    "DeltaPayload",
+    "Format",
+    "Packed",
+    "apply_delta",
+    "choose",
+    "encode_delta",
+    "pack",
+    "unpack",
+]
