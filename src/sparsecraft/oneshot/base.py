@@ -43,6 +43,24 @@ class OneShotPruner:
         raise NotImplementedError
 
 
+def fast_lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep-mask with exactly the ``k`` lowest scores pruned, ties broken by position: the same
+    result as :func:`sparsecraft.patterns.lowest_k_mask` (a stable argsort) in O(n) with
+    ``kthvalue`` instead of a full sort."""
+    flat = scores.reshape(-1).float()
+    n = flat.numel()
+    if k <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if k >= n:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    v = torch.kthvalue(flat, k).values
+    pruned = flat < v
+    need = k - int(pruned.sum())
+    if need > 0:
+        pruned[torch.nonzero(flat == v).reshape(-1)[:need]] = True
+    return (~pruned).reshape(scores.shape)
+
+
 def make_pruner(name: str, **kwargs) -> OneShotPruner:
     import sparsecraft.oneshot.magnitude  # noqa: F401  (registration)
     import sparsecraft.oneshot.sparsegpt  # noqa: F401

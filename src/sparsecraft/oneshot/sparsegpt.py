@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.oneshot.base import ONESHOT, OneShotPruner
+from sparsecraft.oneshot.base import ONESHOT, OneShotPruner, fast_lowest_k_mask
 from sparsecraft.oneshot.stats import InputStats
-from sparsecraft.patterns import NM, Pattern, Unstructured, count_to_prune, lowest_k_mask
+from sparsecraft.patterns import NM, Pattern, Unstructured, count_to_prune
 
 
 def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +80,7 @@ def _prune(w, Hinv, dead, pattern, sparsity, blocksize):
         d = torch.diagonal(Hinv1)
         if nm is None:
             score = W1.pow(2) / d.pow(2).reshape(1, -1)
-            mask1 = ~lowest_k_mask(score, count_to_prune(sparsity, score.numel()))
+            mask1 = ~fast_lowest_k_mask(score, count_to_prune(sparsity, score.numel()))
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(count):
