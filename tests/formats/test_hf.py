@@ -77,3 +77,15 @@ def test_compress_and_decompress_directories(tmp_path):
     decompress_dir(tmp_path / "sparse", tmp_path / "again")
     back = tf.LlamaForCausalLM.from_pretrained(tmp_path / "again")
     assert bit_equal(model, back)
+
+
+def test_compress_dir_finds_gpt2_conv1d_layouts_from_the_config(tmp_path):
+    model = tiny_gpt2()
+    sparsecraft.prune(model, 0.5, pattern="2:4", include=["transformer.h"])
+    sparsecraft.remove_masks(model)
+    model.save_pretrained(tmp_path / "dense")
+    compress_dir(tmp_path / "dense", tmp_path / "sparse")
+    doc = json.loads((tmp_path / "sparse" / "sparsity_config.json").read_text())
+    mlp = doc["packed"]["transformer.h.1.mlp.c_fc.weight"]
+    assert (mlp["format"], mlp["params"], mlp["layout"]) == ("nm", {"n": 2, "m": 4}, "transposed")
+    assert bit_equal(model, load_pretrained_sparse(tmp_path / "sparse"))
