@@ -5,6 +5,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from torch import nn
 
@@ -12,7 +14,7 @@ import sparsecraft
 from sparsecraft.checkpoint import SIDECAR, read_checkpoint, save, save_state
 from sparsecraft.errors import CheckpointError
 from tests.core.helpers import Conv1D
-from tests.formats.helpers import nm_bits, same_bits
+from tests.formats.helpers import DTYPES, nm_bits, random_bits, same_bits
 
 
 def pruned_mlp(seed=0):
@@ -128,3 +130,16 @@ def test_tampered_metadata_is_caught_by_the_decoded_crc(tmp_path):
 def test_unknown_format_is_a_clear_error(tmp_path):
     with pytest.raises(sparsecraft.SparsecraftError, match="allowed: dense, auto"):
         save(pruned_mlp(), tmp_path / "m.safetensors", format="zip")
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    dtype=st.sampled_from(DTYPES),
+    fmt=st.sampled_from(["auto", "bitmap", "csr", "nm", "bsr"]),
+    sparsity=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31),
+)
+def test_any_format_any_dtype_round_trips_through_a_file(tmp_path_factory, dtype, fmt, sparsity, seed):
+    state = {"w": random_bits((8, 32), dtype, sparsity, seed), "n": nm_bits(4, 16, 2, 4, dtype, seed)}
+    path = save_state(state, tmp_path_factory.mktemp("h") / "s.safetensors", format=fmt)
+    assert states_equal(state, read_checkpoint(path)[0])

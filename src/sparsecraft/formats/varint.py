@@ -59,6 +59,8 @@ def encode_varint(values: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.uint8)
     lengths = varint_lengths(values)
     width = int(lengths.max())
+    if width == 1:  # every value < 128: the bytes are the values
+        return values.astype(np.uint8)
     planes = np.empty((values.size, width), dtype=np.uint8)
     for k in range(width):
         byte = ((values >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
@@ -74,6 +76,8 @@ def decode_varint(buf: np.ndarray, count: int) -> np.ndarray:
         raise ValueError(f"varint stream holds {ends.size} values, expected {count}")
     if count == 0:
         return np.zeros(0, dtype=np.uint64)
+    if buf.size == count:  # one byte each
+        return buf.astype(np.uint64)
     lengths = np.diff(ends, prepend=-1)
     width = int(lengths.max())
     if width > 10:
