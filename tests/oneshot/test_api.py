@@ -5,7 +5,7 @@ import sparsecraft
 from sparsecraft.masks import masked_params
 from sparsecraft.oneshot import prune_model
 
-from .tiny import calib_ids, tiny_bert, tiny_gpt2, tiny_llama
+from .tiny import calib_ids, tiny_bert, tiny_gpt2, tiny_llama, tiny_opt
 
 
 def check_exact(model, pattern):
@@ -23,7 +23,7 @@ def check_exact(model, pattern):
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2])
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2, tiny_opt])
 def test_prune_model_masks_exact(method, pattern, make):
     model = make()
     res = prune_model(model, calib_ids(4), method=method, sparsity=0.5, pattern=pattern, progress=False)
