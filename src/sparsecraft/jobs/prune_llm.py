@@ -226,7 +226,8 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
         plot_perplexity(rows, run_dir / "perplexity.png", title)
         out["plot"] = str(run_dir / "perplexity.png")
     emit()
-    return {k: v for k, v in out.items()}
+    out["table_markdown"] = table_markdown(rows)
+    return out
 
 
 @JOBS.register("prune-llm")
