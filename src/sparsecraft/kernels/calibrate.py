@@ -1,0 +1,154 @@
+"""Timing and the per-layer choice of a backend ("auto").
+
+:func:`time_calls` times several callables side by side: after a warm-up it runs them in
+interleaved rounds (a, b, c, a, b, c, ...) and returns each one's median, so a burst of load
+on a shared machine hits every candidate alike.
+
+:func:`choose` decides, for one weight and one batch size, which backend a layer uses:
+the fastest sparse backend wins only if it beats the best dense call by ``margin`` (default
+3%, a guard against timing noise); otherwise the layer keeps the best dense call. The times
+come from a *measure* function -- by default a quick real measurement on this machine
+(:func:`measure_backends`); tests and users can inject their own (a calibrated cost model, or
+fixed numbers) to make the decision deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from sparsecraft.kernels.backends import backend_names, get_backend
+
+log = logging.getLogger("sparsecraft.kernels")
+
+DENSE_CANDIDATES = ("dense", "dense-t", "dense-mkldnn")
+SPARSE_CANDIDATES = ("torch-csr", "csr16", "bitmap", "nm24")
+MeasureFn = Callable[[torch.Tensor, int, Sequence[str]], Mapping[str, float]]
+
+
+def time_calls(
+    calls: Mapping[str, Callable[[], object]],
+    repeats: int = 20,
+    warmup: int = 3,
+    budget_s: float | None = None,
+) -> dict[str, float]:
+    """Median seconds per call of each callable, measured in interleaved rounds.
+
+    ``budget_s`` stops early (after at least 3 rounds) once the rounds took that long.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    start = time.perf_counter()
+    for i in range(repeats):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+        if budget_s is not None and i >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def usable_candidates(weight: torch.Tensor, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(backends of ``names`` that can run ``weight`` here, {name: why not} for the others)."""
+    ok, why = [], {}
+    for name in names:
+        b = get_backend(name)
+        avail, reason = b.available()
+        reason = reason if not avail else b.supports(weight)
+        if reason:
+            why[name] = reason
+        else:
+            ok.append(name)
+    return ok, why
+
+
+@torch.no_grad()
+def measure_backends(
+    weight: torch.Tensor, batch: int, names: Sequence[str], repeats: int = 15, budget_s: float = 1.0
+) -> dict[str, float]:
+    """Quick real measurement: seconds per ``x @ W^T`` for each backend at this batch size."""
+    x = torch.randn(batch, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    calls = {}
+    for name in names:
+        b = get_backend(name)
+        packed = b.pack(weight)
+        calls[name] = lambda b=b, p=packed: b.matmul(p, x, weight.shape[0])
+    return time_calls(calls, repeats=repeats, warmup=2, budget_s=budget_s)
+
+
+@dataclass
+class Decision:
+    """What ``auto`` chose for one layer, and why."""
+
+    backend: str
+    reason: str
+    batch: int
+    times_ms: dict[str, float] = field(default_factory=dict)
+    dense_ms: float | None = None
+    chosen_ms: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.dense_ms is None or not self.chosen_ms:
+            return None
+        return self.dense_ms / self.chosen_ms
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "speedup": self.speedup}
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        log.warning(message)
+
+
+def choose(
+    weight: torch.Tensor,
+    batch: int = 1,
+    candidates: Sequence[str] | None = None,
+    measure: MeasureFn | None = None,
+    margin: float = 0.03,
+) -> Decision:
+    """Pick the backend for ``weight`` at ``batch``: sparse only if measurably faster than dense."""
+    names = list(candidates) if candidates is not None else [
+        n for n in backend_names() if n in DENSE_CANDIDATES + SPARSE_CANDIDATES
+    ]
+    usable, why = usable_candidates(weight, names)
+    for name, reason in why.items():
+        if name in ("csr16", "bitmap", "nm24") and reason.startswith("C++ kernels unavailable"):
+            warn_once(f"sparsecraft auto backend: {reason}; falling back to torch-csr")
+    dense = [n for n in usable if get_backend(n).dense]
+    sparse = [n for n in usable if not get_backend(n).dense]
+    if not dense:
+        dense = ["dense"]
+    times = dict((measure or measure_backends)(weight, batch, dense + sparse))
+    ms = {k: v * 1e3 for k, v in times.items()}
+    best_dense = min(dense, key=lambda n: times[n])
+    if not sparse:
+        notes = "; ".join(f"{k}: {v}" for k, v in why.items())
+        return Decision(best_dense, f"no sparse backend can run this layer ({notes})", batch, ms,
+                        ms[best_dense], ms[best_dense])
+    best_sparse = min(sparse, key=lambda n: times[n])
+    ratio = times[best_dense] / times[best_sparse]
+    if times[best_sparse] < times[best_dense] * (1 - margin):
+        reason = f"{best_sparse} {ratio:.2f}x faster than {best_dense} at batch {batch}"
+        return Decision(best_sparse, reason, batch, ms, ms[best_dense], ms[best_sparse])
+    reason = (
+        f"kept dense: best sparse ({best_sparse}) is {1 / ratio:.2f}x the time of {best_dense} "
+        f"at batch {batch} (needs < {1 - margin:.2f}x)"
+    )
+    return Decision(best_dense, reason, batch, ms, ms[best_dense], ms[best_dense])

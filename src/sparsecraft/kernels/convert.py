@@ -1,0 +1,165 @@
+"""``convert(model)``: swap sparse ``nn.Linear`` layers for :class:`SparseLinear`, per layer only
+where it is faster on this machine.
+
+For every eligible ``nn.Linear`` (masked, or simply with zeros in its weight) the ``auto``
+backend measures the dense calls and the sparse kernels at the given batch size
+(:func:`sparsecraft.kernels.calibrate.choose`) and keeps the layer dense unless a sparse kernel
+is measurably faster. Layers with the same shape, sparsity (to 1%), 2:4-ness and dtype share
+one measurement. Every decision -- converted or kept dense, and why -- is in the returned
+:class:`ConvertReport` and logged on the ``sparsecraft.kernels`` logger; nothing is silent.
+
+A forced backend (``backend="csr16"`` ...) converts every eligible layer with it, except those
+it cannot run (reported, with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from sparsecraft.errors import SparsecraftError
+from sparsecraft.kernels.backends import backend_names, get_backend
+from sparsecraft.kernels.calibrate import Decision, MeasureFn, choose
+from sparsecraft.kernels.sparse_linear import SparseLinear, effective_weight
+from sparsecraft.targets import find_targets
+
+log = logging.getLogger("sparsecraft.kernels")
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    sparsity: float
+    backend: str
+    reason: str
+    dense_ms: float | None = None
+    chosen_ms: float | None = None
+    dense_bytes: int = 0
+    packed_bytes: int = 0
+
+    @property
+    def converted(self) -> bool:
+        return self.backend not in ("dense", "dense-t", "dense-mkldnn", "(unchanged)")
+
+    @property
+    def speedup(self) -> float | None:
+        return self.dense_ms / self.chosen_ms if self.dense_ms and self.chosen_ms else None
+
+
+@dataclass
+class ConvertReport:
+    """Per-layer decisions of :func:`convert`."""
+
+    backend: str
+    batch: int
+    layers: list[LayerReport] = field(default_factory=list)
+
+    @property
+    def converted(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if layer.converted]
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "batch": self.batch,
+            "converted": len(self.converted),
+            "layers": [{**asdict(x), "converted": x.converted, "speedup": x.speedup} for x in self.layers],
+        }
+
+    def __str__(self) -> str:
+        lines = [f"convert(backend={self.backend}, batch={self.batch}): "
+                 f"{len(self.converted)}/{len(self.layers)} layers sparse"]
+        for x in self.layers:
+            sp = f"{x.speedup:.2f}x" if x.speedup else "-"
+            lines.append(f"  {x.name:40s} {x.sparsity:6.1%} {x.backend:12s} {sp:>7s}  {x.reason}")
+        return "\n".join(lines)
+
+
+def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
+    """data_ptr -> names of every parameter stored there (tied weights share one)."""
+    seen: dict[int, list[str]] = {}
+    for mname, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            seen.setdefault(p.data_ptr(), []).append(f"{mname}.{pname}" if mname else pname)
+    return seen
+
+
+def _is_24(weight: torch.Tensor) -> bool:
+    if weight.shape[1] % 4:
+        return False
+    return int((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1).max()) <= 2
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+@torch.no_grad()
+def convert(
+    model: nn.Module,
+    backend: str = "auto",
+    batch: int = 1,
+    include: Sequence[str] | None = None,
+    keep_dense: Sequence[str] | None = None,
+    min_sparsity: float = 0.2,
+    measure: MeasureFn | None = None,
+) -> ConvertReport:
+    """Swap eligible ``nn.Linear`` layers of ``model`` (in place) for :class:`SparseLinear`.
+
+    ``backend``: ``"auto"`` (measured per layer at ``batch`` rows) or a backend name.
+    ``min_sparsity``: layers with fewer zeros stay dense without measuring.
+    ``measure``: injected timing function ``(weight, batch, names) -> {name: seconds}``.
+    """
+    if backend != "auto" and backend not in backend_names():
+        raise SparsecraftError(f"unknown backend {backend!r}; allowed: auto, {', '.join(backend_names())}")
+    report = ConvertReport(backend, batch)
+    shared = _shared_weights(model)
+    memo: dict[tuple, tuple[Decision, str]] = {}
+    for t in find_targets(model, include, keep_dense):
+        module = t.module
+        if not isinstance(module, nn.Linear):
+            continue
+        weight = effective_weight(module)
+        shape = (module.out_features, module.in_features)
+        sparsity = float((weight == 0).sum()) / weight.numel()
+        entry = LayerReport(t.module_name, shape, sparsity, "(unchanged)", "",
+                            dense_bytes=weight.numel() * weight.element_size())
+        report.layers.append(entry)
+        tied = [n for n in shared.get(module.weight.data_ptr(), []) if n != t.name]
+        if tied:
+            entry.reason = f"weight is tied to {', '.join(tied)}; left as nn.Linear"
+        elif sparsity < min_sparsity:
+            entry.reason = f"only {sparsity:.1%} zeros (< min_sparsity {min_sparsity:.0%})"
+        elif backend == "auto":
+            key = (shape, weight.dtype, round(sparsity, 2), _is_24(weight), batch)
+            if key not in memo:
+                memo[key] = (choose(weight, batch=batch, measure=measure), t.module_name)
+            decision, measured_on = memo[key]
+            entry.backend, entry.reason = decision.backend, decision.reason
+            if measured_on != t.module_name:
+                entry.reason += f" (measured on {measured_on}: same shape and sparsity)"
+            entry.dense_ms, entry.chosen_ms = decision.dense_ms, decision.chosen_ms
+        else:
+            impl = get_backend(backend)
+            avail, why = impl.available()
+            why = why if not avail else impl.supports(weight)
+            if why:
+                entry.reason = f"requested backend {backend} cannot run it: {why}; left as nn.Linear"
+                warnings.warn(f"sparsecraft.convert: {t.module_name}: {entry.reason}", RuntimeWarning,
+                              stacklevel=2)
+            else:
+                entry.backend, entry.reason = backend, "backend requested by the caller"
+        if entry.backend not in ("(unchanged)", "dense"):  # "dense" is what nn.Linear calls
+            new = SparseLinear.from_linear(module, entry.backend)
+            _replace(model, t.module_name, new)
+            entry.packed_bytes = new.nbytes
+        log.info("convert %s: %s (%s)", t.module_name, entry.backend, entry.reason)
+    return report

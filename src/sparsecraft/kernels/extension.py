@@ -1,0 +1,144 @@
+"""JIT build of the C++ kernels (``csrc/sparse_kernels.cpp``) with the machine's compiler.
+
+The extension is compiled on first use with :func:`torch.utils.cpp_extension.load` and cached
+in a user cache directory (``$SPARSECRAFT_CACHE_DIR`` or ``~/.cache/sparsecraft/torch_ext``)
+under a tag made of the source hash, the torch and Python versions and the flags, so a later
+process loads it in milliseconds. Flags: ``-O3`` always; ``-march=native`` and ``-fopenmp``
+only when a test compile with the same compiler accepts them (``SPARSECRAFT_NO_NATIVE=1`` turns
+``-march=native`` off). No prebuilt binary is ever downloaded.
+
+A failed build is not fatal: :func:`extension_status` returns ``(False, reason)`` and the
+``auto`` backend warns with that reason and falls back to torch CSR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from sparsecraft.errors import SparsecraftError
+
+SOURCE = Path(__file__).with_name("csrc") / "sparse_kernels.cpp"
+OPS_NAMESPACE = "sparsecraft_kernels"
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+class ExtensionBuildError(SparsecraftError):
+    """The C++ kernels could not be compiled or loaded; the message names the reason."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SPARSECRAFT_CACHE_DIR")
+    if root:
+        return Path(root) / "torch_ext"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparsecraft" / "torch_ext"
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "c++")
+
+
+def _accepts(flags: list[str]) -> bool:
+    """True when the compiler builds an empty translation unit with ``flags``."""
+    cxx = shutil.which(_compiler())
+    if cxx is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "t.cpp"
+        src.write_text("int main() { return 0; }\n")
+        try:
+            res = subprocess.run(
+                [cxx, *flags, str(src), "-o", str(Path(tmp) / "t")],
+                capture_output=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return res.returncode == 0
+
+
+def build_flags() -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) that this machine's compiler accepts."""
+    cflags, ldflags = ["-O3"], []
+    if os.environ.get("SPARSECRAFT_NO_NATIVE") != "1" and _accepts(["-march=native"]):
+        cflags.append("-march=native")
+    if _accepts(["-fopenmp"]):
+        cflags.append("-fopenmp")
+        ldflags.append("-fopenmp")
+    return cflags, ldflags
+
+
+def _tag(source: Path, cflags: list[str]) -> str:
+    h = hashlib.sha256(source.read_bytes())
+    h.update(" ".join([torch.__version__, sys.version, _compiler(), *cflags]).encode())
+    return h.hexdigest()[:16]
+
+
+def build(source: Path = SOURCE, verbose: bool = False) -> None:
+    """Compile (or load from the cache) and register ``torch.ops.sparsecraft_kernels``."""
+    if shutil.which(_compiler()) is None:
+        raise ExtensionBuildError(
+            f"no C++ compiler found ({_compiler()!r} is not on PATH; set CXX or install g++)"
+        )
+    if not source.is_file():
+        raise ExtensionBuildError(f"kernel source {source} is missing")
+    from torch.utils import cpp_extension
+
+    cflags, ldflags = build_flags()
+    build_dir = cache_dir() / _tag(source, cflags)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cpp_extension.load(
+            name=f"sparsecraft_kernels_{build_dir.name}",
+            sources=[str(source)],
+            extra_cflags=cflags,
+            extra_ldflags=ldflags,
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=verbose,
+        )
+    except Exception as e:  # compiler errors surface as RuntimeError/CalledProcessError
+        msg = str(e).strip().splitlines()
+        tail = " | ".join(line for line in msg[-3:] if line.strip())
+        raise ExtensionBuildError(f"building {source.name} failed: {tail or type(e).__name__}") from e
+
+
+def extension_status(source: Path | None = None) -> tuple[bool, str]:
+    """``(True, "ok ...")`` once the kernels are loaded, else ``(False, reason)``; builds at most
+    once per process (a failure is remembered)."""
+    with _lock:
+        if "ok" not in _state:
+            if os.environ.get("SPARSECRAFT_DISABLE_EXTENSION") == "1":
+                _state.update(ok=False, reason="disabled by SPARSECRAFT_DISABLE_EXTENSION=1")
+            else:
+                try:
+                    build(source or SOURCE)
+                    avx = bool(getattr(torch.ops, OPS_NAMESPACE).has_avx512())
+                    _state.update(ok=True, reason=f"ok (avx512={'yes' if avx else 'no'})")
+                except ExtensionBuildError as e:
+                    _state.update(ok=False, reason=str(e))
+        return bool(_state["ok"]), str(_state["reason"])
+
+
+def reset_extension_state() -> None:
+    """Forget the remembered build result (tests)."""
+    with _lock:
+        _state.clear()
+
+
+def ops():
+    """``torch.ops.sparsecraft_kernels``; raises :class:`ExtensionBuildError` if unavailable."""
+    ok, reason = extension_status()
+    if not ok:
+        raise ExtensionBuildError(f"sparsecraft C++ kernels unavailable: {reason}")
+    return getattr(torch.ops, OPS_NAMESPACE)
