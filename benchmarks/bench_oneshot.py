@@ -7,9 +7,10 @@ at ``random.Random(0).randint(0, len(pool) - 513)``; the first 16 non-overlappin
 windows of the evaluation pool; every Linear of the 30 decoder layers pruned.
 
 Configurations: dense; magnitude / wanda / sparsegpt at 50%, 2:4, 4:8; wanda and sparsegpt at
-70%. Columns: perplexity, pruning wall time, peak RSS during pruning, true sparsity, and the
-reference perplexity / time of the official Wanda-repository code (ANCHORS.md, measured on
-the same kind of machine with 1 thread). The table is rewritten after every configuration.
+70%; plus wanda at 70% with OWL layer budgets (M = 5, lambda = 0.08). Columns: perplexity,
+pruning wall time, peak RSS during pruning, true sparsity, and the reference perplexity / time
+of the official Wanda-repository code (ANCHORS.md, measured on the same kind of machine with
+1 thread). The table is rewritten after every configuration.
 
 Run (heavy; one at a time on the shared machine)::
 
@@ -48,6 +49,7 @@ RUNS = [
     ("magnitude", 0.5, "2:4"), ("wanda", 0.5, "2:4"), ("sparsegpt", 0.5, "2:4"),
     ("magnitude", 0.5, "4:8"), ("wanda", 0.5, "4:8"), ("sparsegpt", 0.5, "4:8"),
     ("wanda", 0.7, "unstructured"), ("sparsegpt", 0.7, "unstructured"),
+    ("wanda", 0.7, "unstructured", True),  # OWL budgets (extra row, no reference number)
 ]
 
 
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     command = "flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_oneshot.py" + (
         f" --only '{args.only}'" if args.only else "")
-    runs = [{"method": m, "sparsity": s, "pattern": p} for m, s, p in RUNS]
+    runs = [{"method": r[0], "sparsity": r[1], "pattern": r[2], "owl": len(r) > 3 and r[3]} for r in RUNS]
     if args.only:
         keep = {x.strip() for x in args.only.split(",")}
         runs = [r for r in runs if RunConfig(**r).label() in keep]
