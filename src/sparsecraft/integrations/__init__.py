@@ -1,0 +1,1 @@
+"""Callbacks that plug sparse training into other frameworks' trainers (optional extras)."""
