@@ -19,6 +19,7 @@ The protocol (the one-shot issue; the reference numbers in ANCHORS.md use it):
 
 from __future__ import annotations
 
+import logging
 import random
 import warnings
 from dataclasses import dataclass
@@ -77,29 +78,19 @@ def load_text(source: str | Path) -> str:
 
 
 def tokenize(text: str, tokenizer: Any) -> torch.Tensor:
-    """Token ids (1-D long tensor) of ``text``, tokenized once without special tokens."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logger = _quiet_transformers()
-        try:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        finally:
-            if logger is not None:
-                logger.setLevel(logger._sc_level)  # type: ignore[attr-defined]
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def _quiet_transformers():
-    """Silence the 'sequence longer than the model maximum' warning of tokenizers."""
-    try:
-        import logging
-
-        logger = logging.getLogger("transformers.tokenization_utils_base")
-    except Exception:  # pragma: no cover
-        return None
-    logger._sc_level = logger.level  # type: ignore[attr-defined]
+    """Token ids (1-D long tensor) of ``text``, tokenized once without special tokens (the
+    "longer than the model maximum" warning of Hugging Face tokenizers is silenced: the text
+    is cut into windows afterwards)."""
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    level = logger.level
     logger.setLevel(logging.ERROR)
-    return logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    finally:
+        logger.setLevel(level)
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def split_pools(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
