@@ -29,10 +29,11 @@ from sparsecraft.targets import Target
 
 
 def _k_extreme(scores: torch.Tensor, k: int, largest: bool, gen: torch.Generator) -> torch.Tensor:
-    """Flat indices of the k smallest (or largest) scores, ties broken at random."""
+    """Flat indices of the k smallest (or largest) scores, ties broken at random (the scores
+    are visited in a seeded random order, so equal scores are picked in random order)."""
     flat = scores.reshape(-1)
     perm = torch.randperm(flat.numel(), generator=gen).to(flat.device)
-    order = torch.argsort(flat[perm], descending=largest, stable=True)[:k]
+    order = torch.topk(flat[perm], k, largest=largest, sorted=False).indices
     return perm[order]
 
 
