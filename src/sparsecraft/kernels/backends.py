@@ -6,8 +6,8 @@ the layer) and computes ``y = x @ W^T`` for a 2-D input ``x`` (N, in). Register 
 (:mod:`sparsecraft.kernels.calibrate`).
 
 Built in: ``dense`` (F.linear), ``dense-t`` (torch.mm with a pre-transposed weight),
-``dense-mkldnn`` (oneDNN linear), ``torch-csr`` (torch CSR, int32 indices) here, and the C++
-kernels ``csr16``, ``bitmap``, ``nm24`` in :mod:`sparsecraft.kernels.backend_native`.
+``dense-mkldnn`` (oneDNN linear), ``dense-numpy`` (numpy's BLAS), ``torch-csr`` (torch CSR,
+int32 indices) here, and the C++ kernels ``csr16``, ``bitmap``, ``nm24`` in :mod:`sparsecraft.kernels.backend_native`.
 """
 
 from __future__ import annotations
@@ -124,6 +124,22 @@ class DenseMkldnn(DenseLinear):
             w = packed["weight"].to_mkldnn()
             packed["_mkldnn"] = w
         return torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), w, None).to_dense()
+
+
+@BACKENDS.register("dense-numpy")
+class DenseNumpy(DenseLinear):
+    """``x @ W^T`` through numpy's BLAS (sometimes the fastest dense call at batch 1)."""
+
+    name = "dense-numpy"
+
+    def supports(self, weight: torch.Tensor) -> str | None:
+        if weight.dtype not in (torch.float32, torch.float64) or weight.device.type != "cpu":
+            return "numpy path is for float32/float64 CPU weights"
+        return super().supports(weight)
+
+    def matmul(self, packed: Packed, x: torch.Tensor, out_features: int) -> torch.Tensor:
+        w = packed["weight"].numpy()
+        return torch.from_numpy(x.detach().contiguous().numpy() @ w.T)
 
 
 @BACKENDS.register("torch-csr")

@@ -45,7 +45,7 @@ class LayerReport:
 
     @property
     def converted(self) -> bool:
-        return self.backend not in ("dense", "dense-t", "dense-mkldnn", "(unchanged)")
+        return not self.backend.startswith("dense") and self.backend != "(unchanged)"
 
     @property
     def speedup(self) -> float | None:

@@ -105,12 +105,16 @@ def build(source: Path = SOURCE, verbose: bool = False) -> None:
             extra_ldflags=ldflags,
             build_directory=str(build_dir),
             is_python_module=False,
-            verbose=verbose,
+            verbose=verbose or os.environ.get("SPARSECRAFT_DEBUG_BUILD") == "1",
         )
     except Exception as e:  # compiler errors surface as RuntimeError/CalledProcessError
-        msg = str(e).strip().splitlines()
-        tail = " | ".join(line for line in msg[-3:] if line.strip())
-        raise ExtensionBuildError(f"building {source.name} failed: {tail or type(e).__name__}") from e
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error:" in ln] or [ln for ln in lines if "error" in ln.lower()]
+        detail = errors[0] if errors else (lines[-1] if lines else type(e).__name__)
+        raise ExtensionBuildError(
+            f"building {source.name} with {_compiler()} failed: {detail[:300]} "
+            f"(build dir {build_dir}; SPARSECRAFT_DEBUG_BUILD=1 shows the full log)"
+        ) from e
 
 
 def extension_status(source: Path | None = None) -> tuple[bool, str]:

@@ -1,0 +1,126 @@
+"""convert(): per-layer decisions, deterministic with an injected measurement."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from sparsecraft.errors import SparsecraftError
+from sparsecraft.kernels import SparseLinear, convert
+from sparsecraft.pruning import prune
+from tests.kernels.helpers import sparse_weight
+
+
+def _mlp(sparsity: float = 0.9) -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(sparse_weight(*m.weight.shape, sparsity))
+    return model
+
+
+def _fixed(times: dict[str, float]):
+    def measure(weight, batch, names):
+        return {n: times.get(n, 10.0) for n in names}
+
+    return measure
+
+
+def test_keeps_dense_when_told_sparse_is_slower():
+    model = _mlp()
+    rep = convert(model, measure=_fixed({"dense": 1.0, "torch-csr": 2.0, "csr16": 1.5, "bitmap": 1.2}))
+    assert not any(isinstance(m, SparseLinear) for m in model.modules())
+    assert [x.backend for x in rep.layers] == ["dense"] * 3
+    assert all("kept dense" in x.reason and "bitmap" in x.reason for x in rep.layers)
+
+
+def test_converts_when_sparse_is_faster_and_output_matches():
+    model = _mlp()
+    ref = _mlp()
+    rep = convert(model, measure=_fixed({"dense": 1.0, "torch-csr": 0.4}))
+    assert [x.backend for x in rep.layers] == ["torch-csr"] * 3
+    assert all(x.speedup == pytest.approx(2.5) for x in rep.layers)
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert rep.to_dict()["converted"] == 3 and "torch-csr" in str(rep)
+
+
+def test_margin_guards_against_noise():
+    rep = convert(_mlp(), measure=_fixed({"dense": 1.0, "torch-csr": 0.99}))
+    assert all(x.backend == "dense" for x in rep.layers)
+
+
+def test_faster_dense_variant_is_used():
+    model = _mlp()
+    rep = convert(model, measure=_fixed({"dense": 1.0, "dense-t": 0.5, "torch-csr": 0.8}))
+    assert [x.backend for x in rep.layers] == ["dense-t"] * 3
+    assert isinstance(model[0], SparseLinear) and model[0].backend == "dense-t"
+    assert rep.converted == []  # a dense call is not a sparse conversion
+
+
+def test_low_sparsity_tied_and_keep_dense_are_reported():
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(48, 32))
+    tied = nn.Linear(16, 4)
+    model.append(tied)
+    model[4].weight = tied.weight  # share one parameter
+    calls = []
+
+    def measure(weight, batch, names):
+        calls.append(tuple(weight.shape))
+        return {n: (0.1 if n == "torch-csr" else 1.0) for n in names}
+
+    rep = convert(model, measure=measure, keep_dense=["2"])
+    by = {x.name: x for x in rep.layers}
+    assert "2" not in by
+    assert "min_sparsity" in by["0"].reason and by["0"].backend == "(unchanged)"
+    assert "tied" in by["4"].reason and "tied" in by["5"].reason
+    assert calls == []  # nothing left to measure
+
+
+def test_same_shape_layers_share_one_measurement(caplog):
+    model = nn.Sequential(*[nn.Linear(32, 32) for _ in range(3)])
+    with torch.no_grad():
+        for m in model:
+            m.weight.copy_(sparse_weight(32, 32, 0.9, seed=1))
+    calls = []
+
+    def measure(weight, batch, names):
+        calls.append(batch)
+        return {n: (0.1 if n == "torch-csr" else 1.0) for n in names}
+
+    with caplog.at_level(logging.INFO, logger="sparsecraft.kernels"):
+        rep = convert(model, batch=8, measure=measure)
+    assert calls == [8]
+    assert "measured on 0" in rep.layers[2].reason
+    assert sum("convert" in r.message for r in caplog.records) == 3
+
+
+def test_forced_backend_and_masked_model():
+    model = _mlp(0.0)
+    prune(model, 0.8, pattern="unstructured")
+    ref = _mlp(0.0)
+    ref.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(3, 32)
+    want = model(x)
+    rep = convert(model, backend="torch-csr")
+    assert all(x.reason == "backend requested by the caller" for x in rep.layers if x.sparsity > 0.2)
+    torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_forced_backend_that_cannot_run_warns():
+    model = _mlp()
+    with pytest.warns(RuntimeWarning, match="cannot run"):
+        rep = convert(model, backend="nm24")
+    assert all(x.backend == "(unchanged)" for x in rep.layers)
+
+
+def test_unknown_backend():
+    with pytest.raises(SparsecraftError, match="allowed: auto"):
+        convert(_mlp(), backend="fast")

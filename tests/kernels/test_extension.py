@@ -1,0 +1,78 @@
+"""The JIT build: flags, cache location, and the failure path (clear message, torch-csr fallback)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparsecraft.kernels import SparseLinear, convert, extension
+from sparsecraft.kernels.calibrate import _warned, choose
+from tests.kernels.helpers import sparse_weight
+
+
+@pytest.fixture
+def broken_build(monkeypatch, tmp_path):
+    bad = tmp_path / "broken.cpp"
+    bad.write_text("this is not C++ at all;\n")
+    monkeypatch.setattr(extension, "SOURCE", bad)
+    monkeypatch.setenv("SPARSECRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    extension.reset_extension_state()
+    _warned.clear()
+    yield bad
+    extension.reset_extension_state()
+    _warned.clear()
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSECRAFT_CACHE_DIR", str(tmp_path))
+    assert extension.cache_dir() == tmp_path / "torch_ext"
+
+
+def test_missing_compiler_message(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(extension.ExtensionBuildError, match="no C\\+\\+ compiler found"):
+        extension.build()
+
+
+def test_disabled_extension_is_reported(monkeypatch):
+    monkeypatch.setenv("SPARSECRAFT_DISABLE_EXTENSION", "1")
+    extension.reset_extension_state()
+    try:
+        ok, reason = extension.extension_status()
+        assert not ok and "SPARSECRAFT_DISABLE_EXTENSION" in reason
+        with pytest.raises(extension.ExtensionBuildError, match="unavailable"):
+            extension.ops()
+    finally:
+        extension.reset_extension_state()
+
+
+def test_compile_error_names_the_file(broken_build):
+    ok, reason = extension.extension_status()
+    assert not ok and "broken.cpp" in reason
+
+
+def test_auto_warns_and_falls_back_to_torch_csr(monkeypatch):
+    monkeypatch.setenv("SPARSECRAFT_DISABLE_EXTENSION", "1")
+    extension.reset_extension_state()
+    _warned.clear()
+    seen = []
+
+    def measure(weight, batch, names):
+        seen.append(list(names))
+        return {n: (0.1 if n == "torch-csr" else 1.0) for n in names}
+
+    try:
+        with pytest.warns(RuntimeWarning, match="C\\+\\+ kernels unavailable.*torch-csr"):
+            d = choose(sparse_weight(8, 32, 0.9), measure=measure)
+        assert d.backend == "torch-csr"
+        assert not {"csr16", "bitmap", "nm24"} & set(seen[0])
+        lin = nn.Linear(32, 8)
+        with torch.no_grad():
+            lin.weight.copy_(sparse_weight(8, 32, 0.9))
+        model = nn.Sequential(lin)
+        rep = convert(model, measure=measure)
+        assert isinstance(model[0], SparseLinear) and rep.layers[0].backend == "torch-csr"
+    finally:
+        extension.reset_extension_state()
+        _warned.clear()
