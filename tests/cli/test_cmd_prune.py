@@ -67,3 +67,18 @@ def test_prune_cli_subprocess_json(tiny, tmp_path):
     assert doc["rows"][1]["method"] == "sparsegpt"
     assert doc["rows"][1]["true_sparsity"] == pytest.approx(0.5)
     assert (out / "model" / "config.json").is_file()
+
+
+def test_prune_cli_owl_and_recovery(tiny, tmp_path, capsys):
+    model_dir, text = tiny
+    out = tmp_path / "run"
+    rc = main(["prune", "--model", str(model_dir), "--method", "wanda", "--sparsity", "0.6", "--owl",
+               "--owl-lambda", "0.05", "--recover-steps", "3", "--recover-lr", "1e-3", "--calib", str(text),
+               "--out", str(out), "--no-save", "--json", *ARGS])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    row = doc["rows"][1]
+    assert row["method"] == "wanda+owl" and len(row["owl_ratios"]) == 2
+    assert sum(row["block_sparsities"]) / 2 == pytest.approx(0.6)
+    assert row["recovery"]["loss"] == "squarehead" and "perplexity_pruned" in row
+    assert not (out / "model").exists()
