@@ -69,3 +69,49 @@ def test_sparsegpt_nm_block_not_multiple_of_m():
     new_w, keep = SparseGPT(blocksize=10).prune(w, st, NM(2, 4), 0.0)
     assert (keep.reshape(w.shape[0], -1, 4).sum(-1) == 2).all()
     assert bool((new_w[~keep] == 0).all())
+
+
+def literal_sparsegpt(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01):
+    """ALGORITHMS.md's SparseGPT, written out step by step (threshold cut, topk for N:M)."""
+    W = W.clone().float()
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0])
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    cols = W.shape[1]
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        if prunen == 0:
+            tmp = W1**2 / torch.diag(Hinv1).reshape(1, -1) ** 2
+            thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity) - 1]
+            mask1 = tmp <= thresh
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            w, d = W1[:, i], Hinv1[i, i]
+            if prunen and i % prunem == 0:
+                tmp = W1[:, i : i + prunem] ** 2 / torch.diag(Hinv1)[i : i + prunem].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return W
+
+
+@pytest.mark.parametrize("pattern, nm", [(Unstructured(), (0, 0)), (NM(2, 4), (2, 4)), (NM(4, 8), (4, 8))])
+def test_sparsegpt_matches_the_literal_algorithm(pattern, nm):
+    w, x, st = planted(rows=12, cols=96)
+    new_w, keep = SparseGPT(blocksize=32).prune(w, st, pattern, 0.5)
+    ref = literal_sparsegpt(w, st.H, 0.5, *nm, blocksize=32)
+    assert torch.equal(ref == 0, new_w == 0)
+    assert torch.allclose(new_w, ref, atol=1e-4, rtol=1e-4)
