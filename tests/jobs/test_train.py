@@ -55,3 +55,13 @@ def _write(tmp_path: Path, doc: dict) -> Path:
     p = tmp_path / "recipe.yaml"
     p.write_text(yaml.safe_dump(doc))
     return p
+
+
+def test_sparse_model_soups_from_a_recipe(tmp_path):
+    soup = {"phases": 2, "ingredients": [{"seed": 1}, {"seed": 2, "weight_decay": 1e-3}], "mode": "greedy",
+            "epochs_per_phase": 1, "validation": 200}  # fmt: skip
+    _, rep = run_recipe({**RECIPE, "method": "dense", "epochs": 1, "soup": soup}, tmp_path / "s")
+    assert rep["method"] == "sparse-model-soups" and rep["final"]["density"] == pytest.approx(0.2, abs=0.01)
+    assert [h["sparsity"] for h in rep["soup"]] == pytest.approx([1 - 0.2**0.5, 0.8])
+    with pytest.raises(RecipeError, match="soup"):
+        run_recipe({**RECIPE, "soup": soup}, tmp_path / "t")

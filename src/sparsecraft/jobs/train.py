@@ -54,6 +54,34 @@ class CheckpointConfig(Strict):
     every_epochs: int = 1  #: 0 = only at the end
 
 
+class SoupConfig(Strict):
+    """Sparse Model Soups after dense training (see sparsecraft.training.soup_runner)."""
+
+    phases: int = 3
+    ingredients: list[dict[str, Any]] = [{"seed": 1}, {"seed": 2}, {"seed": 3}]  #: seed / weight_decay each
+    mode: str = "uniform"  #: uniform | greedy
+    epochs_per_phase: int = 2
+    validation: int = 5000  #: examples held out of the training set for the greedy soup
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v not in ("uniform", "greedy"):
+            raise ValueError(f"unknown soup mode {v!r}; allowed: uniform, greedy")
+        return v
+
+    @field_validator("ingredients")
+    @classmethod
+    def _ingredients(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for item in v:
+            bad = set(item) - {"seed", "weight_decay"}
+            if bad:
+                raise ValueError(f"unknown ingredient keys {sorted(bad)}; allowed: seed, weight_decay")
+        if not v:
+            raise ValueError("a soup needs at least one ingredient")
+        return v
+
+
 class TrainJobConfig(Strict):
     model: str = "mlp"
     data: DataConfig = DataConfig()
@@ -68,6 +96,7 @@ class TrainJobConfig(Strict):
     threads: int | None = None
     progress: bool = True
     resume: bool = False
+    soup: SoupConfig | None = None  #: sparse model soups after dense training (method must be dense/null)
     stop_after: int | None = None  #: stop after this many epochs (as if interrupted; resume later)
     output: OutputConfig = OutputConfig()
 
@@ -144,6 +173,8 @@ class TrainJob(Job):
         ckpt = run_dir / "checkpoint"
         curves: list[dict[str, Any]] = []
         start_epoch, step = 0, 0
+        if config.soup is not None and (method is not None or config.resume):
+            raise RecipeError("soup: runs after dense training; set method: dense and do not --resume")
         if config.resume:
             if not (ckpt / STATE_FILE).is_file():
                 raise SparsecraftError(f"--resume: no checkpoint in {str(ckpt)!r}; run without --resume first")
@@ -172,7 +203,21 @@ class TrainJob(Job):
                 save_training_state(ckpt, model, opt, method, {"epoch": epoch + 1, "step": step, "curves": curves})
                 return {"method": getattr(method, "name", "dense"), "sparsity": config.sparsity, "seed": config.seed,
                         "stopped_after_epoch": epoch + 1, "curves": curves, "final": None}  # fmt: skip
-        return self._finish(config, run_dir, model, method, xt, yt, curves, times, spe, total)
+        result_extra: dict[str, Any] = {}
+        if config.soup is not None:
+            from sparsecraft.training.soup_runner import run_soup
+
+            sc = config.soup
+            model, history = run_soup(
+                model, (x, y), sparsity=float(config.sparsity), phases=sc.phases, ingredients=sc.ingredients,
+                mode=sc.mode, epochs_per_phase=sc.epochs_per_phase, batch_size=config.batch_size, optim=os_,
+                validation=min(sc.validation, len(x) // 5), progress=None,
+            )  # fmt: skip
+            result_extra = {"method": "sparse-model-soups", "soup": history}
+        out = self._finish(config, run_dir, model, method, xt, yt, curves, times, spe, total)
+        if result_extra:
+            out.update(result_extra, sparsity=config.sparsity)
+        return out
 
     @staticmethod
     def _method(config: TrainJobConfig, model, opt, total: int):  # noqa: ANN001, ANN205
