@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sparsecraft
 from sparsecraft.methods import attach
@@ -60,15 +62,15 @@ def test_budgets_exact_and_grown_reset(method, opt_name):
             keep = m.mask(t)
             assert int(keep.sum()) == b  # per-layer sparsity exactly unchanged
             assert torch.all(t.param[~keep] == 0)  # pruned weights exactly zero
-            for st in param_state(opt, t.param).values():
-                assert torch.all(st[~keep] == 0)
+            for state in param_state(opt, t.param).values():
+                assert torch.all(state[~keep] == 0)
             grown = keep & ~o
             if grown.any():
                 grown_any = True
                 assert step % 4 == 0 and step < 30
                 assert torch.all(t.param[grown] == 0)  # grown weights start at 0
-                for st in param_state(opt, t.param).values():
-                    assert torch.all(st[grown] == 0)  # and their moments are reset
+                for state in param_state(opt, t.param).values():
+                    assert torch.all(state[grown] == 0)  # and their moments are reset
         assert all(n <= b for n, b in zip(nonzeros(model), budget))
     assert grown_any
     assert len(m.dynamics.updates) == 7  # steps 4, 8, ..., 28 (stop at 30)
@@ -106,3 +108,25 @@ def test_set_and_rigl_deterministic_per_seed():
             train_step(model, opt, b)
         outs.append([v.clone() for v in m.masks().values()])
     assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+@given(
+    n=st.integers(4, 60),
+    density=st.floats(0.05, 0.95),
+    fraction=st.floats(0.0, 1.0),
+    seed=st.integers(0, 10_000),
+)
+def test_drop_grow_properties(n, density, fraction, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, generator=g).round(decimals=1)  # many ties on purpose
+    mask = torch.rand(n, generator=g) < density
+    w = w * mask
+    grow = torch.randn(n, generator=g).abs().round(decimals=1)
+    new = drop_grow(w, mask, fraction, grow, g)
+    active = int(mask.sum())
+    k = math.floor(fraction * active)
+    assert int(new.sum()) == active  # budget exactly unchanged
+    assert int((mask & ~new).sum()) == int((~mask & new).sum()) <= k
+    if 0 < k < active:
+        threshold = w.abs()[mask].sort().values[k - 1]
+        assert bool(torch.all(new[mask & (w.abs() > threshold)]))  # only the k smallest may go
