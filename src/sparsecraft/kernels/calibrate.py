@@ -6,7 +6,7 @@ on a shared machine hits every candidate alike.
 
 :func:`choose` decides, for one weight and one batch size, which backend a layer uses:
 the fastest sparse backend wins only if it beats the best dense call by ``margin`` (default
-3%, a guard against timing noise); otherwise the layer keeps the best dense call. The times
+5%, a guard against timing noise); otherwise the layer keeps the best dense call. The times
 come from a *measure* function -- by default a quick real measurement on this machine
 (:func:`measure_backends`); tests and users can inject their own (a calibrated cost model, or
 fixed numbers) to make the decision deterministic.
@@ -40,7 +40,8 @@ def time_calls(
 ) -> dict[str, float]:
     """Median seconds per call of each callable, measured in interleaved rounds.
 
-    ``budget_s`` stops early (after at least 3 rounds) once the rounds took that long.
+    ``budget_s`` stops early (after at least 5 rounds) once the rounds took that long, so
+    fast calls get many rounds and slow ones few.
     """
     for fn in calls.values():
         for _ in range(warmup):
@@ -52,7 +53,7 @@ def time_calls(
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)
-        if budget_s is not None and i >= 2 and time.perf_counter() - start > budget_s:
+        if budget_s is not None and i >= 4 and time.perf_counter() - start > budget_s:
             break
     return {k: statistics.median(v) for k, v in samples.items()}
 
@@ -73,16 +74,33 @@ def usable_candidates(weight: torch.Tensor, names: Sequence[str]) -> tuple[list[
 
 @torch.no_grad()
 def measure_backends(
-    weight: torch.Tensor, batch: int, names: Sequence[str], repeats: int = 15, budget_s: float = 1.0
+    weight: torch.Tensor,
+    batch: int,
+    names: Sequence[str],
+    repeats: int = 200,
+    budget_s: float = 0.5,
+    bias: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Quick real measurement: seconds per ``x @ W^T`` for each backend at this batch size."""
-    x = torch.randn(batch, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    """Quick real measurement: seconds per forward of a layer holding ``weight`` on ``batch``
+    rows, for each backend -- as the model will run it: ``dense`` is a plain ``nn.Linear``,
+    every other backend a :class:`~sparsecraft.kernels.SparseLinear` (wrapper cost included)."""
+    from torch import nn
+
+    from sparsecraft.kernels.sparse_linear import SparseLinear
+
+    out, inp = weight.shape
+    x = torch.randn(batch, inp, dtype=weight.dtype, device=weight.device)
     calls = {}
     for name in names:
-        b = get_backend(name)
-        packed = b.pack(weight)
-        calls[name] = lambda b=b, p=packed: b.matmul(p, x, weight.shape[0])
-    return time_calls(calls, repeats=repeats, warmup=2, budget_s=budget_s)
+        if name == "dense":
+            layer = nn.Linear(inp, out, bias=bias is not None, dtype=weight.dtype, device=weight.device)
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        else:
+            layer = SparseLinear(inp, out, name, get_backend(name).pack(weight), bias)
+        calls[name] = lambda layer=layer: layer(x)
+    return time_calls(calls, repeats=repeats, warmup=5, budget_s=budget_s)
 
 
 @dataclass
@@ -121,7 +139,8 @@ def choose(
     batch: int = 1,
     candidates: Sequence[str] | None = None,
     measure: MeasureFn | None = None,
-    margin: float = 0.03,
+    margin: float = 0.05,
+    bias: torch.Tensor | None = None,
 ) -> Decision:
     """Pick the backend for ``weight`` at ``batch``: sparse only if measurably faster than dense."""
     names = list(candidates) if candidates is not None else [
@@ -135,7 +154,10 @@ def choose(
     sparse = [n for n in usable if not get_backend(n).dense]
     if not dense:
         dense = ["dense"]
-    times = dict((measure or measure_backends)(weight, batch, dense + sparse))
+    if measure is None:
+        times = measure_backends(weight, batch, dense + sparse, bias=bias)
+    else:
+        times = dict(measure(weight, batch, dense + sparse))
     ms = {k: v * 1e3 for k, v in times.items()}
     best_dense = min(dense, key=lambda n: times[n])
     if not sparse:
@@ -144,6 +166,14 @@ def choose(
                         ms[best_dense], ms[best_dense])
     best_sparse = min(sparse, key=lambda n: times[n])
     ratio = times[best_dense] / times[best_sparse]
+    if measure is None and times[best_sparse] < times[best_dense] * (1 - margin):
+        # confirm a sparse win with a second, head-to-head measurement (noise on a busy
+        # machine); keep the less favourable of the two results
+        again = measure_backends(weight, batch, [best_dense, best_sparse], bias=bias)
+        if again[best_sparse] / again[best_dense] > times[best_sparse] / times[best_dense]:
+            times[best_sparse], times[best_dense] = again[best_sparse], again[best_dense]
+            ms.update({k: v * 1e3 for k, v in again.items()})
+        ratio = times[best_dense] / times[best_sparse]
     if times[best_sparse] < times[best_dense] * (1 - margin):
         reason = f"{best_sparse} {ratio:.2f}x faster than {best_dense} at batch {batch}"
         return Decision(best_sparse, reason, batch, ms, ms[best_dense], ms[best_sparse])

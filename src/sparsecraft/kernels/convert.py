@@ -141,7 +141,8 @@ def convert(
         elif backend == "auto":
             key = (shape, weight.dtype, round(sparsity, 2), _is_24(weight), batch)
             if key not in memo:
-                memo[key] = (choose(weight, batch=batch, measure=measure), t.module_name)
+                bias = module.bias.detach() if module.bias is not None else None
+                memo[key] = (choose(weight, batch=batch, measure=measure, bias=bias), t.module_name)
             decision, measured_on = memo[key]
             entry.backend, entry.reason = decision.backend, decision.reason
             if measured_on != t.module_name:

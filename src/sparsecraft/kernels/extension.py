@@ -142,6 +142,8 @@ def reset_extension_state() -> None:
 
 def ops():
     """``torch.ops.sparsecraft_kernels``; raises :class:`ExtensionBuildError` if unavailable."""
+    if _state.get("ok") is True:  # fast path: no lock once loaded
+        return getattr(torch.ops, OPS_NAMESPACE)
     ok, reason = extension_status()
     if not ok:
         raise ExtensionBuildError(f"sparsecraft C++ kernels unavailable: {reason}")

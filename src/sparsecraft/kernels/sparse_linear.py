@@ -72,7 +72,8 @@ class SparseLinear(nn.Module):
         weight = effective_weight(linear)
         decision = None
         if backend == "auto":
-            decision = choose(weight, batch=batch, measure=measure)
+            bias = linear.bias.detach() if linear.bias is not None else None
+            decision = choose(weight, batch=batch, measure=measure, bias=bias)
             backend = decision.backend
         impl = get_backend(backend)
         avail, reason = impl.available()
@@ -98,13 +99,12 @@ class SparseLinear(nn.Module):
             raise RuntimeError(
                 f"SparseLinear: input has {x.shape[-1]} features, expected {self.in_features}"
             )
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
+        packed = self._cache if self._cache is not None else self._packed()
         with torch.no_grad():
-            y = self._impl.matmul(self._packed(), x2, self.out_features)
+            y = self._impl.matmul(packed, x.reshape(-1, self.in_features), self.out_features)
             if self.bias is not None:
-                y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+                y = y.add_(self.bias)  # y is a fresh tensor from every backend
+        return y.reshape(*x.shape[:-1], self.out_features) if x.dim() != 2 else y
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:

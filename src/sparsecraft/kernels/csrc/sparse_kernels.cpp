@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -29,6 +30,16 @@
 namespace {
 
 constexpr int64_t kGrain = 16;  // rows per parallel task at minimum
+
+// Rows per parallel task so that each task does at least ~64K multiply-adds: small layers
+// run on one thread (a thread wake-up costs more than the work, and on a busy machine a
+// descheduled helper thread stalls the whole call).
+int64_t grain_for(int64_t rows, int64_t work) {
+  constexpr int64_t kMinWork = 1 << 16;
+  if (work <= 0) return rows > 0 ? rows : 1;
+  const int64_t g = (rows * kMinWork + work - 1) / work;
+  return std::max<int64_t>(kGrain, std::min<int64_t>(g, rows > 0 ? rows : 1));
+}
 
 void check_x(const at::Tensor& x, int64_t in) {
   TORCH_CHECK(x.dim() == 2, "sparsecraft: x must be 2-D [N, in]");
@@ -115,9 +126,10 @@ at::Tensor csr16_mm(const at::Tensor& values, const at::Tensor& cols, const at::
   const uint16_t* c = reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>());
   const int64_t* rp = rowptr.data_ptr<int64_t>();
   float* yp = y.data_ptr<float>();
+  const int64_t grain = grain_for(out, values.numel() * N);
   if (N == 1) {
     const float* xp = x.data_ptr<float>();
-    at::parallel_for(0, out, kGrain, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) yp[r] = csr16_dot(v + rp[r], c + rp[r], rp[r + 1] - rp[r], xp);
     });
     return y;
@@ -127,7 +139,7 @@ at::Tensor csr16_mm(const at::Tensor& values, const at::Tensor& cols, const at::
   at::Tensor xT = at::zeros({in_features, ld}, x.options());
   xT.narrow(1, 0, N).copy_(x.t());
   const float* xt = xT.data_ptr<float>();
-  at::parallel_for(0, out, kGrain, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
     alignas(64) float buf[64];
     for (int64_t r = b; r < e; ++r) {
       const float* vr = v + rp[r];
@@ -225,14 +237,15 @@ at::Tensor bitmap_mm(const at::Tensor& values, const at::Tensor& masks, const at
   const int64_t* ro = rowoff.data_ptr<int64_t>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+  const int64_t grain = grain_for(out, (values.numel() + out * words * 4) * N);
   if (N == 1) {
-    at::parallel_for(0, out, kGrain, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) yp[r] = bitmap_dot(M + r * words, words, v + ro[r], xp, in_features);
     });
     return y;
   }
 #if SC_AVX512
-  at::parallel_for(0, out, kGrain, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
     constexpr int64_t T = 8;  // batch rows per register tile
     const int64_t blocks = (in_features + 15) / 16;
     for (int64_t r = b; r < e; ++r) {
@@ -255,7 +268,7 @@ at::Tensor bitmap_mm(const at::Tensor& values, const at::Tensor& masks, const at
     }
   });
 #else
-  at::parallel_for(0, out, kGrain, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
     std::vector<float> dense(in_features);
     for (int64_t r = b; r < e; ++r) {
       bitmap_expand(M + r * words, words, v + ro[r], dense.data(), in_features);
@@ -290,7 +303,7 @@ at::Tensor nm24_mm(const at::Tensor& values, const at::Tensor& pos, const at::Te
   const uint32_t* P = reinterpret_cast<const uint32_t*>(pos.data_ptr<int32_t>());
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, out, kGrain, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, out, grain_for(out, values.numel() * N), [&](int64_t b, int64_t e) {
 #if SC_AVX512
     const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
