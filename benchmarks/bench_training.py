@@ -200,8 +200,10 @@ def main() -> None:
                 print(key, raw["timing"][key], flush=True)
                 save()
     done = {(r["method"], r["sparsity"], r["seed"]) for r in raw["runs"]}
-    plan = [("dense", 0.0, seed) for seed in seeds if "dense" in methods]
-    plan += [(m, s, seed) for seed in seeds for s in sps for m in methods if m != "dense"]
+    plan = []  # seed-major, so a stopped run leaves complete seeds
+    for seed in seeds:
+        plan += [("dense", 0.0, seed)] if "dense" in methods else []
+        plan += [(m, s, seed) for s in sps for m in methods if m != "dense"]
     for meth, s, seed in plan:
         if (meth, s, seed) in done:
             continue
