@@ -56,16 +56,19 @@ class Backend:
 BACKENDS: Registry[type[Backend]] = Registry("kernel backend")
 
 
-def get_backend(name: str) -> Backend:
-    """An instance of the backend registered as ``name`` (the native ones are loaded lazily)."""
-    import sparsecraft.kernels.backend_native  # noqa: F401  (registers csr16/bitmap/nm24)
+def _register_all() -> None:
+    import sparsecraft.kernels.backend_native  # noqa: F401  (csr16, bitmap, nm24)
+    import sparsecraft.kernels.cuda_semi  # noqa: F401  (cuda-2:4)
 
+
+def get_backend(name: str) -> Backend:
+    """An instance of the backend registered as ``name``."""
+    _register_all()
     return BACKENDS.get(name)()
 
 
 def backend_names() -> list[str]:
-    import sparsecraft.kernels.backend_native  # noqa: F401
-
+    _register_all()
     return BACKENDS.names()
 
 
@@ -114,8 +117,8 @@ class DenseMkldnn(DenseLinear):
         return True, ""
 
     def supports(self, weight: torch.Tensor) -> str | None:
-        if weight.dtype != torch.float32:
-            return "oneDNN linear is used for float32 only"
+        if weight.dtype != torch.float32 or weight.device.type != "cpu":
+            return "oneDNN linear is used for float32 CPU weights only"
         return super().supports(weight)
 
     def matmul(self, packed: Packed, x: torch.Tensor, out_features: int) -> torch.Tensor:

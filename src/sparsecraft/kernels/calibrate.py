@@ -28,7 +28,7 @@ from sparsecraft.kernels.backends import backend_names, get_backend
 log = logging.getLogger("sparsecraft.kernels")
 
 DENSE_CANDIDATES = ("dense", "dense-t", "dense-mkldnn", "dense-numpy")
-SPARSE_CANDIDATES = ("torch-csr", "csr16", "bitmap", "nm24")
+SPARSE_CANDIDATES = ("torch-csr", "csr16", "bitmap", "nm24", "cuda-2:4")
 MeasureFn = Callable[[torch.Tensor, int, Sequence[str]], Mapping[str, float]]
 
 
@@ -100,6 +100,8 @@ def measure_backends(
         else:
             layer = SparseLinear(inp, out, name, get_backend(name).pack(weight), bias)
         calls[name] = lambda layer=layer: layer(x)
+    if weight.is_cuda:  # time the kernel, not the launch
+        calls = {k: (lambda f=f: (f(), torch.cuda.synchronize())) for k, f in calls.items()}
     return time_calls(calls, repeats=repeats, warmup=5, budget_s=budget_s)
 
 

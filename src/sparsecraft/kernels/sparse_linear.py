@@ -53,6 +53,8 @@ class SparseLinear(nn.Module):
         for key, t in packed.items():
             if not key.startswith("_"):
                 self.register_buffer(PREFIX + key, t)
+        # "_"-prefixed entries are objects that cannot be buffers (e.g. CUDA semi-structured)
+        self._extra: Packed = {k: t for k, t in packed.items() if k.startswith("_")}
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
         self.decision = decision
         self._cache: Packed | None = None
@@ -88,6 +90,7 @@ class SparseLinear(nn.Module):
                 name[len(PREFIX):]: buf for name, buf in self.named_buffers(recurse=False)
                 if name.startswith(PREFIX)
             }
+            self._cache.update(self._extra)
         return self._cache
 
     def _apply(self, fn, recurse: bool = True):  # .to()/.float()/...: drop cached helpers
