@@ -226,6 +226,25 @@ void bitmap_expand(const uint64_t* M, int64_t words, const float* p, float* dens
   }
 }
 
+#if SC_AVX512
+// y[t, r] for T batch rows: each 16-column block's kept values are expanded once and used by
+// T register accumulators (one per batch row).
+template <int T>
+void bitmap_tile(const uint16_t* M16, int64_t blocks, const float* p, const float* x, int64_t ldx,
+                 float* y, int64_t ldy) {
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < blocks; ++k) {
+    const __mmask16 m = M16[k];  // little-endian: uint16 k of the row's uint64 words
+    const __m512 vv = _mm512_maskz_expand_ps(m, _mm512_loadu_ps(p));
+    p += __builtin_popcount(m);
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm512_fmadd_ps(vv, _mm512_maskz_loadu_ps(m, x + t * ldx + 16 * k), acc[t]);
+  }
+  for (int t = 0; t < T; ++t) y[t * ldy] = _mm512_reduce_add_ps(acc[t]);
+}
+#endif
+
 at::Tensor bitmap_mm(const at::Tensor& values, const at::Tensor& masks, const at::Tensor& rowoff,
                      const at::Tensor& x_in, int64_t in_features) {
   check_x(x_in, in_features);
@@ -251,25 +270,18 @@ at::Tensor bitmap_mm(const at::Tensor& values, const at::Tensor& masks, const at
     return y;
   }
 #if SC_AVX512
+  const int64_t blocks = (in_features + 15) / 16;
   at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
-    constexpr int64_t T = 8;  // batch rows per register tile
-    const int64_t blocks = (in_features + 15) / 16;
     for (int64_t r = b; r < e; ++r) {
       const uint16_t* M16 = reinterpret_cast<const uint16_t*>(M + r * words);
-      for (int64_t i0 = 0; i0 < N; i0 += T) {
-        const int64_t nb = std::min<int64_t>(T, N - i0);
-        __m512 acc[T];
-        for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-        const float* p = v + ro[r];
-        for (int64_t k = 0; k < blocks; ++k) {
-          const __mmask16 m = M16[k];  // little-endian: uint16 k of the row's words
-          if (!m) continue;
-          const __m512 vv = _mm512_maskz_expand_ps(m, _mm512_loadu_ps(p));
-          p += __builtin_popcount(m);
-          for (int64_t t = 0; t < nb; ++t)
-            acc[t] = _mm512_fmadd_ps(vv, _mm512_maskz_loadu_ps(m, xp + (i0 + t) * in_features + 16 * k), acc[t]);
-        }
-        for (int64_t t = 0; t < nb; ++t) yp[(i0 + t) * out + r] = _mm512_reduce_add_ps(acc[t]);
+      for (int64_t i0 = 0; i0 < N;) {
+        const int64_t rem = N - i0;
+        const float* xr = xp + i0 * in_features;
+        float* yr = yp + i0 * out + r;
+        if (rem >= 8) { bitmap_tile<8>(M16, blocks, v + ro[r], xr, in_features, yr, out); i0 += 8; }
+        else if (rem >= 4) { bitmap_tile<4>(M16, blocks, v + ro[r], xr, in_features, yr, out); i0 += 4; }
+        else if (rem >= 2) { bitmap_tile<2>(M16, blocks, v + ro[r], xr, in_features, yr, out); i0 += 2; }
+        else { bitmap_tile<1>(M16, blocks, v + ro[r], xr, in_features, yr, out); i0 += 1; }
       }
     }
   });
