@@ -1,0 +1,64 @@
+"""Property tests of the C++ kernels' packings and products (hypothesis: shapes, sparsity, batch)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparsecraft.kernels import get_backend
+
+
+def _weight(out: int, inp: int, density: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, inp, generator=g)
+    return w * (torch.rand(out, inp, generator=g) < density)
+
+
+@given(
+    out=st.integers(1, 40),
+    inp=st.integers(1, 200),
+    density=st.sampled_from([0.0, 0.05, 0.3, 0.7, 1.0]),
+    batch=st.sampled_from([1, 2, 9, 16, 33]),
+    seed=st.integers(0, 10_000),
+    name=st.sampled_from(["csr16", "bitmap", "torch-csr"]),
+)
+def test_unstructured_round_trip_and_product(native_ok, out, inp, density, batch, seed, name):
+    w = _weight(out, inp, density, seed)
+    b = get_backend(name)
+    packed = b.pack(w)
+    assert torch.equal(b.to_dense(packed, (out, inp)), w)
+    x = torch.randn(batch, inp, generator=torch.Generator().manual_seed(seed + 1))
+    torch.testing.assert_close(b.matmul(packed, x, out), x @ w.t(), rtol=1e-4, atol=1e-4)
+
+
+@given(
+    out=st.integers(1, 24),
+    blocks=st.integers(1, 4),
+    batch=st.sampled_from([1, 3, 8, 13]),
+    seed=st.integers(0, 10_000),
+)
+def test_nm24_round_trip_and_product(native_ok, out, blocks, batch, seed):
+    inp = 32 * blocks
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, inp // 4, 4, generator=g)
+    keep_n = torch.randint(0, 3, (out, inp // 4, 1), generator=g)  # 0, 1 or 2 kept per group
+    rank = torch.rand(out, inp // 4, 4, generator=g).argsort(-1).argsort(-1)
+    w = (w * (rank < keep_n)).reshape(out, inp)
+    b = get_backend("nm24")
+    assert b.supports(w) is None
+    packed = b.pack(w)
+    assert b.nbytes(packed) == out * inp // 2 * 4 + out * inp // 32 * 4  # 2.125 bytes per weight
+    assert torch.equal(b.to_dense(packed, (out, inp)), w)
+    x = torch.randn(batch, inp, generator=torch.Generator().manual_seed(seed + 1))
+    torch.testing.assert_close(b.matmul(packed, x, out), x @ w.t(), rtol=1e-4, atol=1e-4)
+
+
+def test_byte_sizes_match_formulas(native_ok):
+    w = _weight(64, 128, 0.25, 0)
+    nnz = int((w != 0).sum())
+    assert get_backend("csr16").nbytes(get_backend("csr16").pack(w)) == nnz * 6 + 65 * 8
+    bm = get_backend("bitmap")
+    assert bm.nbytes(bm.pack(w)) == (nnz + 16) * 4 + 64 * 2 * 8 + 65 * 8
+    tc = get_backend("torch-csr")
+    assert tc.nbytes(tc.pack(w)) == nnz * 8 + 65 * 4
