@@ -70,7 +70,11 @@ def run_one(method: str, pattern: str, seed: int, data, args) -> dict:  # noqa: 
             opt.step()
             sched.step()
     seconds = time.perf_counter() - t0
+    flips = sad_init = None
     if sp is not None:
+        summary = sp.dynamics.summary()
+        n_w = sum(t.numel for t in sp.targets)
+        flips, sad_init = summary["dropped_total"] / n_w, summary["sad_vs_initial"]
         sp.finalize()
     rep = sparsecraft.report(model)
     nm_layers = [layer for layer in rep.layers if layer.pattern != "dense"]
@@ -80,8 +84,14 @@ def run_one(method: str, pattern: str, seed: int, data, args) -> dict:  # noqa: 
         "method": method, "pattern": "dense" if method == "dense" else pattern, "seed": seed,
         "epochs": args.epochs, "limit": args.limit, "acc": evaluate(model, xte, yte),
         "nm_sparsity": 1 - nnz / numel if numel else 0.0, "seconds": seconds,
+        "flips_per_weight": flips, "sad_vs_initial": sad_init,
         "cmd": command(), "date": dt.date.today().isoformat(),
     }
+
+
+def _mean(rows: list[dict], key: str) -> str:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return f"{statistics.mean(vals):.3f} (n={len(vals)})" if vals else "-"
 
 
 def table(rows: list[dict]) -> str:
@@ -89,8 +99,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         groups.setdefault((r["pattern"], r["method"]), []).append(r)
     lines = [
-        "| pattern | method | test acc % (mean +- std) | seeds | true sparsity of N:M layers | s/run |",
-        "|---|---|---|---|---|---|",
+        "| pattern | method | test acc % (mean +- std) | seeds | true sparsity of N:M layers "
+        "| mask flips / weight | SAD vs initial | s/run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (pattern, method), rs in groups.items():
         accs = [r["acc"] for r in rs]
@@ -98,6 +109,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {pattern} | {method} | {statistics.mean(accs):.2f} +- {std:.2f} | "
             f"{','.join(str(r['seed']) for r in rs)} | {rs[0]['nm_sparsity']:.4f} | "
+            f"{_mean(rs, 'flips_per_weight')} | {_mean(rs, 'sad_vs_initial')} | "
             f"{statistics.mean(r['seconds'] for r in rs):.0f} |"
         )
     return "\n".join(lines)
@@ -123,6 +135,10 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:  # noqa: ANN001
         f"decay, rate {args.pgf_rate}, 10% dense, 10% hard fine-tune. SR-STE lambda_w = 2e-4. "
         "Accuracy measured after `finalize()` (weights exactly N:M).\n\n"
         + table(rows) + "\n\n"
+        "Mask flips / weight: weights dropped from the N:M mask (= grown), summed over the "
+        "mask-dynamics logs every 100 steps, per N:M weight; SAD vs initial: fraction of mask "
+        "positions that differ between the first and the last logged mask (Zhou et al. 2021). "
+        "Runs made before these columns existed show `-` / a smaller n.\n\n"
         "Notes: s/run is wall time on a 2-core machine shared with other jobs, so it is noisy "
         "and not an overhead measurement. A reduced grid (fewer epochs / images than the "
         "issue's 20 epochs on 60k) is a compromise with that machine; the std is over seeds.\n"

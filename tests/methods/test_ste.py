@@ -101,3 +101,12 @@ def test_gpt2_conv1d_groups_run_along_inputs() -> None:
     assert torch.allclose(model(x), x @ w_f + model[0].bias)
     sp.finalize()
     assert torch.equal(model[0].weight, w_f)
+
+
+def test_mask_flips_are_logged_on_update_steps() -> None:
+    model, sp = train("sr-ste", steps=6, update={"every": 2})
+    ups = sp.dynamics.updates
+    assert [u["step"] for u in ups] == [2, 4]
+    for u in ups:  # N:M keeps the count: every drop in a group is matched by a growth
+        assert u["dropped"] == u["grown"] and u["sad_count"] == 2 * u["dropped"]
+    assert sum(u["dropped"] for u in ups) > 0  # lr 0.2 on random data moves masks

@@ -76,6 +76,9 @@ class NMMethod(SparseMethod):
     hard_masks = False  # instance attribute flips to True in the hard fine-tune phase
     lambda_w_default = 0.0
     recompute_each_forward = True  # False: masks change only in compute_masks (CAST)
+    #: for the STE family the UpdateRule only says how often mask dynamics (flips, SAD) are
+    #: logged -- the mask itself moves at every forward
+    default_update = {"every": 100, "start": 0, "stop": None}
 
     def __init__(
         self,
@@ -97,6 +100,7 @@ class NMMethod(SparseMethod):
         self.beta = 0.0
         self.lambda_w = self.lambda_w_default
         self._versions: dict[str, int] = {}
+        self._last_logged: dict[str, torch.Tensor] = {}
         self._check_fit(self.required_patterns(), skip_unfit)
 
     # --------------------------------------------------------------- overridable pieces
@@ -144,6 +148,26 @@ class NMMethod(SparseMethod):
     def initial_masks(self) -> dict[str, torch.Tensor]:
         nm = self.current_nm()
         return {t.name: nm_keep(t.param, t.layout, nm.n, nm.m) for t in self.targets}
+
+    def compute_masks(self, step: int) -> dict[str, torch.Tensor] | None:
+        """Log the mask flips since the previous log (dropped/grown, SAD); no mask change."""
+        if self.hard_masks:
+            return None
+        cur = {t.name: self.refresh_mask(t).detach().cpu().clone() for t in self.targets}
+        old = {k: self._last_logged.get(k, self.dynamics.initial.get(k, v)) for k, v in cur.items()}
+        self.dynamics.record(step, old, cur, sparsity=self.target_sparsity())
+        self._last_logged = cur
+        return None
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, meta = super().extra_state()
+        tensors.update({f"lastlog.{k}": v for k, v in self._last_logged.items()})
+        return tensors, meta
+
+    def load_extra_state(self, tensors: Any, meta: Any) -> None:
+        own = {k: v for k, v in tensors.items() if k.startswith("lastlog.")}
+        super().load_extra_state({k: v for k, v in tensors.items() if k not in own}, meta)
+        self._last_logged = {k[8:]: v.to(torch.bool).clone() for k, v in own.items()}
 
     def forward_weight(self, target: Target) -> torch.Tensor:
         keep = self.refresh_mask(target)
