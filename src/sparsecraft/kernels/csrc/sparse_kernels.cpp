@@ -67,6 +67,15 @@ float csr16_dot(const float* v, const uint16_t* c, int64_t n, const float* x) {
     __m512i i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(c + k)));
     a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + k), _mm512_i32gather_ps(i0, x, 4), a0);
   }
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+  if (k < n) {  // masked tail: no scalar loop
+    const __mmask16 mk = (__mmask16)((1u << (n - k)) - 1u);
+    __m512i i0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, c + k));
+    __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, i0, x, 4);
+    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, v + k), g, a1);
+    k = n;
+  }
+#endif
   s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 #endif
   for (; k < n; ++k) s += v[k] * x[c[k]];
