@@ -47,7 +47,7 @@ class ISSP(SparseMethod):
         if not 0.0 <= alpha < 1.0:
             raise SparsecraftError(f"iss-p alpha must be in [0, 1), got {alpha}")
         super().__init__(model, optimizer, **kwargs)
-        if self.pattern.fixed_sparsity and "sparsity" not in kwargs:
+        if self.pattern.fixed_sparsity:  # N:M fixes the sparsity; a given number is ignored
             n, m = self.pattern.n, self.pattern.m  # type: ignore[attr-defined]
             self.sparsity = lambda step: 1.0 - n / m  # type: ignore[assignment]
         self.alpha = float(alpha)
