@@ -41,14 +41,16 @@ def train(method: str, steps: int = 6, check=None, **cfg):  # noqa: ANN001, ANN2
     return model, sp
 
 
+@pytest.mark.parametrize("method", ["ste", "sr-ste", "cast"])
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4)])
-def test_masks_valid_after_every_step_and_exact_after_finalize(n: int, m: int) -> None:
+def test_masks_valid_after_every_step_and_exact_after_finalize(method: str, n: int, m: int) -> None:
     def check(sp) -> None:  # noqa: ANN001
         for t in sp.targets:
             assert nm_ok(t, n, m)
-            assert torch.equal(sp.mask(t), nm_keep(t.param, t.layout, n, m))
+            if method != "cast":  # cast recomputes every T1 steps only
+                assert torch.equal(sp.mask(t), nm_keep(t.param, t.layout, n, m))
 
-    model, sp = train("ste", check=check, pattern=f"{n}:{m}")
+    model, sp = train(method, check=check, pattern=f"{n}:{m}")
     sp.finalize()
     for t in sp.targets:
         rows = t.layout.to_rows(t.param)
