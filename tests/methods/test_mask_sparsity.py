@@ -56,3 +56,21 @@ def test_default_choice_is_smallest_ratio_and_prune_masks_whole_channel() -> Non
     assert (out[:, 3] == 0).all()
     rep = sparsecraft.report(model)
     assert rep.layer("0.weight").sparsity == 0.25
+
+
+def test_physical_removal_at_finalize_keeps_outputs() -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sp = attach(model, opt, method="mask-sparsity", total_steps=2, finetune_steps=1,
+                physical=True)
+    x = torch.randn(2, 2, 5, 5)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    model.eval()
+    before = model(x)
+    sp.finalize()
+    assert sp.removed_channels == {"0": 1}
+    assert model[0].weight.shape[0] == 3 and model[4].in_features == 27
+    assert torch.allclose(model(x), before, atol=1e-6)

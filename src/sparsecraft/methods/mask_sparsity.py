@@ -13,7 +13,8 @@ pruned and the rest of training fine-tunes. Which channels are chosen: ``chosen`
 BN-module name -> channel indices) or, by default, the ``ratio`` fraction of each BN layer
 with the smallest ``|gamma|`` when the method is attached.
 
-Pruning is done by *masking whole channels*, not by physically removing them: the BN's
+Pruning is done by *masking whole channels* (``physical=True`` additionally removes them at
+``finalize()`` for plain chains, see :mod:`~sparsecraft.methods.channel_surgery`): the BN's
 ``gamma`` and ``beta`` of a pruned channel are hard-masked to 0 (so the channel's output is
 exactly 0) and so is the producing layer's output row (the conv/linear just before the BN
 in module order with as many outputs as the BN has channels); the masks are ordinary hard
@@ -30,6 +31,7 @@ from torch import nn
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MaskMeta, set_mask
 from sparsecraft.methods.base import METHODS, SparseMethod, resolve_step
+from sparsecraft.methods.channel_surgery import remove_pruned_channels
 from sparsecraft.methods.optimizer_state import mask_state
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -54,10 +56,12 @@ class MaskSparsity(SparseMethod):
         ratio: float = 0.5,
         chosen: dict[str, list[int]] | None = None,
         finetune_steps: int | float = 0.1,
+        physical: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("sparsity", 0.0)
         super().__init__(model, optimizer, **kwargs)
+        self.physical = bool(physical)
         if not 0.0 <= ratio <= 1.0:
             raise SparsecraftError(f"mask-sparsity ratio must be in [0, 1], got {ratio}")
         self.lam, self.threshold, self.ratio = float(lam), float(threshold), float(ratio)
@@ -148,9 +152,13 @@ class MaskSparsity(SparseMethod):
             self.prune_channels()
 
     def finalize(self) -> None:
+        """Prune if not done yet; with ``physical=True`` also remove the dead channels
+        (:func:`~sparsecraft.methods.channel_surgery.remove_pruned_channels`)."""
         if not self.pruned:
             self.prune_channels()
         super().finalize()
+        if self.physical:
+            self.removed_channels = remove_pruned_channels(self.model)
 
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = super().extra_state()
