@@ -89,6 +89,48 @@ def run_one(method: str, pattern: str, seed: int, data, args) -> dict:  # noqa: 
     }
 
 
+def step_times(pattern: str, data, args) -> dict[str, float]:  # noqa: ANN001
+    """Median wall time of one training step per method, measured interleaved in this process
+    (rounds of ``timing_steps`` steps per method, same batches). PGF is timed in its decay
+    phase (no dense phase), where its forward does the most work."""
+    xtr, ytr = data[0], data[1]
+    runs = {}
+    for method in args.methods:
+        torch.manual_seed(0)
+        model = SmallCNN()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        if method != "dense":
+            cfg: dict = {"pattern": pattern, "total_steps": 10**6, "keep_dense": KEEP_DENSE["cnn"]}
+            if method == "pgf":
+                cfg.update(dense_steps=0, rate=1e-7)
+            attach(model, opt, method=method, **cfg)
+        runs[method] = (model, opt)
+    times: dict[str, list[float]] = {m: [] for m in runs}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(args.timing_rounds):
+        batches = [torch.randint(len(xtr), (args.batch,), generator=gen) for _ in range(args.timing_steps)]
+        for method, (model, opt) in runs.items():
+            for idx in batches:
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
+                opt.step()
+                times[method].append(time.perf_counter() - t0)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def timing_table(timing: dict) -> str:
+    lines = [f"Step time, produced by `{timing['cmd']}` on {timing['date']} ({timing['rounds']} rounds x "
+             f"{timing['steps']} steps per method, interleaved in one process, median):", "",
+             "| pattern | method | median step (ms) | vs dense |", "|---|---|---|---|"]
+    for pattern, res in timing["results"].items():
+        dense = res.get("dense")
+        for method, sec in res.items():
+            ratio = f"{sec / dense:.2f}x" if dense else "-"
+            lines.append(f"| {pattern} | {method} | {1000 * sec:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
 def _mean(rows: list[dict], key: str) -> str:
     vals = [r[key] for r in rows if r.get(key) is not None]
     return f"{statistics.mean(vals):.3f} (n={len(vals)})" if vals else "-"
@@ -139,7 +181,9 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:  # noqa: ANN001
         "mask-dynamics logs every 100 steps, per N:M weight; SAD vs initial: fraction of mask "
         "positions that differ between the first and the last logged mask (Zhou et al. 2021). "
         "Runs made before these columns existed show `-` / a smaller n.\n\n"
-        "Notes: s/run is wall time on a 2-core machine shared with other jobs, so it is noisy "
+        + (timing_table(json.loads(Path(args.timing_json).read_text())) + "\n\n"
+           if Path(args.timing_json).exists() else "")
+        + "Notes: s/run is wall time on a 2-core machine shared with other jobs, so it is noisy "
         "and not an overhead measurement. A reduced grid (fewer epochs / images than the "
         "issue's 20 epochs on 60k) is a compromise with that machine; the std is over seeds.\n"
     )
@@ -161,6 +205,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "docs/results/training_nm.md"))
     ap.add_argument("--jsonl", default=str(ROOT / "docs/results/training_nm.jsonl"))
+    ap.add_argument("--timing-json", default=str(ROOT / "docs/results/training_nm_timing.json"))
+    ap.add_argument("--timing-steps", type=int, default=20, help="0 = skip the step-time table")
+    ap.add_argument("--timing-rounds", type=int, default=5)
     args = ap.parse_args()
     if args.pgf_rate != "auto":
         args.pgf_rate = float(args.pgf_rate)
@@ -169,6 +216,14 @@ def main() -> None:
     jsonl = Path(args.jsonl)
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    if args.timing_steps > 0:
+        timing = {"cmd": command(), "date": dt.date.today().isoformat(), "steps": args.timing_steps,
+                  "rounds": args.timing_rounds,
+                  "results": {p: step_times(p, data, args) for p in args.patterns}}
+        tmp = Path(args.timing_json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(timing, indent=1))
+        os.replace(tmp, args.timing_json)
+        print(timing_table(timing), flush=True)
     done = {(r["method"], r["pattern"], r["seed"], r["epochs"], r["limit"]) for r in rows}
     for seed in args.seeds:
         for pattern in args.patterns:
