@@ -86,10 +86,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--only", default=None, help="comma list of config labels to run (default all)")
+    ap.add_argument("--render-from", default=None, help="results.json of a run: only rewrite the table")
+    ap.add_argument("--command", default=None, help="with --render-from: the command line that ran")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_oneshot.py" + (
-        f" --only '{args.only}'" if args.only else "")
+    command = "python benchmarks/bench_oneshot.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.render_from:  # re-render the table of a finished or stopped run
+        doc = json.loads(Path(args.render_from).read_text())
+        args.out.write_text(render(doc["rows"], doc["protocol"], args.command or command, args.threads,
+                                   done=len(doc["rows"]) == len(RUNS) + 1))
+        print(args.out.read_text())
+        return 0
     runs = [{"method": r[0], "sparsity": r[1], "pattern": r[2], "owl": len(r) > 3 and r[3]} for r in RUNS]
     if args.only:
         keep = {x.strip() for x in args.only.split(",")}
@@ -112,6 +119,7 @@ def main(argv=None) -> int:
               f"sparsity {last['true_sparsity']:.4f}", flush=True)
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-oneshot-"))
+    print(f"run folder: {run_dir}", flush=True)
     # fingerprint first (cheap), so partial tables carry it
     from sparsecraft.data.text import build_protocol
     from sparsecraft.models import load_model
