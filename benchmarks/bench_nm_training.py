@@ -179,7 +179,7 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:  # noqa: ANN001
         + table(rows) + "\n\n"
         "Mask flips / weight: weights dropped from the N:M mask (= grown), summed over the "
         "mask-dynamics logs every 100 steps, per N:M weight; SAD vs initial: fraction of mask "
-        "positions that differ between the first and the last logged mask (Zhou et al. 2021). "
+        "positions that differ between the mask at attach time and the last logged one (Zhou et al. 2021). "
         "Runs made before these columns existed show `-` / a smaller n.\n\n"
         + (timing_table(json.loads(Path(args.timing_json).read_text())) + "\n\n"
            if Path(args.timing_json).exists() else "")
@@ -208,14 +208,19 @@ def main() -> None:
     ap.add_argument("--timing-json", default=str(ROOT / "docs/results/training_nm_timing.json"))
     ap.add_argument("--timing-steps", type=int, default=20, help="0 = skip the step-time table")
     ap.add_argument("--timing-rounds", type=int, default=5)
+    ap.add_argument("--render", action="store_true", help="only rebuild the markdown from the JSON files")
     args = ap.parse_args()
     if args.pgf_rate != "auto":
         args.pgf_rate = float(args.pgf_rate)
     torch.set_num_threads(args.threads)
-    data = load_fashion_mnist(limit=args.limit)
     jsonl = Path(args.jsonl)
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    if args.render:
+        write_markdown([x for x in rows if x["epochs"] == args.epochs and x["limit"] == args.limit], args,
+                       Path(args.out))
+        return
+    data = load_fashion_mnist(limit=args.limit)
     if args.timing_steps > 0:
         timing = {"cmd": command(), "date": dt.date.today().isoformat(), "steps": args.timing_steps,
                   "rounds": args.timing_rounds,
