@@ -170,12 +170,4 @@ class GradientMagnitude(Criterion):
 
 def make_criterion(spec: Any) -> Criterion:
     """A criterion from a name, a dict ``{"type": ..., **kwargs}`` or an instance."""
-    if isinstance(spec, Criterion):
-        return spec
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        kind = spec.pop("type", None)
-        if kind is None:
-            raise SparsecraftError("a criterion dict needs a 'type' key")
-        return CRITERIA.get(kind)(**spec)
-    return CRITERIA.get(str(spec))()
+    return spec if isinstance(spec, Criterion) else CRITERIA.build(spec)

@@ -181,15 +181,4 @@ class Explicit(Distribution):
 
 def make_distribution(spec: Any) -> Distribution:
     """A distribution from a name, a dict ``{"type": ..., **kwargs}`` or an instance."""
-    if isinstance(spec, Distribution):
-        return spec
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        kind = spec.pop("type", None)
-        if kind is None:
-            raise SparsecraftError("a distribution dict needs a 'type' key")
-        try:
-            return DISTRIBUTIONS.get(kind)(**spec)
-        except TypeError as e:
-            raise SparsecraftError(f"bad arguments for distribution {kind!r}: {e}") from None
-    return DISTRIBUTIONS.get(str(spec))()
+    return spec if isinstance(spec, Distribution) else DISTRIBUTIONS.build(spec)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sparsecraft.errors import SparsecraftError
+from sparsecraft.targets import Target
 
 MASK_SUFFIX = "_mask"
 
@@ -35,18 +36,8 @@ class MaskMeta:
 
 
 @dataclass
-class MaskedParam:
-    module_name: str
-    module: nn.Module
-    param_name: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.module_name}.{self.param_name}" if self.module_name else self.param_name
-
-    @property
-    def param(self) -> torch.Tensor:
-        return getattr(self.module, self.param_name)
+class MaskedParam(Target):
+    """A target that carries a mask (``mask`` is the live buffer, ``meta`` its metadata)."""
 
     @property
     def mask(self) -> torch.Tensor:

@@ -196,14 +196,7 @@ def parse_pattern(spec: Any) -> Pattern:
     if isinstance(spec, Pattern):
         return spec
     if isinstance(spec, dict):
-        spec = dict(spec)
-        kind = spec.pop("type", None)
-        if kind is None:
-            raise SparsecraftError("a pattern dict needs a 'type' key")
-        try:
-            return PATTERNS.get(kind)(**spec)
-        except TypeError as e:
-            raise SparsecraftError(f"bad arguments for pattern {kind!r}: {e}") from None
+        return PATTERNS.build(spec)
     if isinstance(spec, str):
         m = _NM_RE.match(spec)
         if m:

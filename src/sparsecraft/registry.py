@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sparsecraft.errors import SparsecraftError
 
@@ -54,6 +54,22 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[tuple[str, T]]:
         return iter(sorted(self._entries.items()))
+
+    def build(self, spec: Any) -> Any:
+        """An instance from a name (no arguments) or a dict ``{"type": name, **kwargs}``, with a
+        clear error for a missing type, an unknown name or bad arguments."""
+        if isinstance(spec, dict):
+            kwargs = dict(spec)
+            kind = kwargs.pop("type", None)
+            if kind is None:
+                raise SparsecraftError(f"a {self.kind} dict needs a 'type' key; allowed: {', '.join(self.names())}")
+        else:
+            kind, kwargs = str(spec), {}
+        cls = self.get(kind)
+        try:
+            return cls(**kwargs)  # type: ignore[operator]
+        except TypeError as e:
+            raise SparsecraftError(f"bad arguments for {self.kind} {kind!r}: {e}") from None
 
     def summary(self) -> list[tuple[str, str]]:
         """(name, first line of the docstring) for every entry, for ``sparsecraft list``."""

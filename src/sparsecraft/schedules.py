@@ -168,14 +168,7 @@ def make_schedule(spec: Any) -> Schedule:
     if isinstance(spec, (int, float)):
         return Constant(spec)
     if isinstance(spec, dict):
-        spec = dict(spec)
-        kind = spec.pop("type", None)
-        if kind is None:
-            raise SparsecraftError(f"a schedule dict needs a 'type' key; allowed: {', '.join(SCHEDULES.names())}")
-        try:
-            return SCHEDULES.get(kind)(**spec)
-        except TypeError as e:
-            raise SparsecraftError(f"bad arguments for schedule {kind!r}: {e}") from None
+        return SCHEDULES.build(spec)
     if isinstance(spec, (list, tuple)):
         segs: list[Schedule] = []
         for item in spec:
