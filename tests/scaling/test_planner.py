@@ -57,3 +57,14 @@ def test_bad_plans():
         plan(res, 0)
     with pytest.raises(SparsecraftError, match="compute mode"):
         plan(res, 1e18, compute="magic")
+
+
+def test_average_param_plan_uses_gmp_average():
+    # with Nbar = N_dense (1 - 0.625 S) and gradual compute 6 Nbar D, loss depends on (Nbar, D)
+    # only, so every sparsity reaches the dense optimum loss with N_dense = Nbar / (1 - 0.625 S)
+    res = _fit("average-param", [1.7, 406.4, 0.34, 410.7, 0.28], NM)
+    pl = plan(res, 1e20, sparsities=[0.5, 0.9])
+    losses = [o.loss for o in pl.per_sparsity]
+    assert max(losses) - min(losses) < 1e-6
+    s9 = next(o for o in pl.per_sparsity if o.sparsity == 0.9)
+    assert s9.params_dense * 0.4375 == pytest.approx(pl.dense.params_nonzero, rel=1e-3)
