@@ -130,3 +130,15 @@ def test_drop_grow_properties(n, density, fraction, seed):
     if 0 < k < active:
         threshold = w.abs()[mask].sort().values[k - 1]
         assert bool(torch.all(new[mask & (w.abs() > threshold)]))  # only the k smallest may go
+
+
+def test_ties_are_broken_at_random_but_seeded():
+    from sparsecraft.methods.dynamic import _k_extreme
+
+    scores = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 5.0])
+    picks = {tuple(sorted(_k_extreme(scores, 3, True, torch.Generator().manual_seed(s)).tolist())) for s in range(40)}
+    assert all(5 in p and len(p) == 3 and 0 not in p for p in picks)  # 5 always, then 2 of the four 1.0s
+    assert len(picks) > 3  # different seeds pick different tied positions
+    a = _k_extreme(scores, 2, False, torch.Generator().manual_seed(7))
+    b = _k_extreme(scores, 2, False, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and 0 in a.tolist()

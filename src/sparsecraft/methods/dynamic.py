@@ -12,8 +12,8 @@ ALGORITHMS.md "SET / RigL update", per layer, every DeltaT steps while updates a
 Drop fraction (cosine, Evci et al. 2020): f(t) = (alpha/2)(1 + cos(pi * min(t, T)/T)) with
 alpha = 0.3 and T the step where updates stop (default 75% of training); DeltaT = 100.
 Initial mask: random with ERK densities. Ties (equal |w|, equal gradients, the zeros of
-grown weights) are broken by a seeded random permutation, not by index order: equivalent to
-"tiny noise" without changing any value.
+grown weights) are broken uniformly at random with the method's seeded generator, not by
+index order: equivalent to "tiny noise" without changing any value.
 """
 
 from __future__ import annotations
@@ -29,12 +29,22 @@ from sparsecraft.targets import Target
 
 
 def _k_extreme(scores: torch.Tensor, k: int, largest: bool, gen: torch.Generator) -> torch.Tensor:
-    """Flat indices of the k smallest (or largest) scores, ties broken at random (the scores
-    are visited in a seeded random order, so equal scores are picked in random order)."""
+    """Flat indices of the k smallest (or largest) scores, ties broken at random.
+
+    One ``topk`` finds the k-th value v; every score strictly beyond v is taken, and the rest
+    are drawn uniformly (seeded permutation) among the scores equal to v. Same result as
+    sorting with random tie order, without permuting the whole tensor."""
     flat = scores.reshape(-1)
-    perm = torch.randperm(flat.numel(), generator=gen).to(flat.device)
-    order = torch.topk(flat[perm], k, largest=largest, sorted=False).indices
-    return perm[order]
+    if k <= 0:
+        return torch.empty(0, dtype=torch.long, device=flat.device)
+    if k >= flat.numel():
+        return torch.arange(flat.numel(), device=flat.device)
+    vals = torch.topk(flat, k, largest=largest, sorted=False).values
+    v = vals.min() if largest else vals.max()
+    sure = torch.nonzero(flat > v if largest else flat < v).flatten()
+    ties = torch.nonzero(flat == v).flatten()
+    pick = torch.randperm(ties.numel(), generator=gen)[: k - sure.numel()].to(flat.device)
+    return torch.cat([sure, ties[pick]])
 
 
 def drop_grow(
