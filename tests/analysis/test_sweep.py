@@ -69,3 +69,20 @@ def test_sweep_cli_on_an_encoder(tmp_path, capsys):
     assert sims[0] == pytest.approx(1.0, abs=1e-6) and sims[-1] < sims[0]
     assert doc["points"][1]["true_sparsity"] == pytest.approx(0.5, abs=1e-4)
     assert (out / "sweep.png").is_file() and (out / "sweep.md").is_file()
+
+
+def test_sweep_job_on_a_causal_lm_with_wanda(tmp_path):
+    from sparsecraft.runner import run_recipe
+
+    from ..cli.tiny_hf import make_tiny_hf
+
+    model_dir, text = make_tiny_hf(tmp_path)
+    recipe = {"job": "sparsity-sweep", "model": str(model_dir), "method": "wanda", "distribution": "uniform",
+              "sparsities": [0.0, 0.5], "text": str(text), "n_calib": 2, "n_eval": 2, "seqlen": 32,
+              "progress": False}
+    run_dir, res = run_recipe(recipe, tmp_path / "out")
+    assert res["metric"] == "perplexity" and res["protocol"]["n_calib"] == 2
+    assert res["points"][1]["true_sparsity"] == pytest.approx(0.5)
+    assert res["points"][1]["metric"] != res["dense"]
+    with pytest.raises(sparsecraft.SparsecraftError, match="global distribution"):
+        run_recipe({**recipe, "distribution": "global"}, tmp_path / "out2")
