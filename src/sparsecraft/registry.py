@@ -8,6 +8,7 @@ look names up here.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -18,8 +19,11 @@ T = TypeVar("T")
 
 def first_sentence(text: str) -> str:
     """The text up to and including its first '. ' (or all of it)."""
-    cut = text.find(". ")
-    return text if cut < 0 else text[: cut + 1]
+    for m in re.finditer(r"\. (?=[A-Z(])", text):
+        before = text[: m.start()].rsplit(" ", 1)[-1]
+        if before not in ("al", "e.g", "i.e", "cf", "vs", "Eq", "eq"):
+            return text[: m.start() + 1]
+    return text
 
 
 class Registry(Generic[T]):

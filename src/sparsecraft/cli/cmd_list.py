@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 
 from sparsecraft.cli.common import print_json
 
@@ -18,7 +19,7 @@ REGISTRIES = [
     ("distributions", "sparsecraft.distributions", "DISTRIBUTIONS"),
     ("schedules", "sparsecraft.schedules", "SCHEDULES"),
     ("methods", "sparsecraft.methods", "METHODS"),
-    ("one-shot methods", "sparsecraft.oneshot", "ONESHOT_METHODS"),
+    ("one-shot methods", "sparsecraft.oneshot", "ONESHOT"),
     ("formats", "sparsecraft.formats", "FORMATS"),
     ("kernel backends", "sparsecraft.kernels", "BACKENDS"),
     ("scaling laws", "sparsecraft.scaling", "LAWS"),
@@ -31,6 +32,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print as JSON")
 
 
+def _import_submodules(mod) -> None:  # noqa: ANN001
+    """Registration happens at import: import a package's modules so every entry is listed."""
+    for info in pkgutil.iter_modules(getattr(mod, "__path__", [])):
+        if not info.name.startswith("_"):
+            try:
+                importlib.import_module(f"{mod.__name__}.{info.name}")
+            except ImportError:  # optional extras (e.g. transformers) that are not installed
+                continue
+
+
 def collect() -> dict[str, list[tuple[str, str]]]:
     from sparsecraft.recipe import discover_jobs
 
@@ -41,6 +52,7 @@ def collect() -> dict[str, list[tuple[str, str]]]:
             mod = importlib.import_module(modname)
         except ImportError:
             continue
+        _import_submodules(mod)
         reg = getattr(mod, attr, None)
         if reg is not None:
             out[title] = reg.summary()
