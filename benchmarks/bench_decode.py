@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--note", default="", help="a sentence about the run conditions, written to the doc")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from sparsecraft.data.text import build_protocol
@@ -106,7 +107,7 @@ def main() -> None:
         f"decoder blocks; embeddings and the tied LM head stay dense), {args.n_calib} calibration "
         f"windows of {args.seqlen} Shakespeare tokens. Prompt {PROMPT!r}, {args.new_tokens} new tokens, "
         f"median of {args.repeats} decodes, models interleaved. Load average (1 min) at start / end: "
-        f"{load0:.2f} / {os.getloadavg()[0]:.2f} (shared 2-core machine).",
+        f"{load0:.2f} / {os.getloadavg()[0]:.2f} (shared 2-core machine)." + (f" {args.note}" if args.note else ""),
         "",
         header,
         *rows,

@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--note", default="", help="a sentence about the run conditions, written to the doc")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ok, why = extension_status()
@@ -146,7 +147,7 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {args.threads} threads; C++ kernels: {why}.  ",
         f"Load average (1 min) at start / end: {load0[0]:.2f} / {load1[0]:.2f} -- the 2-core machine "
         "is shared with other jobs, so absolute times are noisy; ratios come from interleaved "
-        "rounds in one process.",
+        "rounds in one process." + (f" {args.note}" if args.note else ""),
         "",
         "Times relative to the best dense call of the same cell (< 1 = faster than dense). "
         "`auto` is the backend `sparsecraft.kernels.choose` picked after its own quick measurement.",
