@@ -23,7 +23,7 @@ def _linear(out: int, inp: int, bias: bool, weight: torch.Tensor) -> nn.Linear:
     return lin
 
 
-ALL = ["dense", "dense-t", "dense-mkldnn", "dense-numpy", "torch-csr", "csr16", "bitmap", "nm24"]
+ALL = ["dense", "dense-t", "dense-addmm", "dense-mkldnn", "dense-numpy", "torch-csr", "csr16", "bitmap", "nm24"]
 
 
 @pytest.mark.parametrize("backend", ALL)

@@ -6,7 +6,7 @@ the layer) and computes ``y = x @ W^T`` for a 2-D input ``x`` (N, in). Register 
 (:mod:`sparsecraft.kernels.calibrate`).
 
 Built in: ``dense`` (F.linear), ``dense-t`` (torch.mm with a pre-transposed weight),
-``dense-mkldnn`` (oneDNN linear), ``dense-numpy`` (numpy's BLAS), ``torch-csr`` (torch CSR,
+``dense-addmm`` (torch.addmm), ``dense-mkldnn`` (oneDNN linear), ``dense-numpy`` (numpy), ``torch-csr`` (torch CSR,
 int32 indices) here, and the C++ kernels ``csr16``, ``bitmap``, ``nm24`` in :mod:`sparsecraft.kernels.backend_native`.
 """
 
@@ -103,6 +103,24 @@ class DenseTransposed(DenseLinear):
 
     def to_dense(self, packed: Packed, shape: tuple[int, int]) -> torch.Tensor:
         return packed["weight_t"].t()
+
+
+@BACKENDS.register("dense-addmm")
+class DenseAddmm(DenseTransposed):
+    """``torch.addmm(0, x, W^T)``: another BLAS entry point (bias is added by the layer)."""
+
+    name = "dense-addmm"
+
+    def pack(self, weight: torch.Tensor) -> Packed:
+        packed = super().pack(weight)
+        packed["_zero"] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+        return packed
+
+    def matmul(self, packed: Packed, x: torch.Tensor, out_features: int) -> torch.Tensor:
+        zero = packed.get("_zero")
+        if zero is None or zero.dtype != x.dtype or zero.device != x.device:
+            zero = packed["_zero"] = torch.zeros(out_features, dtype=x.dtype, device=x.device)
+        return torch.addmm(zero, x, packed["weight_t"])
 
 
 @BACKENDS.register("dense-mkldnn")

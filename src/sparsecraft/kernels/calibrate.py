@@ -27,7 +27,7 @@ from sparsecraft.kernels.backends import backend_names, get_backend
 
 log = logging.getLogger("sparsecraft.kernels")
 
-DENSE_CANDIDATES = ("dense", "dense-t", "dense-mkldnn", "dense-numpy")
+DENSE_CANDIDATES = ("dense", "dense-t", "dense-addmm", "dense-mkldnn", "dense-numpy")
 SPARSE_CANDIDATES = ("torch-csr", "csr16", "bitmap", "nm24", "cuda-2:4")
 MeasureFn = Callable[[torch.Tensor, int, Sequence[str]], Mapping[str, float]]
 
