@@ -2,7 +2,7 @@
 
 :func:`time_calls` times several callables side by side: after a warm-up it runs them in
 interleaved rounds (a, b, c, a, b, c, ...) and returns each one's median, so a burst of load
-on a shared machine hits every candidate alike.
+on a shared machine hits every candidate alike (:func:`time_samples` gives every sample).
 
 :func:`choose` decides, for one weight and one batch size, which backend a layer uses:
 the fastest sparse backend wins only if it beats the best dense call by ``margin`` (default
@@ -32,13 +32,13 @@ SPARSE_CANDIDATES = ("torch-csr", "csr16", "bitmap", "nm24", "cuda-2:4")
 MeasureFn = Callable[[torch.Tensor, int, Sequence[str]], Mapping[str, float]]
 
 
-def time_calls(
+def time_samples(
     calls: Mapping[str, Callable[[], object]],
     repeats: int = 20,
     warmup: int = 3,
     budget_s: float | None = None,
-) -> dict[str, float]:
-    """Median seconds per call of each callable, measured in interleaved rounds.
+) -> dict[str, list[float]]:
+    """Seconds of every call of each callable, measured in interleaved rounds.
 
     ``budget_s`` stops early (after at least 5 rounds) once the rounds took that long, so
     fast calls get many rounds and slow ones few.
@@ -55,7 +55,17 @@ def time_calls(
             samples[name].append(time.perf_counter() - t0)
         if budget_s is not None and i >= 4 and time.perf_counter() - start > budget_s:
             break
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def time_calls(
+    calls: Mapping[str, Callable[[], object]],
+    repeats: int = 20,
+    warmup: int = 3,
+    budget_s: float | None = None,
+) -> dict[str, float]:
+    """Median seconds per call of each callable (see :func:`time_samples`)."""
+    return {k: statistics.median(v) for k, v in time_samples(calls, repeats, warmup, budget_s).items()}
 
 
 def usable_candidates(weight: torch.Tensor, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
