@@ -83,3 +83,26 @@ def test_corrupted_bucket_and_mismatched_state_are_errors():
         apply_delta({"w": torch.randn(101)}, p)
     with pytest.raises(DeltaError, match="differ in their tensors"):
         encode_delta(old, {"v": new["w"]})
+
+
+def test_tied_tensors_are_sent_once_and_copied_for_untied_receivers():
+    emb = torch.randn(50, 8)
+    old = {"emb": emb, "head": emb}
+    new_emb = emb.clone()
+    new_emb[3, 2] = 9.0
+    new = {"emb": new_emb, "head": new_emb}
+    p = encode_delta(old, new)
+    assert p.stats["tied"] == 1 and p.stats["changed"] == 1 and p.stats["numel"] == 400
+    untied = {"emb": emb.clone(), "head": emb.clone()}
+    apply_delta(untied, p)
+    assert same_bits(untied["emb"], new_emb) and same_bits(untied["head"], new_emb)
+    tied_emb = emb.clone()
+    tied = apply_delta({"emb": tied_emb, "head": tied_emb}, p)
+    assert same_bits(tied["head"], new_emb)
+
+
+def test_fully_changed_tensor_counts_every_change_without_collecting_indices():
+    old = {"w": torch.randn(3 << 20)}
+    new = {"w": old["w"] * 2 + 1}
+    p = encode_delta(old, new)
+    assert p.stats["changed"] == 3 << 20 and p.stats["dense_tensors"] == ["w"]

@@ -8,6 +8,9 @@ tensor sends either
   or the smallest fixed int), and the new values (raw bytes), or
 * **dense**: every element, when that is not larger (most of the tensor changed).
 
+Tied tensors (same memory, e.g. an LM head tied to the embedding) are sent once; a receiver
+whose copies are not tied gets the source copied into them.
+
 Records are cut so none exceeds ``bucket_bytes`` and packed greedily into buckets; each
 bucket is ``MAGIC | u32 header length | u32 CRC32 | JSON header | body``. The JSON header
 lists the records (tensor, dtype, shape, mode, base, count, index coding, byte lengths).
@@ -54,11 +57,30 @@ class DeltaPayload:
         return sum(len(b) for b in self.buckets)
 
 
-def changed_indices(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Flat positions where the bit views ``a`` and ``b`` differ (int64, sorted)."""
+def changed_indices(a: np.ndarray, b: np.ndarray, give_up: int | None = None) -> tuple[np.ndarray | None, int]:
+    """Flat positions where the bit views ``a`` and ``b`` differ (int64, sorted) and their
+    count. Once more than ``give_up`` changes are seen, positions are no longer collected
+    (``None`` is returned; the count is still exact)."""
     a, b = a.reshape(-1), b.reshape(-1)
-    out = [np.flatnonzero(a[s : s + CHUNK] != b[s : s + CHUNK]) + s for s in range(0, a.size, CHUNK)]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    out, count = [], 0
+    for s in range(0, a.size, CHUNK):
+        diff = a[s : s + CHUNK] != b[s : s + CHUNK]
+        if out is None:
+            count += int(np.count_nonzero(diff))
+            continue
+        hits = np.flatnonzero(diff)
+        out.append(hits + s)
+        count += hits.size
+        if give_up is not None and count > give_up:
+            out = None
+    if out is None:
+        return None, count
+    return (np.concatenate(out) if out else np.zeros(0, dtype=np.int64)), count
+
+
+def storage_key(t: torch.Tensor) -> tuple:
+    """Tensors with equal keys are the same memory (tied weights)."""
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 def _records(name: str, old: torch.Tensor, new: torch.Tensor, limit: int) -> tuple[list, int]:
@@ -71,30 +93,31 @@ def _records(name: str, old: torch.Tensor, new: torch.Tensor, limit: int) -> tup
     a, b = bits_view(old).reshape(-1), bits_view(new).reshape(-1)
     vb = b.itemsize
     head = {"k": name, "dt": dtype_name(new.dtype), "sh": list(new.shape)}
-    idx = changed_indices(a, b)
-    if idx.size == 0:
+    # every index costs >= 1 byte, so past this many changes dense is certainly not larger
+    idx, changed = changed_indices(a, b, give_up=b.size * vb // (vb + 1))
+    if changed == 0:
         return [], 0
-    per = max(1, limit // (vb + 8))  # changes per record: a u64 index bounds every coding
     coded, base = [], 0
-    for s in range(0, idx.size, per):
+    per = max(1, limit // (vb + 8))  # changes per record: a u64 index bounds every coding
+    for s in range(0, 0 if idx is None else idx.size, per):
         part = idx[s : s + per]
         coding, ib = encode_gaps(to_gaps(part, base))
         coded.append((base, part, coding, ib))
         base = int(part[-1]) + 1
     sparse_bytes = sum(ib.size + part.size * vb for _, part, _, ib in coded)
-    if sparse_bytes >= b.size * vb:  # dense fallback: not larger than the sparse encoding
+    if idx is None or sparse_bytes >= b.size * vb:  # dense fallback: not larger than sparse
         step = max(1, limit // vb)
         return [
             ({**head, "m": "d", "lo": lo, "n": min(step, b.size - lo), "ib": 0, "vb": min(step, b.size - lo) * vb},
              [b[lo : lo + step].view(np.uint8)])
             for lo in range(0, b.size, step)
-        ], int(idx.size)
+        ], changed
     out = []
     for base, part, coding, ib in coded:
         values = b[part].view(np.uint8)
         out.append(({**head, "m": "s", "lo": base, "n": int(part.size), "c": coding,
                      "ib": int(ib.size), "vb": int(values.size)}, [ib, values]))
-    return out, int(idx.size)
+    return out, changed
 
 
 def _bucket(records: list[tuple[dict, list[np.ndarray]]]) -> bytes:
@@ -116,13 +139,25 @@ def encode_delta(
     if bucket_bytes < 64:
         raise DeltaError(f"bucket_bytes must be >= 64, got {bucket_bytes}")
     buckets, current, size = [], [], 0
-    stats = {"tensors": len(new_state), "numel": 0, "model_bytes": 0, "changed": 0,
+    stats = {"tensors": len(new_state), "tied": 0, "numel": 0, "model_bytes": 0, "changed": 0,
              "dense_tensors": [], "index_bytes": 0, "value_bytes": 0}
+    seen: dict[tuple, str] = {}
+    touched: set[str] = set()
     for name, new in new_state.items():
-        stats["numel"] += new.numel()
-        stats["model_bytes"] += new.numel() * new.element_size()
-        records, changed = _records(name, old_state[name], new, bucket_bytes)
+        first = seen.setdefault(storage_key(new), name)
+        if first != name:  # tied to an earlier tensor: same memory, sent once
+            stats["tied"] += 1
+            records, changed = [], 0
+            if first in touched:  # receivers without the tie get a copy of the source
+                records = [({"k": name, "m": "a", "src": first, "dt": dtype_name(new.dtype),
+                             "sh": list(new.shape), "n": 0, "ib": 0, "vb": 0}, [])]
+        else:
+            stats["numel"] += new.numel()
+            stats["model_bytes"] += new.numel() * new.element_size()
+            records, changed = _records(name, old_state[name], new, bucket_bytes)
         stats["changed"] += changed
+        if records:
+            touched.add(name)
         for rec, arrs in records:
             stats["index_bytes"] += rec["ib"]
             stats["value_bytes"] += rec["vb"]
@@ -169,7 +204,11 @@ def apply_bucket(state: dict[str, torch.Tensor], bucket: bytes | memoryview) -> 
         flat = _target(state, rec)
         ib, vb = rec["ib"], rec["vb"]
         values = raw[pos + ib : pos + ib + vb].view(flat.dtype)
-        if rec["m"] == "d":
+        if rec["m"] == "a":  # tied tensor: copy its source unless it is the same memory
+            src = _target(state, {**rec, "k": rec["src"]})
+            if not np.shares_memory(src, flat):
+                flat[:] = src
+        elif rec["m"] == "d":
             flat[rec["lo"] : rec["lo"] + rec["n"]] = values
         else:
             try:
