@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -96,6 +97,8 @@ def render(rows, fingerprint, command, threads, done, ties=None) -> str:
         table_markdown(rows, {"reference ppl": "ref_ppl", "reference time (s)": "ref_time"}),
         "",
     ]
+    if (OUT.parent / "oneshot_perplexity.png").exists():
+        lines += ["![perplexity per configuration](oneshot_perplexity.png)", ""]
     if ties is not None:
         lines += [
             f"Magnitude N:M can differ from the reference through ties: {ties:.1%} of the 2:4 groups of "
@@ -118,6 +121,9 @@ def main(argv=None) -> int:
     command = "python benchmarks/bench_oneshot.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.render_from:  # re-render the table of a finished or stopped run
         doc = json.loads(Path(args.render_from).read_text())
+        plot = Path(args.render_from).with_name("perplexity.png")
+        if plot.exists():
+            shutil.copy(plot, args.out.parent / "oneshot_perplexity.png")
         args.out.write_text(render(doc["rows"], doc["protocol"], args.command or command, args.threads,
                                    done=len(doc["rows"]) == len(RUNS) + 1, ties=tie_fraction()))
         print(args.out.read_text())
@@ -154,6 +160,7 @@ def main(argv=None) -> int:
     state["fp"] = fp
     print("protocol fingerprints:", json.dumps({k: fp[k] for k in ANCHOR_FINGERPRINT}), flush=True)
     result = run_prune_llm(cfg, run_dir, on_row=on_row)
+    shutil.copy(run_dir / "perplexity.png", args.out.parent / "oneshot_perplexity.png")
     text = render(result["rows"], result["protocol"], command, args.threads, done=True, ties=tie_fraction())
     args.out.write_text(text)
     print(text)
