@@ -91,9 +91,10 @@ def measure_backends(
     budget_s: float = 0.5,
     bias: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Quick real measurement: seconds per forward of a layer holding ``weight`` on ``batch``
-    rows, for each backend -- as the model will run it: ``dense`` is a plain ``nn.Linear``,
-    every other backend a :class:`~sparsecraft.kernels.SparseLinear` (wrapper cost included)."""
+    """Quick real measurement: seconds per forward (fastest of the interleaved rounds) of a
+    layer holding ``weight`` on ``batch`` rows, for each backend -- as the model will run it:
+    ``dense`` is a plain ``nn.Linear``, every other backend a
+    :class:`~sparsecraft.kernels.SparseLinear` (wrapper cost included)."""
     from torch import nn
 
     from sparsecraft.kernels.sparse_linear import SparseLinear
@@ -112,7 +113,10 @@ def measure_backends(
         calls[name] = lambda layer=layer: layer(x)
     if weight.is_cuda:  # time the kernel, not the launch
         calls = {k: (lambda f=f: (f(), torch.cuda.synchronize())) for k, f in calls.items()}
-    return time_calls(calls, repeats=repeats, warmup=5, budget_s=budget_s)
+    samples = time_samples(calls, repeats=repeats, warmup=5, budget_s=budget_s)
+    # the fastest round: on a shared machine a call is often preempted, which inflates the
+    # median of a short measurement far more than the cost differences between backends
+    return {k: min(v) for k, v in samples.items()}
 
 
 @dataclass
