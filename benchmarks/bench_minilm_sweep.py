@@ -45,9 +45,7 @@ def main(argv=None) -> int:
     out_dir = ROOT / "docs" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(run_dir / "sweep.png", out_dir / "minilm_sweep.png")
-    cmd = "flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_minilm_sweep.py"
-    if argv:
-        cmd += " " + " ".join(argv)
+    cmd = " ".join(["python benchmarks/bench_minilm_sweep.py", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join([
         "# Essential sparsity of all-MiniLM-L6-v2 (one-shot global magnitude)",
         "",
