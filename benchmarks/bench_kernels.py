@@ -129,8 +129,8 @@ def main() -> None:
         for batch in [int(b) for b in args.batches.split(",")]:
             r = run_cell(w, cell, batch, args.repeats)
             t, d = r["times"], r["times"][r["best_dense"]]
-            if cols is None:
-                cols = [k for k in t if k != "auto"]
+            if cols is None:  # fixed order; a backend that cannot run a cell shows "-"
+                cols = [*DENSE_PEERS, "scipy CSR", "torch-csr", "csr16", "bitmap", "nm24"]
             label = "2:4" if cell == "2:4" else f"{float(cell):.0%}"
             cells = [f"{t[k] / d:.2f}" if k in t else "-" for k in cols]
             row = (f"| {label} | {batch} | {d * 1e3:.2f} ({r['best_dense']}) | " + " | ".join(cells)
