@@ -19,7 +19,30 @@ from sparsecraft.report import SparsityReport, report
 
 __version__ = "0.1.0"
 
+#: Entry points of the larger sub-packages, imported on first use so that ``import sparsecraft``
+#: stays light (no transformers, no kernel build, no scipy fit machinery until asked for).
+_LAZY = {
+    "attach": "sparsecraft.methods",
+    "prune_model": "sparsecraft.oneshot",
+    "convert": "sparsecraft.kernels",
+    "SparseLinear": "sparsecraft.kernels",
+    "encode_delta": "sparsecraft.formats",
+    "apply_delta": "sparsecraft.formats",
+    "fit": "sparsecraft.scaling",
+    "load_fit": "sparsecraft.scaling",
+    "step_law": "sparsecraft.scaling",
+}
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparsecraft' has no attribute {name!r}")
+
 __all__ = [
+    *_LAZY,
     "SparsecraftError",
     "SparsityReport",
     "apply_masks",

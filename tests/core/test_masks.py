@@ -45,3 +45,8 @@ def test_report_model_totals_count_every_parameter():
     rep = sparsecraft.prune(model, 0.5)
     assert rep.model_numel == 110
     assert rep.model_nonzeros == 50 + int(torch.count_nonzero(model[0].bias))
+
+
+def test_top_level_lazy_entry_points_resolve():
+    for name in ("attach", "prune_model", "convert", "SparseLinear", "encode_delta", "apply_delta", "fit", "load_fit"):
+        assert callable(getattr(sparsecraft, name)), name
