@@ -19,6 +19,7 @@ import argparse
 import copy
 import datetime as dt
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -96,7 +97,8 @@ def main() -> None:
             details.append(f"masked: {toks['masked dense'].tolist()}\nconverted: {toks['converted'].tolist()}\n")
     header = ("| sparsity | dense tok/s | masked dense tok/s | converted tok/s | converted vs dense | "
               "same tokens as masked | backends (layers) | convert time |\n|---|---|---|---|---|---|---|---|")
-    cmd = "flock /tmp/sparsecraft-heavy.lock python " + " ".join(["benchmarks/bench_decode.py", *sys.argv[1:]])
+    # the command exactly as run (the docstring gives the recommended flock wrapper)
+    cmd = shlex.join(["python", "benchmarks/bench_decode.py", *sys.argv[1:]])
     text = "\n".join([
         "# End to end: SmolLM2-135M greedy decode, batch 1, CPU",
         "",

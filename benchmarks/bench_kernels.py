@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -147,7 +148,8 @@ def main() -> None:
     load1 = os.getloadavg()
     header = ("| sparsity | batch | best dense ms (call) | " + " | ".join(cols) + " | auto (choice) |\n"
               + "|---" * (len(cols) + 4) + "|")
-    cmd = "flock /tmp/sparsecraft-heavy.lock python " + " ".join(["benchmarks/bench_kernels.py", *sys.argv[1:]])
+    # the command exactly as run (the docstring gives the recommended flock wrapper)
+    cmd = shlex.join(["python", "benchmarks/bench_kernels.py", *sys.argv[1:]])
     text = "\n".join([
         "# CPU sparse kernels: 4096x4096 fp32 weight",
         "",
