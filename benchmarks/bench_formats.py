@@ -116,9 +116,11 @@ def checkpoint_table(model_name: str) -> list[list[str]]:
                 for h in doc["packed"].values():
                     formats[h["format"]] = formats.get(h["format"], 0) + 1
                 d, a = os.path.getsize(dense), os.path.getsize(auto)
+                unique = {(v.data_ptr(), v.dtype, tuple(v.shape)): v.numel() * v.element_size() for v in own.values()}
+                w = sum(unique.values())
                 table.append([
-                    f"{pattern} {s:.0%}" if pattern == "unstructured" else pattern, dname,
-                    f"{d / 2**20:.1f}", f"{a / 2**20:.1f}", f"{a / d:.3f}",
+                    f"{pattern} {s:.0%}" if pattern == "unstructured" else pattern, dname, f"{w / 2**20:.1f}",
+                    f"{d / 2**20:.1f}", f"{a / 2**20:.1f}", f"{a / d:.3f}", f"{a / w:.3f}",
                     ", ".join(f"{k} {v}" for k, v in sorted(formats.items())),
                     f"{t1 - t0:.1f}", f"{t2 - t1:.1f}", "yes" if ok else "NO",
                 ])
@@ -152,13 +154,16 @@ def main() -> None:
         "Every packed tensor was unpacked and checked bit-identical.", "", md(hdr, ft), "",
     ]
     if args.model != "none":
-        chdr = ["pruning (decoder linears)", "dtype", "dense MiB", "auto MiB", "auto/dense",
+        chdr = ["pruning (decoder linears)", "dtype", "weights MiB (tied once)", "dense file MiB", "auto file MiB",
+                "auto/dense", "auto/weights",
                 "packed tensors", "save s", "load s", "bit-identical"]
         print(" | ".join(chdr))
         ct = checkpoint_table(args.model)
         body += [f"## Checkpoint size: {args.model}, `sparsecraft.save(format=...)`", "",
                  "Magnitude pruning with `sparsecraft.prune(..., include=['model.layers'])`; embeddings "
-                 "(tied with the LM head, stored once in `auto`) and norms stay dense.", "",
+                 "and norms stay dense. `format=\"dense\"` (the default, unchanged) writes every state_dict "
+                 "key, so the embedding tied to the LM head is in the file twice; `auto` stores it once, "
+                 "hence the extra `auto/weights` column (file size over the model's unique weight bytes).", "",
                  md(chdr, ct), ""]
     write_section(Path(args.out), "bench_formats", "\n".join(body), "Formats, checkpoints and deltas")
     print(f"wrote {args.out}")
