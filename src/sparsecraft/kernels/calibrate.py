@@ -27,7 +27,10 @@ from sparsecraft.kernels.backends import backend_names, get_backend
 
 log = logging.getLogger("sparsecraft.kernels")
 
-DENSE_CANDIDATES = ("dense", "dense-t", "dense-addmm", "dense-mkldnn", "dense-numpy")
+# dense-numpy is not an auto candidate: numpy's BLAS runs its own thread pool, which fights
+# torch's OpenMP threads inside a model (measured alone it looked fast; in SmolLM2 decoding
+# it made the converted model 4x slower). It stays available by name and as a benchmark peer.
+DENSE_CANDIDATES = ("dense", "dense-t", "dense-addmm", "dense-mkldnn")
 SPARSE_CANDIDATES = ("torch-csr", "csr16", "bitmap", "nm24", "cuda-2:4")
 MeasureFn = Callable[[torch.Tensor, int, Sequence[str]], Mapping[str, float]]
 
