@@ -88,11 +88,20 @@ def masked_params(model: nn.Module) -> Iterator[MaskedParam]:
                     yield MaskedParam(mname, module, pname)
 
 
+def is_soft(mp: MaskedParam) -> bool:
+    """True when forward computes its own weight from a dense one (straight-through N:M
+    training): the mask is then an indicator and the dense weight must not be zeroed."""
+    return mp.param_name in (getattr(mp.module, "sparsecraft_forward_weights", None) or {})
+
+
 @torch.no_grad()
 def apply_masks(model: nn.Module) -> None:
-    """Re-zero every masked weight (after an optimizer step, a load, a manual edit)."""
+    """Re-zero every hard-masked weight (after an optimizer step, a load, a manual edit).
+    Soft masks (see :func:`is_soft`) are left alone: zeroing would destroy the dense weights
+    their method trains; the method's ``finalize()`` makes them hard."""
     for mp in masked_params(model):
-        mp.param.masked_fill_(~mp.mask, 0)
+        if not is_soft(mp):
+            mp.param.masked_fill_(~mp.mask, 0)
 
 
 @torch.no_grad()

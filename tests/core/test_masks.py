@@ -50,3 +50,14 @@ def test_report_model_totals_count_every_parameter():
 def test_top_level_lazy_entry_points_resolve():
     for name in ("attach", "prune_model", "convert", "SparseLinear", "encode_delta", "apply_delta", "fit", "load_fit"):
         assert callable(getattr(sparsecraft, name)), name
+
+
+def test_apply_masks_leaves_soft_masked_dense_weights_alone():
+    layer = nn.Linear(8, 2)
+    sparsecraft.set_mask(layer, torch.rand(2, 8) > 0.5, apply=False)
+    layer.sparsecraft_forward_weights = {"weight": lambda: layer.weight * layer.weight_mask}
+    before = layer.weight.detach().clone()
+    apply_masks(layer)
+    assert torch.equal(layer.weight, before)  # the dense weight an STE method trains survives
+    rep = sparsecraft.report(layer)
+    assert rep.layers[0].nonzeros == int(torch.count_nonzero(before * layer.weight_mask))

@@ -76,7 +76,9 @@ def test_budgets_exact_and_grown_reset(method, opt_name):
     assert len(m.dynamics.updates) == 7  # steps 4, 8, ..., 28 (stop at 30)
     assert all(u["dropped"] == u["grown"] for u in m.dynamics.updates)
     rep = sparsecraft.report(model)
-    assert rep.nonzeros <= sum(budget) and [layer.target for layer in rep.layers] == [0.8] * 3
+    # each layer's reported target is its own ERK share (exactly its budget), not the model total
+    expected = [1 - b / t.numel for b, t in zip(budget, m.targets)]
+    assert rep.nonzeros <= sum(budget) and [layer.target for layer in rep.layers] == expected
 
 
 def test_rigl_grows_largest_gradient():

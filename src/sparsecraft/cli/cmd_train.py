@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         print_json({"run_dir": str(run_dir), **{k: v for k, v in result.items() if k != "table_markdown"}})
         return 0
     f = result["final"]
+    if f is None:  # stopped early on purpose (stop_after): nothing final to print yet
+        print(f"stopped after epoch {result.get('stopped_after_epoch')}; continue with --resume --out {run_dir}")
+        return 0
     print(result.get("table_markdown", ""))
     print(f"\n{result['method']} at sparsity {f['sparsity']:.4f}: test accuracy {100 * f['test_accuracy']:.2f}%, "
           f"test loss {f['test_loss']:.4f}, {f['nonzero_params']}/{f['params']} non-zero parameters")  # fmt: skip

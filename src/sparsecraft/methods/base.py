@@ -297,11 +297,13 @@ class SparseMethod:
     def _set_masks(self, new: Mapping[str, torch.Tensor], record: bool = False) -> dict[str, Any] | None:
         new = _sync_masks(dict(new))
         old = {k: v.clone() for k, v in self.masks().items() if k in new} if record else {}
-        meta = MaskMeta(self.pattern.spec(), self.target_sparsity(), self.name, self.step_count)
         for t in self.targets:
             if t.name not in new:
                 continue
             keep = new[t.name].to(torch.bool)
+            # the layer's own target (its share of the distribution), not the model total
+            layer_target = 1.0 - int(keep.sum()) / keep.numel()
+            meta = MaskMeta(self.pattern.spec(), layer_target, self.name, self.step_count)
             if record and self.hard_masks:  # grown weights start at 0 (already 0 when hard)
                 t.param.masked_fill_(keep & ~old[t.name], 0)
             set_mask(t.module, keep, t.param_name, meta, apply=self.hard_masks)
