@@ -14,7 +14,7 @@ NAME = "run"
 HELP = "run a recipe (default: the built-in default recipe) and print its results"
 
 #: The built-in recipe ``sparsecraft run`` uses when given no argument.
-DEFAULT_RECIPE = "digits"
+DEFAULT_RECIPE = "smollm2-quick"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,5 +34,6 @@ def run(args: argparse.Namespace) -> int:
     table = result.get("table_markdown")
     if table:
         print(table)
-    print(f"\nrun folder: {run_dir}  (report.json, table.md, checkpoints)")
+    files = ", ".join(sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")))
+    print(f"\nrun folder: {run_dir}  ({files})")
     return 0
