@@ -82,3 +82,22 @@ def test_prune_cli_owl_and_recovery(tiny, tmp_path, capsys):
     assert sum(row["block_sparsities"]) / 2 == pytest.approx(0.6)
     assert row["recovery"]["loss"] == "squarehead" and "perplexity_pruned" in row
     assert not (out / "model").exists()
+
+
+def test_per_run_save_flag_and_inspect_json(tiny, tmp_path, capsys):
+    """The flagship recipe shape: several runs, only the one marked ``save`` writes a model,
+    and ``sparsecraft inspect --json`` reads the true per-layer sparsity from its checkpoint."""
+    from sparsecraft.runner import run_recipe
+
+    model_dir, text = tiny
+    recipe = {
+        "job": "prune-llm", "model": str(model_dir), "save": False, "plot": False, "progress": False,
+        "data": {"calib": str(text), "n_calib": 4, "n_eval": 2, "seqlen": 32},
+        "runs": [{"method": "magnitude", "sparsity": 0.5}, {"method": "wanda", "pattern": "2:4", "save": True}],
+    }
+    run_dir, _ = run_recipe(recipe, tmp_path / "run")
+    saved = sorted(p.name for p in run_dir.iterdir() if p.is_dir())
+    assert saved == ["01-wanda-2of4"]
+    assert main(["inspect", str(run_dir / "01-wanda-2of4" / "sparse.safetensors"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layers"] and all(l["pattern"] == "2:4" and l["sparsity"] == 0.5 for l in info["layers"])

@@ -54,6 +54,7 @@ class RunConfig(Strict):
     owl_m: float = 5.0
     owl_lambda: float = 0.08
     name: str | None = None
+    save: bool | None = None  #: save this run's model (None = the job's ``save``)
 
     def label(self) -> str:
         if self.name:
@@ -211,7 +212,7 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
             row["recovery"] = rec.to_dict()
             row["perplexity_pruned"] = row["perplexity"]
             row["perplexity"] = ppl()
-        if cfg.save:
+        if cfg.save if r.save is None else r.save:
             folder = run_dir / (f"{i:02d}-{r.label().replace(' ', '-').replace('%', 'pct').replace(':', 'of')}"
                                 if many else "")
             row["saved_hf"] = str(save_hf(lm.model, lm.tokenizer, folder / "model"))
