@@ -31,7 +31,8 @@ from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.layout import WeightLayout
-from sparsecraft.methods.base import METHODS, SparseMethod, resolve_step
+from sparsecraft.methods.base import METHODS
+from sparsecraft.methods.prune_then_finetune import PruneThenFinetune
 from sparsecraft.patterns import Block, Channel, Pattern, parse_pattern
 from sparsecraft.targets import Target
 
@@ -100,7 +101,7 @@ def _lr_of(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> floa
 
 
 @METHODS.register("group-lasso")
-class GroupLasso(SparseMethod):
+class GroupLasso(PruneThenFinetune):
     """Proximal group lasso on channel / block / N:M groups, then group (channel) pruning."""
 
     def __init__(
@@ -127,8 +128,7 @@ class GroupLasso(SparseMethod):
                     f"layer {t.name!r} (row view {t.layout.rows}x{t.layout.cols}) cannot be cut "
                     f"into {h}x{w} groups for {groups!r}"
                 )
-        self.prune_step = self.total_steps - (resolve_step(finetune_steps, self.total_steps) or 0)
-        self.pruned = False
+        self.set_finetune_steps(finetune_steps)
         self.zero_groups: dict[str, int] = {}
 
     def initial_masks(self) -> dict[str, torch.Tensor]:
@@ -153,28 +153,10 @@ class GroupLasso(SparseMethod):
         return t.layout.from_rows(keep).contiguous()
 
     @torch.no_grad()
-    def prune_groups(self) -> None:
+    def hard_prune(self) -> None:
+        """Prune whole groups (zero-norm ones first) to the target sparsity."""
         s = self.target_sparsity()
         self._set_masks({t.name: self.group_keep(t, s) for t in self.targets})
-        self.pruned = True
 
-    def post_step(self) -> None:
-        if self.pruned:
-            return
-        if self.step_count >= self.prune_step:
-            self.prune_groups()
-        else:
-            self.prox()
-
-    def finalize(self) -> None:
-        if not self.pruned:
-            self.prune_groups()
-        super().finalize()
-
-    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, meta = super().extra_state()
-        return tensors, {**meta, "pruned": self.pruned}
-
-    def load_extra_state(self, tensors: Any, meta: Any) -> None:
-        super().load_extra_state(tensors, meta)
-        self.pruned = bool(meta.get("pruned", False))
+    def soft_step(self) -> None:
+        self.prox()

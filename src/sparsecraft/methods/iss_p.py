@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.methods.base import METHODS, SparseMethod, resolve_step
+from sparsecraft.methods.base import METHODS
+from sparsecraft.methods.prune_then_finetune import PruneThenFinetune
 
 
 @METHODS.register("iss-p")
-class ISSP(SparseMethod):
+class ISSP(PruneThenFinetune):
     """Soft shrinkage: multiply the lowest-|w| set by alpha after every step; hard prune at
     the end (alpha = 0: IHT)."""
 
@@ -51,8 +52,7 @@ class ISSP(SparseMethod):
             n, m = self.pattern.n, self.pattern.m  # type: ignore[attr-defined]
             self.sparsity = lambda step: 1.0 - n / m  # type: ignore[assignment]
         self.alpha = float(alpha)
-        self.prune_step = self.total_steps - (resolve_step(finetune_steps, self.total_steps) or 0)
-        self.pruned = False
+        self.set_finetune_steps(finetune_steps)
 
     def initial_masks(self) -> dict[str, torch.Tensor]:
         """Nothing is masked during the shrinkage phase."""
@@ -70,29 +70,10 @@ class ISSP(SparseMethod):
             factor = torch.where(low[t.name], self.alpha, 1.0).to(t.param.dtype)
             t.param.mul_(factor)
 
-    def post_step(self) -> None:
-        if self.pruned:
-            return
-        if self.step_count >= self.prune_step:
-            self.hard_prune()
-        else:
-            self.shrink()
+    def soft_step(self) -> None:
+        self.shrink()
 
     @torch.no_grad()
     def hard_prune(self) -> None:
         """Zero the current lowest set for good; the rest of training fine-tunes."""
         self._set_masks(self.plan(self.target_sparsity()))
-        self.pruned = True
-
-    def finalize(self) -> None:
-        if not self.pruned:
-            self.hard_prune()
-        super().finalize()
-
-    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, meta = super().extra_state()
-        return tensors, {**meta, "pruned": self.pruned}
-
-    def load_extra_state(self, tensors: Any, meta: Any) -> None:
-        super().load_extra_state(tensors, meta)
-        self.pruned = bool(meta.get("pruned", False))
