@@ -9,6 +9,12 @@ machines; every finished run is appended to a JSON-lines file and the markdown t
 rewritten after each run, so a killed benchmark keeps what it finished.
 
     python benchmarks/bench_nm_training.py --epochs 20 --seeds 0 1 2
+    python benchmarks/bench_nm_training.py --device cuda --timing-steps 0 --jsonl part0.jsonl ...
+
+``--device cuda`` runs the same protocol on a GPU (the table then names the device; the
+accuracies are comparable with CPU runs up to run-to-run nondeterminism of cuDNN).
+Several processes with disjoint ``--seeds`` / ``--methods`` and their own ``--jsonl`` can
+share one GPU; ``--render`` with the concatenated JSON lines rebuilds the table.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def run_one(method: str, pattern: str, seed: int, data, args) -> dict:  # noqa: ANN001
     xtr, ytr, xte, yte = data
     torch.manual_seed(seed)
-    model = SmallCNN()
+    model = SmallCNN().to(args.device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     steps_per_epoch = math.ceil(len(xtr) / args.batch)
     total = steps_per_epoch * args.epochs
@@ -62,13 +68,15 @@ def run_one(method: str, pattern: str, seed: int, data, args) -> dict:  # noqa: 
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     for _ in range(args.epochs):
-        perm = torch.randperm(len(xtr), generator=gen)
+        perm = torch.randperm(len(xtr), generator=gen).to(args.device)
         for i in range(0, len(xtr), args.batch):
             idx = perm[i : i + args.batch]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
             opt.step()
             sched.step()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     flips = sad_init = None
     if sp is not None:
@@ -85,8 +93,14 @@ def run_one(method: str, pattern: str, seed: int, data, args) -> dict:  # noqa: 
         "epochs": args.epochs, "limit": args.limit, "acc": evaluate(model, xte, yte),
         "nm_sparsity": 1 - nnz / numel if numel else 0.0, "seconds": seconds,
         "flips_per_weight": flips, "sad_vs_initial": sad_init,
-        "cmd": command(), "date": dt.date.today().isoformat(),
+        "cmd": command(), "date": dt.date.today().isoformat(), "device": device_name(args.device),
     }
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__})"
+    return f"cpu ({torch.get_num_threads()} threads, torch {torch.__version__})"
 
 
 def step_times(pattern: str, data, args) -> dict[str, float]:  # noqa: ANN001
@@ -97,7 +111,7 @@ def step_times(pattern: str, data, args) -> dict[str, float]:  # noqa: ANN001
     runs = {}
     for method in args.methods:
         torch.manual_seed(0)
-        model = SmallCNN()
+        model = SmallCNN().to(args.device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         if method != "dense":
             cfg: dict = {"pattern": pattern, "total_steps": 10**6, "keep_dense": KEEP_DENSE["cnn"]}
@@ -111,12 +125,20 @@ def step_times(pattern: str, data, args) -> dict[str, float]:  # noqa: ANN001
         batches = [torch.randint(len(xtr), (args.batch,), generator=gen) for _ in range(args.timing_steps)]
         for method, (model, opt) in runs.items():
             for idx in batches:
+                idx = idx.to(args.device)
+                sync(args.device)
                 t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
                 opt.step()
+                sync(args.device)
                 times[method].append(time.perf_counter() - t0)
     return {m: statistics.median(v) for m, v in times.items()}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def timing_table(timing: dict) -> str:
@@ -145,7 +167,9 @@ def table(rows: list[dict]) -> str:
         "| mask flips / weight | SAD vs initial | s/run |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (pattern, method), rs in groups.items():
+    order = {"dense": 0, "2:4": 1, "4:8": 2, "1:4": 3, "ste": 0, "sr-ste": 1, "pgf": 2}
+    for (pattern, method), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][0],
+                                                                       order.get(kv[0][1], 9), kv[0][1])):
         accs = [r["acc"] for r in rs]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         lines.append(
@@ -157,6 +181,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def read_rows(jsonl: Path) -> list[dict]:
+    """Finished runs; a line still being appended by a concurrent process is skipped."""
+    rows = []
+    for line in jsonl.read_text().splitlines() if jsonl.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def command() -> str:
     return "python benchmarks/bench_nm_training.py " + " ".join(sys.argv[1:])
 
@@ -164,10 +199,13 @@ def command() -> str:
 def write_markdown(rows: list[dict], args, path: Path) -> None:  # noqa: ANN001
     cmds = sorted({r.get("cmd", "?") for r in rows})
     dates = sorted({r.get("date", "?") for r in rows})
+    devices = sorted({r.get("device", "cpu (2 threads, torch 2.13.0+cpu)") for r in rows})
     text = (
         "# N:M sparse training on Fashion-MNIST (small CNN)\n\n"
-        "Produced by " + ", then ".join(f"`{c}`" for c in cmds) + f" on {', '.join(dates)} "
-        f"({torch.get_num_threads()} CPU threads, torch {torch.__version__}; the rows are "
+        + ("Produced by " + ", then ".join(f"`{c}`" for c in cmds) if len(cmds) <= 2
+           else f"Produced by the {len(cmds)} commands listed at the end")
+        + f" on {', '.join(dates)} "
+        f"(device: {'; '.join(devices)}; the rows are "
         f"appended to `{Path(args.jsonl).name}` and the table is rebuilt from it).\n\n"
         f"Protocol: SmallCNN (conv 1-32-64, fc 1600-128-10; first conv dense), SGD momentum 0.9, "
         f"lr {args.lr} per-step cosine, wd 5e-4, batch {args.batch}, {args.epochs} epochs, "
@@ -183,9 +221,12 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:  # noqa: ANN001
         "Runs made before these columns existed show `-` / a smaller n.\n\n"
         + (timing_table(json.loads(Path(args.timing_json).read_text())) + "\n\n"
            if Path(args.timing_json).exists() else "")
-        + "Notes: s/run is wall time on a 2-core machine shared with other jobs, so it is noisy "
-        "and not an overhead measurement. A reduced grid (fewer epochs / images than the "
-        "issue's 20 epochs on 60k) is a compromise with that machine; the std is over seeds.\n"
+        + "Notes: s/run is the wall time of one run (on a CPU shared with other jobs, or on a GPU "
+        "shared by several concurrent benchmark processes), so it is not an overhead measurement; "
+        "the std is over seeds."
+        + (" This is a reduced grid (fewer epochs / images than the issue's 20 epochs on 60k)."
+           if args.epochs != 20 or args.limit else "") + "\n"
+        + ("\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in cmds) + "\n" if len(cmds) > 2 else "")
     )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
@@ -203,6 +244,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--pgf-rate", default="auto", help="'auto' or a number such as 2e-4")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
     ap.add_argument("--out", default=str(ROOT / "docs/results/training_nm.md"))
     ap.add_argument("--jsonl", default=str(ROOT / "docs/results/training_nm.jsonl"))
     ap.add_argument("--timing-json", default=str(ROOT / "docs/results/training_nm_timing.json"))
@@ -215,12 +257,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     jsonl = Path(args.jsonl)
     jsonl.parent.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    rows = read_rows(jsonl)
     if args.render:
         write_markdown([x for x in rows if x["epochs"] == args.epochs and x["limit"] == args.limit], args,
                        Path(args.out))
         return
-    data = load_fashion_mnist(limit=args.limit)
+    data = tuple(t.to(args.device) for t in load_fashion_mnist(limit=args.limit))
     if args.timing_steps > 0:
         timing = {"cmd": command(), "date": dt.date.today().isoformat(), "steps": args.timing_steps,
                   "rounds": args.timing_rounds,
