@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import os
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _env import header, load, load_line, write_atomic
 
-from sparsecraft.kernels import convert, extension_status
+from sparsecraft.kernels import convert
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "kernels_decode.md"
@@ -60,7 +57,7 @@ def main() -> None:
     from sparsecraft.models.loader import load_model
     from sparsecraft.oneshot import prune_model
 
-    load0 = os.getloadavg()[0]
+    load0 = load()
     base = load_model(args.model)
     tok = base.tokenizer
     ids = tok(PROMPT, return_tensors="pt").input_ids
@@ -95,35 +92,26 @@ def main() -> None:
         details.append(f"### {s:.0%}: per-layer decisions\n\n```\n{rep}\n```\n")
         if not same:
             details.append(f"masked: {toks['masked dense'].tolist()}\nconverted: {toks['converted'].tolist()}\n")
-    header = ("| sparsity | dense tok/s | masked dense tok/s | converted tok/s | converted vs dense | "
-              "same tokens as masked | backends (layers) | convert time |\n|---|---|---|---|---|---|---|---|")
-    # the command exactly as run (the docstring gives the recommended flock wrapper)
-    cmd = shlex.join(["python", "benchmarks/bench_decode.py", *sys.argv[1:]])
+    table_head = ("| sparsity | dense tok/s | masked dense tok/s | converted tok/s | converted vs dense | "
+                  "same tokens as masked | backends (layers) | convert time |\n|---|---|---|---|---|---|---|---|")
     text = "\n".join([
-        "# End to end: SmolLM2-135M greedy decode, batch 1, CPU",
-        "",
-        f"Command: `{cmd}`  ",
-        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}; "
-        f"{args.threads} threads; C++ kernels: {extension_status()[1]}.  ",
+        *header("End to end: SmolLM2-135M greedy decode, batch 1, CPU", "bench_decode.py", args.threads,
+                args.note),
         f"Pruning: {args.method} (sparsecraft.oneshot.prune_model, unstructured, every Linear of the "
         f"decoder blocks; embeddings and the tied LM head stay dense), {args.n_calib} calibration "
         f"windows of {args.seqlen} Shakespeare tokens. Prompt {PROMPT!r}, {args.new_tokens} new tokens, "
-        f"median of {args.repeats} decodes, models interleaved. Load average (1 min) at start / end: "
-        f"{load0:.2f} / {os.getloadavg()[0]:.2f} (shared 2-core machine)." + (f" {args.note}" if args.note else ""),
+        f"median of {args.repeats} decodes, models interleaved (one whole decode each). "
+        + load_line(load0, load()),
         "",
-        header,
+        table_head,
         *rows,
         "",
         *details,
     ])
-    print(header)
+    print(table_head)
     print("\n".join(rows))
     if not args.no_write:
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        tmp = OUT.with_suffix(".md.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, OUT)
-        print(f"wrote {OUT}")
+        write_atomic(OUT, text)
 
 
 if __name__ == "__main__":

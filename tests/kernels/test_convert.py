@@ -124,3 +124,28 @@ def test_forced_backend_that_cannot_run_warns():
 def test_unknown_backend():
     with pytest.raises(SparsecraftError, match="allowed: auto"):
         convert(_mlp(), backend="fast")
+
+
+def test_sparse_must_be_clearly_faster_than_dense():
+    # the rule: sparse only at <= 0.9x the fastest dense call
+    rep = convert(_mlp(), measure=_fixed({"dense": 1.0, "csr16": 0.91}))
+    assert all(x.backend == "dense" and "needs <= 0.90x" in x.reason for x in rep.layers)
+    rep = convert(_mlp(), measure=_fixed({"dense": 1.0, "csr16": 0.9}))
+    assert all(x.backend == "csr16" for x in rep.layers)
+
+
+def test_sparse_is_compared_with_the_fastest_dense_call():
+    # csr16 beats nn.Linear by 20%, but dense-addmm is faster still: keep dense, via addmm
+    model = _mlp()
+    rep = convert(model, measure=_fixed({"dense": 1.0, "dense-addmm": 0.7, "csr16": 0.8}))
+    assert [x.backend for x in rep.layers] == ["dense-addmm"] * 3
+    assert all("dense-addmm" in x.reason for x in rep.layers)
+
+
+def test_nn_linear_kept_unless_another_dense_call_is_clearly_faster():
+    model = _mlp()
+    rep = convert(model, measure=_fixed({"dense": 1.0, "dense-t": 0.98}))  # within noise
+    assert [x.backend for x in rep.layers] == ["dense"] * 3
+    assert not any(isinstance(m, SparseLinear) for m in model.modules())
+    rep = convert(_mlp(), measure=_fixed({"dense": 1.0, "dense-t": 0.95}))
+    assert [x.backend for x in rep.layers] == ["dense-t"] * 3

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsecraft.kernels.calibrate import MeasureFn, time_calls
+from sparsecraft.kernels.calibrate import MeasureFn
 from sparsecraft.kernels.convert import ConvertReport, convert
+from sparsecraft.kernels.timing import time_calls
 
 
 @dataclass

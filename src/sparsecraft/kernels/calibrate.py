@@ -1,13 +1,20 @@
-"""Timing and the per-layer choice of a backend ("auto").
+"""The per-layer choice of a backend ("auto").
 
-:func:`time_calls` times several callables side by side: after a warm-up it runs them in
-interleaved rounds (a, b, c, a, b, c, ...) and returns each one's median, so a burst of load
-on a shared machine hits every candidate alike (:func:`time_samples` gives every sample).
+:func:`choose` decides, for one weight and one batch size, which backend a layer uses. Rule:
 
-:func:`choose` decides, for one weight and one batch size, which backend a layer uses:
-the fastest sparse backend wins only if it beats the best dense call by ``margin`` (default
-5%, a guard against timing noise); otherwise the layer keeps the best dense call. The times
-come from a *measure* function -- by default a quick real measurement on this machine
+1. Measure every usable candidate -- the dense calls (``dense`` = ``nn.Linear``, ``dense-t``,
+   ``dense-addmm``, ``dense-mkldnn``) and the sparse kernels -- on a random input of ``batch``
+   rows, block by block (:func:`sparsecraft.kernels.timing.time_blocks`: per round and
+   candidate a warm-up then a block of timed calls; the median of the block medians).
+2. The dense option is the fastest dense call; ``nn.Linear`` itself is kept unless another
+   dense call is faster by more than ``DENSE_MARGIN`` (3%, below that it is timing noise).
+3. The fastest sparse backend is used only if it is clearly faster: its time at most
+   ``(1 - margin)`` times the dense option's (default ``margin`` 0.10, i.e. <= 0.9x). A sparse
+   win is confirmed by a second, head-to-head measurement of the two, and the less favourable
+   of the two results decides. Otherwise the layer keeps the dense option -- never silently
+   slower: the decision and the measured times are in the returned :class:`Decision`.
+
+The times come from a *measure* function -- by default the real measurement above
 (:func:`measure_backends`); tests and users can inject their own (a calibrated cost model, or
 fixed numbers) to make the decision deterministic.
 """
@@ -15,8 +22,6 @@ fixed numbers) to make the decision deterministic.
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from sparsecraft.kernels.backends import backend_names, get_backend
+from sparsecraft.kernels.timing import block_median, time_blocks, time_calls
 
 log = logging.getLogger("sparsecraft.kernels")
 
@@ -32,43 +38,9 @@ log = logging.getLogger("sparsecraft.kernels")
 # it made the converted model 4x slower). It stays available by name and as a benchmark peer.
 DENSE_CANDIDATES = ("dense", "dense-t", "dense-addmm", "dense-mkldnn")
 SPARSE_CANDIDATES = ("torch-csr", "csr16", "bitmap", "nm24", "cuda-2:4")
+DENSE_MARGIN = 0.03
 MeasureFn = Callable[[torch.Tensor, int, Sequence[str]], Mapping[str, float]]
-
-
-def time_samples(
-    calls: Mapping[str, Callable[[], object]],
-    repeats: int = 20,
-    warmup: int = 3,
-    budget_s: float | None = None,
-) -> dict[str, list[float]]:
-    """Seconds of every call of each callable, measured in interleaved rounds.
-
-    ``budget_s`` stops early (after at least 5 rounds) once the rounds took that long, so
-    fast calls get many rounds and slow ones few.
-    """
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in calls}
-    start = time.perf_counter()
-    for i in range(repeats):
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-        if budget_s is not None and i >= 4 and time.perf_counter() - start > budget_s:
-            break
-    return samples
-
-
-def time_calls(
-    calls: Mapping[str, Callable[[], object]],
-    repeats: int = 20,
-    warmup: int = 3,
-    budget_s: float | None = None,
-) -> dict[str, float]:
-    """Median seconds per call of each callable (see :func:`time_samples`)."""
-    return {k: statistics.median(v) for k, v in time_samples(calls, repeats, warmup, budget_s).items()}
+__all__ = ["Decision", "choose", "measure_backends", "time_calls", "usable_candidates"]
 
 
 def usable_candidates(weight: torch.Tensor, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -90,14 +62,18 @@ def measure_backends(
     weight: torch.Tensor,
     batch: int,
     names: Sequence[str],
-    repeats: int = 200,
-    budget_s: float = 0.5,
+    rounds: int = 3,
+    block: int = 20,
+    block_s: float = 0.02,
     bias: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Quick real measurement: seconds per forward (fastest of the interleaved rounds) of a
-    layer holding ``weight`` on ``batch`` rows, for each backend -- as the model will run it:
-    ``dense`` is a plain ``nn.Linear``, every other backend a
-    :class:`~sparsecraft.kernels.SparseLinear` (wrapper cost included)."""
+    """Real measurement: seconds per forward of a layer holding ``weight`` on ``batch`` rows,
+    for each backend, as the model will run it: ``dense`` is a plain ``nn.Linear``, every other
+    backend a :class:`~sparsecraft.kernels.SparseLinear` (wrapper cost included).
+
+    Block-wise (:func:`~sparsecraft.kernels.timing.time_blocks`, ``rounds`` rounds, blocks of
+    about ``block_s`` seconds, 3 to ``block`` calls), summarised by the median of the block
+    medians."""
     from torch import nn
 
     from sparsecraft.kernels.sparse_linear import SparseLinear
@@ -116,10 +92,8 @@ def measure_backends(
         calls[name] = lambda layer=layer: layer(x)
     if weight.is_cuda:  # time the kernel, not the launch
         calls = {k: (lambda f=f: (f(), torch.cuda.synchronize())) for k, f in calls.items()}
-    samples = time_samples(calls, repeats=repeats, warmup=5, budget_s=budget_s)
-    # the fastest round: on a shared machine a call is often preempted, which inflates the
-    # median of a short measurement far more than the cost differences between backends
-    return {k: min(v) for k, v in samples.items()}
+    blocks = time_blocks(calls, rounds=rounds, block=block, warmup=2, block_s=block_s)
+    return {k: block_median(v) for k, v in blocks.items()}
 
 
 @dataclass
@@ -153,15 +127,24 @@ def warn_once(message: str) -> None:
         log.warning(message)
 
 
+def _best_dense(dense: Sequence[str], times: Mapping[str, float]) -> str:
+    """The fastest dense call; plain ``dense`` (nn.Linear) unless another is > DENSE_MARGIN faster."""
+    best = min(dense, key=lambda n: times[n])
+    if "dense" in dense and times[best] >= times["dense"] * (1 - DENSE_MARGIN):
+        return "dense"
+    return best
+
+
 def choose(
     weight: torch.Tensor,
     batch: int = 1,
     candidates: Sequence[str] | None = None,
     measure: MeasureFn | None = None,
-    margin: float = 0.05,
+    margin: float = 0.10,
     bias: torch.Tensor | None = None,
 ) -> Decision:
-    """Pick the backend for ``weight`` at ``batch``: sparse only if measurably faster than dense."""
+    """Pick the backend for ``weight`` at ``batch``: a sparse backend only if its time is at most
+    ``(1 - margin)`` x the fastest dense call's (see the module docstring for the full rule)."""
     names = list(candidates) if candidates is not None else [
         n for n in backend_names() if n in DENSE_CANDIDATES + SPARSE_CANDIDATES
     ]
@@ -178,26 +161,26 @@ def choose(
     else:
         times = dict(measure(weight, batch, dense + sparse))
     ms = {k: v * 1e3 for k, v in times.items()}
-    best_dense = min(dense, key=lambda n: times[n])
+    best_dense = _best_dense(dense, times)
     if not sparse:
         notes = "; ".join(f"{k}: {v}" for k, v in why.items())
         return Decision(best_dense, f"no sparse backend can run this layer ({notes})", batch, ms,
                         ms[best_dense], ms[best_dense])
     best_sparse = min(sparse, key=lambda n: times[n])
-    ratio = times[best_dense] / times[best_sparse]
-    if measure is None and times[best_sparse] < times[best_dense] * (1 - margin):
+    limit = 1 - margin
+    if measure is None and times[best_sparse] <= times[best_dense] * limit:
         # confirm a sparse win with a second, head-to-head measurement (noise on a busy
         # machine); keep the less favourable of the two results
         again = measure_backends(weight, batch, [best_dense, best_sparse], bias=bias)
         if again[best_sparse] / again[best_dense] > times[best_sparse] / times[best_dense]:
             times[best_sparse], times[best_dense] = again[best_sparse], again[best_dense]
             ms.update({k: v * 1e3 for k, v in again.items()})
-        ratio = times[best_dense] / times[best_sparse]
-    if times[best_sparse] < times[best_dense] * (1 - margin):
-        reason = f"{best_sparse} {ratio:.2f}x faster than {best_dense} at batch {batch}"
+    ratio = times[best_sparse] / times[best_dense]
+    if ratio <= limit:
+        reason = f"{best_sparse} {1 / ratio:.2f}x faster than {best_dense} at batch {batch}"
         return Decision(best_sparse, reason, batch, ms, ms[best_dense], ms[best_sparse])
     reason = (
-        f"kept dense: best sparse ({best_sparse}) is {1 / ratio:.2f}x the time of {best_dense} "
-        f"at batch {batch} (needs < {1 - margin:.2f}x)"
+        f"kept dense: best sparse ({best_sparse}) is {ratio:.2f}x the time of {best_dense} "
+        f"at batch {batch} (needs <= {limit:.2f}x)"
     )
     return Decision(best_dense, reason, batch, ms, ms[best_dense], ms[best_dense])

@@ -1,0 +1,45 @@
+"""Block-wise timing: rounds, rotated order, warm-up, block sizes, the summaries."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from sparsecraft.kernels.timing import block_median, fastest, time_blocks, time_calls
+
+
+def test_blocks_rotate_order_and_count_calls():
+    log: list[str] = []
+    calls = {k: (lambda k=k: log.append(k)) for k in "abc"}
+    out = time_blocks(calls, rounds=3, block=4, warmup=2)
+    assert {k: [len(b) for b in v] for k, v in out.items()} == {k: [4, 4, 4] for k in "abc"}
+    per_block = 2 + 4  # warm-up + timed, each callable's block runs contiguously
+    firsts = [log[i] for i in range(0, len(log), per_block)]
+    assert firsts == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(set(log[i:i + per_block])) == 1 for i in range(0, len(log), per_block))
+
+
+def test_slow_calls_get_shorter_blocks():
+    out = time_blocks({"slow": lambda: time.sleep(0.01), "fast": lambda: None},
+                      rounds=1, block=50, warmup=1, block_s=0.03)
+    assert len(out["slow"][0]) == 3  # 0.03 s / 0.01 s, at least 3
+    assert len(out["fast"][0]) == 50
+
+
+def test_pause_is_applied_before_each_block():
+    t0 = time.perf_counter()
+    time_blocks({"a": lambda: None, "b": lambda: None}, rounds=2, block=1, pause_s=0.02)
+    assert time.perf_counter() - t0 >= 4 * 0.02
+
+
+def test_summaries():
+    blocks = [[1.0, 2.0, 100.0], [2.0, 3.0, 4.0], [100.0, 100.0, 100.0]]
+    assert block_median(blocks) == 3.0  # medians 2, 3, 100
+    assert fastest(blocks) == 1.0
+
+
+def test_time_calls_orders_a_slow_and_a_fast_call():
+    t = time_calls({"slow": lambda: time.sleep(0.002), "fast": lambda: None}, repeats=6, rounds=2)
+    assert t["fast"] < t["slow"]
+    assert t["slow"] == pytest.approx(0.002, abs=0.01)
