@@ -1,11 +1,14 @@
 """Lossless sparse deltas: bit-exact apply (special values), size bound, buckets, errors."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsecraft.formats.delta import DeltaError, apply_delta, encode_delta
+from sparsecraft.formats.base import bits_view
+from sparsecraft.formats.delta import DeltaError, _bucket, apply_delta, encode_delta
+from sparsecraft.formats.varint import encode_varint, to_gaps
 from tests.formats.helpers import DTYPES, random_bits, same_bits
 
 
@@ -106,3 +109,45 @@ def test_fully_changed_tensor_counts_every_change_without_collecting_indices():
     new = {"w": old["w"] + 1}  # x + 1 != x for every |x| < 2**24
     p = encode_delta(old, new)
     assert p.stats["changed"] == 3 << 20 and p.stats["dense_tensors"] == ["w"]
+
+
+def test_pfor8_indices_and_unaligned_values_at_one_percent():
+    g = torch.Generator().manual_seed(1)
+    old = {"a": torch.randn(3), "w": torch.randn(100_001, generator=g).to(torch.bfloat16)}
+    new = clone(old)
+    hit = torch.rand(100_001, generator=g) < 0.01
+    new["w"][hit] = -new["w"][hit]
+    new["a"][1] = 2.0
+    p = encode_delta(old, new)
+    assert b'"c":"pfor8"' in p.buckets[0]
+    assert same_bits(apply_delta(clone(old), p)["w"], new["w"])
+    assert p.stats["index_bytes"] < 1.25 * p.stats["changed"]
+
+
+def sparse_record(state, idx, coding, ib):
+    t = state["w"]
+    values = bits_view(t).reshape(-1)[idx].view(np.uint8)
+    rec = {"k": "w", "dt": "float32", "sh": list(t.shape), "m": "s", "lo": 0, "n": int(idx.size), "c": coding,
+           "ib": int(ib.size), "vb": int(values.size)}
+    return _bucket([(rec, [ib, values])])
+
+
+def test_varint_payloads_of_the_first_release_still_apply_and_unknown_codings_fail():
+    old = {"w": torch.randn(1000)}
+    new = clone(old)
+    idx = np.array([3, 200, 999])
+    new["w"][idx] = 5.0
+    bucket = sparse_record(new, idx, "varint", encode_varint(to_gaps(idx)))
+    assert same_bits(apply_delta(clone(old), [bucket])["w"], new["w"])
+    with pytest.raises(DeltaError, match="unknown index coding 'zz'"):
+        apply_delta(clone(old), [sparse_record(new, idx, "zz", encode_varint(to_gaps(idx)))])
+
+
+def test_truncated_bucket_is_an_error():
+    old = {"w": torch.randn(100)}
+    new = {"w": old["w"] * 2}
+    p = encode_delta(old, new)
+    with pytest.raises(DeltaError, match="CRC32"):
+        apply_delta(clone(old), [p.buckets[0][:-10]])
+    with pytest.raises(DeltaError, match="truncated"):
+        apply_delta(clone(old), [p.buckets[0][:5]])

@@ -43,7 +43,7 @@ def broadcast_payload(
         dist.broadcast(buf, src, group=group)
         if not is_src and state is not None:
             with torch.no_grad():
-                apply_bucket(state, buf.numpy().tobytes())
+                apply_bucket(state, memoryview(buf.numpy()))  # no copy
     return int(sizes.sum().item())
 
 
