@@ -5,6 +5,9 @@ for hard masks that is the parameter itself (a drifted weight shows up as lower 
 report never trusts the mask alone). A module that computes its forward weight differently
 (e.g. straight-through N:M training keeps dense weights and multiplies by the mask in forward)
 registers ``module.sparsecraft_forward_weights = {param_name: callable() -> Tensor}``.
+Modules whose weight is not a parameter at all -- e.g. a converted
+:class:`~sparsecraft.kernels.SparseLinear`, which stores it packed in buffers -- are listed
+from that hook too (pattern ``packed:<backend>``) and their weights count in the model totals.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from torch import nn
 
 from sparsecraft.masks import masked_params
-from sparsecraft.targets import find_targets
+from sparsecraft.targets import _matches, find_targets
 
 
 @dataclass
@@ -118,6 +121,24 @@ def forward_weight(module: nn.Module, param_name: str) -> torch.Tensor:
     return getattr(module, param_name)
 
 
+def _packed_rows(model: nn.Module, include: Sequence[str] | None) -> dict[str, LayerStats]:
+    """Rows for forward weights that are not parameters (e.g. SparseLinear's packed weight)."""
+    rows: dict[str, LayerStats] = {}
+    for mname, module in model.named_modules():
+        hooks = getattr(module, "sparsecraft_forward_weights", None) or {}
+        for pname, fn in hooks.items():
+            if isinstance(getattr(module, pname, None), nn.Parameter):
+                continue  # a parameter: handled by masked_params / find_targets
+            name = f"{mname}.{pname}" if mname else pname
+            if include and not _matches(include, mname, name):
+                continue
+            w = fn()
+            nz = int(torch.count_nonzero(w))
+            pattern = f"packed:{getattr(module, 'backend', type(module).__name__)}"
+            rows[name] = LayerStats(name, tuple(w.shape), pattern, 0.0, 1 - nz / w.numel(), nz, w.numel())
+    return rows
+
+
 @torch.no_grad()
 def report(model: nn.Module, include_dense: bool = True, include: Sequence[str] | None = None) -> SparsityReport:
     """Exact per-layer statistics of every masked weight (and, with ``include_dense``, of every
@@ -138,15 +159,24 @@ def report(model: nn.Module, include_dense: bool = True, include: Sequence[str] 
             w = forward_weight(t.module, t.param_name)
             nz = int(torch.count_nonzero(w))
             rows[t.name] = LayerStats(t.name, t.shape, "dense", 0.0, 1 - nz / w.numel(), nz, w.numel())
+    packed = _packed_rows(model, include)  # always: these weights are not parameters
+    rows.update(packed)
     # keep module order
-    for name, _ in model.named_parameters():
-        if name in rows:
-            order.append(name)
+    for mname, module in model.named_modules():
+        names = [n for n, _ in module.named_parameters(recurse=False)]
+        names += list(getattr(module, "sparsecraft_forward_weights", None) or {})
+        for pname in names:
+            name = f"{mname}.{pname}" if mname else pname
+            if name in rows and name not in order:
+                order.append(name)
     order += [n for n in rows if n not in order]
     total = nonzeros = 0
     for _, p in model.named_parameters():
         total += p.numel()
         nonzeros += int(torch.count_nonzero(p))
+    for s in packed.values():  # weights stored outside parameters
+        total += s.numel
+        nonzeros += s.nonzeros
     # soft (STE-style) forward weights: use their counts for the model total too
     for name in order:
         s = rows[name]
