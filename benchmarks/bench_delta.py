@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,13 +77,14 @@ def synthetic(numel: int, reps: int) -> list[list[str]]:
                 f"{p.nbytes / max(1, st['changed']):.3f}", f"{goal}", "yes" if p.nbytes <= goal else "NO",
                 f"{st['changed'] * (vb + 4)}", f"{p.nbytes / st['model_bytes']:.4f}",
                 f"{st['header_bytes']}", f"{r['encode_s']:.3f}", f"{r['apply_s']:.3f}", f"{gbs:.2f}",
+                "yes" if gbs >= 1.0 else "NO",
             ])
             print(" | ".join(rows[-1]), flush=True)
             del new
     return rows
 
 
-def real_case(model_name: str, steps: int, seq: int) -> list[list[str]]:
+def real_case(model_name: str, steps: int, seq: int, reps: int) -> list[list[str]]:
     import sparsecraft
     from sparsecraft.models.loader import load_model
 
@@ -112,13 +114,14 @@ def real_case(model_name: str, steps: int, seq: int) -> list[list[str]]:
             if sparsity:
                 sparsecraft.apply_masks(model)
         new = {k: v.detach() for k, v in model.state_dict().items() if not k.endswith("_mask")}
-        r = measure(old, new)
+        r = measure(old, new, reps)
         p, st = r["payload"], r["payload"].stats
+        gbs = st["model_bytes"] / 1e9 / (r["encode_s"] + r["apply_s"])
         rows.append([
             label, f"{steps} x AdamW lr {lr:g}", f"{st['numel'] / 1e6:.1f}M", f"{st['changed'] / st['numel']:.2%}",
             f"{st['model_bytes'] / 2**20:.1f}", f"{p.nbytes / 2**20:.2f}", f"{p.nbytes / st['model_bytes']:.4f}",
             f"{p.nbytes / max(1, st['changed']):.3f}", f"{len(st['dense_tensors'])}/{st['tensors'] - st['tied']}",
-            f"{st['model_bytes'] / 1e9 / (r['encode_s'] + r['apply_s']):.2f}",
+            f"{r['encode_s']:.3f}", f"{r['apply_s']:.3f}", f"{gbs:.2f}",
         ])
         print(" | ".join(rows[-1]), flush=True)
         del model, opt, old, new
@@ -133,7 +136,7 @@ def md(header: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--numel", type=int, default=100_000_000)
-    ap.add_argument("--reps", type=int, default=2, help="timing repetitions (best of)")
+    ap.add_argument("--reps", type=int, default=3, help="timing repetitions (best of)")
     ap.add_argument("--model", default="smollm2-135m", help="built-in name or HF dir; 'none' to skip")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seq", type=int, default=64)
@@ -143,22 +146,24 @@ def main() -> None:
     cmd = "python benchmarks/bench_delta.py " + " ".join(sys.argv[1:])
     hdr = ["dtype", "elements", "changed", "changed elements", "payload B", "B / change", "goal B",
            "meets goal", "int32-index ref. B", "payload / model", "headers B", "encode s", "apply s",
-           "encode+apply GB/s"]
+           "encode+apply GB/s", ">= 1 GB/s"]
     print(" | ".join(hdr))
+    load = os.getloadavg()[0]
     syn = synthetic(args.numel, args.reps)
     body = [
         "## Lossless sparse weight deltas (SparseRL-Sync)", "",
         f"Produced by `{cmd.strip()}` on {dt.date.today().isoformat()} (1 thread; shared 2-core CPU, "
-        "other jobs running). Goal: payload <= changed x (value bytes + 2) + bucket headers; "
+        f"1-min load average {load:.2f} at the start). Goal: payload <= changed x (value bytes + 2) + bucket headers; "
         "reference: int32 index + value per change. GB/s = model bytes / (encode + apply time), "
         f"best of {args.reps}. Every payload was applied and checked bit-identical.", "",
         md(hdr, syn), "",
     ]
     if args.model != "none":
         rhdr = ["model weights", "update", "elements (tied once)", "changed", "model MiB", "payload MiB",
-                "payload / model", "B / change", "dense-fallback tensors", "encode+apply GB/s"]
+                "payload / model", "B / change", "dense-fallback tensors", "encode s", "apply s",
+                "encode+apply GB/s"]
         print(" | ".join(rhdr))
-        real = real_case(args.model, args.steps, args.seq)
+        real = real_case(args.model, args.steps, args.seq, args.reps)
         body += [f"### Real case: {args.model} before vs. after {args.steps} optimizer steps on random tokens "
                  f"(batch 2 x {args.seq})", "", md(rhdr, real), ""]
     write_section(Path(args.out), "bench_delta", "\n".join(body), "Formats, checkpoints and deltas")

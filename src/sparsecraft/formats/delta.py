@@ -47,6 +47,7 @@ from sparsecraft.formats.varint import decode_gaps, encode_gaps, to_gaps
 MAGIC = b"SCD1"
 _HEAD = struct.Struct("<4sII")
 CHUNK = 1 << 24  # elements compared per step (bounds the boolean scratch to 16 MiB)
+SAMPLE = 4093  # stride of the sample that guesses whether a chunk is mostly changed
 DEFAULT_BUCKET = 32 << 20
 
 
@@ -71,32 +72,39 @@ def changed_indices(a: np.ndarray, b: np.ndarray, give_up: int | None = None) ->
     count. When more than ``give_up`` elements changed, positions are not collected
     (``None`` is returned; the count is still exact).
 
-    One vectorised pass: ``a != b`` on the integer views into a reused boolean scratch
-    (``CHUNK`` elements at a time), a SIMD ``count_nonzero``, then ``flatnonzero`` only when
-    the positions will be used."""
+    Per ``CHUNK``: one ``a != b`` on the integer views into a reused boolean scratch, then
+    ``flatnonzero``. A strided sample of the mask (every ``SAMPLE``-th element) says first
+    whether the chunk may be past ``give_up``; only then is it counted (SIMD
+    ``count_nonzero``), so a mostly changed tensor never pays for listing its positions and a
+    sparse one never pays for a separate count."""
     a, b = a.reshape(-1), b.reshape(-1)
     scratch = np.empty(min(CHUNK, a.size), dtype=bool)
-    counts, diffs = [], []
+    parts: list[np.ndarray] | None = []
+    count = 0
     for s in range(0, a.size, CHUNK):
         diff = np.not_equal(a[s : s + CHUNK], b[s : s + CHUNK], out=scratch[: min(CHUNK, a.size - s)])
-        counts.append(int(np.count_nonzero(diff)))
-        if a.size <= CHUNK:
-            diffs.append(diff)
-    count = sum(counts)
-    if give_up is not None and count > give_up:
+        counted = None
+        if parts is not None and give_up is not None:
+            sample = diff[::SAMPLE]
+            if np.count_nonzero(sample) * a.size > sample.size * give_up // 2:  # may be dense
+                counted = int(np.count_nonzero(diff))
+                if count + counted > give_up:
+                    parts = None
+        if parts is None:
+            count += int(np.count_nonzero(diff)) if counted is None else counted
+            continue
+        hits = np.flatnonzero(diff)
+        if s:
+            hits += s
+        parts.append(hits)
+        count += hits.size
+        if give_up is not None and count > give_up:
+            parts = None
+    if parts is None:
         return None, count
-    if count == 0:
-        return np.zeros(0, dtype=np.int64), 0
-    if diffs:  # one chunk: its mask is still in the scratch
-        return np.flatnonzero(diffs[0]), count
-    out = np.empty(count, dtype=np.int64)
-    pos = 0
-    for s, c in zip(range(0, a.size, CHUNK), counts):
-        if c:
-            diff = np.not_equal(a[s : s + CHUNK], b[s : s + CHUNK], out=scratch[: min(CHUNK, a.size - s)])
-            np.add(np.flatnonzero(diff), s, out=out[pos : pos + c])
-            pos += c
-    return out, count
+    if len(parts) == 1:
+        return parts[0], count
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), count
 
 
 def storage_key(t: torch.Tensor) -> tuple:

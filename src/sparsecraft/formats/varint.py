@@ -162,14 +162,15 @@ def encode_gaps(gaps: np.ndarray) -> tuple[str, np.ndarray]:
     if fixed == "u8":
         return fixed, gaps.astype(np.uint8)
     v = _narrow(gaps, top)
-    lengths = varint_lengths(v, top)
     exceptions = np.flatnonzero(v > 0xFF)
     if gaps.size + 2 * exceptions.size < best[0]:  # each exception costs >= 2 bytes
         pfor = encode_pfor8(v, exceptions)
         best = min(best, (pfor.size, "pfor8", pfor), key=lambda c: c[0])
-    vbytes = int(lengths.sum())
-    if vbytes < best[0]:
-        return "varint", _encode(v, lengths)
+    # LEB128 needs >= 1 byte per gap plus one more for every gap > 127 (lower bound first)
+    if gaps.size + int(np.count_nonzero(v > 0x7F)) < best[0]:
+        lengths = varint_lengths(v, top)
+        if int(lengths.sum()) < best[0]:
+            return "varint", _encode(v, lengths)
     if best[2] is None:
         return fixed, gaps.astype(_FIXED[fixed]).view(np.uint8)
     return best[1], best[2]
