@@ -22,6 +22,7 @@ import datetime as dt
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +44,34 @@ def loop_time_us(fn: Callable[[], object], inner: int) -> float:
     return start.elapsed_time(end) * 1e3 / inner
 
 
+def host_us(fn: Callable[[], object], inner: int) -> float:
+    """Microseconds of host (CPU) time per call to enqueue ``inner`` calls (no sync inside)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) * 1e6 / inner
+
+
+def graph_call(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[Callable | None, str]:
+    """``layer(x)`` captured in a CUDA graph (replay = no per-call host work), or the reason not."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(3):
+                layer(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            y = layer(x)
+        return (lambda: (graph.replay(), y)[1]), ""
+    except Exception as e:  # noqa: BLE001
+        return None, f"CUDA graph capture of the cuda-2:4 layer failed: {type(e).__name__}: {str(e)[:120]}"
+
+
 def variants(w: torch.Tensor) -> tuple[dict[str, Callable[[torch.Tensor], torch.Tensor]], list[str]]:
     """name -> x -> y for every 2:4 path this torch offers; notes on the ones that failed."""
     from sparsecraft.kernels import SparseLinear
@@ -62,6 +91,7 @@ def variants(w: torch.Tensor) -> tuple[dict[str, Callable[[torch.Tensor], torch.
         cls = getattr(torch.sparse, cls_name, None)
         try:
             sst = cls.from_dense(w)  # type: ignore[union-attr]
+            F.linear(torch.ones(8, w.shape[1], device=w.device, dtype=w.dtype), sst)  # can it run here?
             out[label] = lambda x, sst=sst: F.linear(x, sst)
         except Exception as e:  # noqa: BLE001  (report what this torch build cannot do)
             notes.append(f"{label}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
@@ -95,11 +125,15 @@ def main() -> int:
         w = (w * keep).reshape(n, n)
         calls, vnotes = variants(w)
         notes += [f"{dtype}: {v}" for v in vnotes]
-        names = list(calls)
         for batch in [int(b) for b in args.batches.split(",")]:
             x = torch.randn(batch, n, device="cuda", dtype=dtype)
             fns = {"dense": lambda x=x, w=w: F.linear(x, w)}
             fns.update({k: (lambda x=x, f=f: f(x)) for k, f in calls.items()})
+            graphed, why = graph_call(calls["sparsecraft cuda-2:4"], x)
+            if graphed is not None:
+                fns["cuda-2:4 in a CUDA graph"] = graphed
+            elif why and why not in notes:
+                notes.append(why)
             with torch.no_grad():
                 ref = F.linear(x, w).float()
                 errs = {k: float((f().float() - ref).norm() / ref.norm()) for k, f in fns.items() if k != "dense"}
@@ -111,7 +145,9 @@ def main() -> int:
                     for k, f in fns.items():
                         times[k].append(loop_time_us(f, args.inner))
             med = {k: statistics.median(v) for k, v in times.items()}
+            names = [k for k in fns if k != "dense"]
             cells = [f"{med[k]:.1f} ({med['dense'] / med[k]:.2f}x)" for k in names]
+            cells.append(f"{host_us(fns['sparsecraft cuda-2:4'], args.inner):.1f}")
             worst = max(errs.values())
             status = "ok" if worst < 1e-2 else "WRONG"
             name = str(dtype).split(".")[-1]
@@ -119,7 +155,7 @@ def main() -> int:
             rows.append(row)
             print(row, flush=True)
     header = ("| dtype | batch | dense us | " + " | ".join(f"{k} us (speedup)" for k in names)
-              + " | max rel. error |\n|" + "---|" * (len(names) + 4))
+              + " | cuda-2:4 host us/call | max rel. error |\n|" + "---|" * (len(names) + 5))
     text = "\n".join([
         f"# CUDA 2:4 semi-structured vs dense, {n}x{n}",
         "",
