@@ -226,6 +226,7 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:  # noqa: ANN001
         "the std is over seeds."
         + (" This is a reduced grid (fewer epochs / images than the issue's 20 epochs on 60k)."
            if args.epochs != 20 or args.limit else "") + "\n"
+        + (f"\n{args.note}\n" if args.note else "")
         + ("\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in cmds) + "\n" if len(cmds) > 2 else "")
     )
     tmp = path.with_suffix(".tmp")
@@ -251,6 +252,7 @@ def main() -> None:
     ap.add_argument("--timing-steps", type=int, default=20, help="0 = skip the step-time table")
     ap.add_argument("--timing-rounds", type=int, default=5)
     ap.add_argument("--render", action="store_true", help="only rebuild the markdown from the JSON files")
+    ap.add_argument("--note", default="", help="a paragraph added to the markdown (e.g. how to read the table)")
     args = ap.parse_args()
     if args.pgf_rate != "auto":
         args.pgf_rate = float(args.pgf_rate)
