@@ -3,7 +3,7 @@
 // y[N, out] = x[N, in] @ W^T for a sparse weight W[out, in] stored in one of three packed
 // formats (see sparsecraft/kernels/backend_native.py for the packing):
 //   csr16_mm  : CSR with uint16 column indices (6 bytes per nonzero instead of 8 for int32);
-//               batch 1: AVX-512 gather per 16 nonzeros; batch > 1: x transposed to
+//               batch 1: scalar loop, 8 accumulators (faster than gathers); batch > 1: x transposed to
 //               xT[in, Np] so the inner loop runs over the batch with vector FMAs.
 //   bitmap_mm : one bit per weight (uint64 words of 64 columns) + the kept values packed per
 //               row; batch 1: AVX-512 expand-load of the kept values into their lanes,
@@ -49,37 +49,23 @@ void check_x(const at::Tensor& x, int64_t in) {
 
 // ---------------------------------------------------------------- CSR, uint16 columns
 constexpr int64_t kPrefetch = 512;  // elements ahead for software prefetch of the packed data
+// Batch 1: a scalar loop with 8 independent accumulators. Measured on the benchmark machine
+// (Cascade Lake, 4096 columns, 90% sparse, data in L2): 1.57 cycles per nonzero vs 2.16 for
+// AVX-512 gathers of 16 lanes (vgatherdps is slow here); the floor is the 3 loads per nonzero
+// (value, column, x[column]) on 2 load ports.
 float csr16_dot(const float* v, const uint16_t* c, int64_t n, const float* x) {
-  float s = 0.f;
+  float a[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   int64_t k = 0;
-#if SC_AVX512
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  for (; k + 32 <= n; k += 32) {
-    _mm_prefetch((const char*)(v + k + kPrefetch), _MM_HINT_T0);
-    _mm_prefetch((const char*)(v + k + kPrefetch + 16), _MM_HINT_T0);
-    _mm_prefetch((const char*)(c + k + kPrefetch), _MM_HINT_T0);
-    __m512i i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(c + k)));
-    __m512i i1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(c + k + 16)));
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + k), _mm512_i32gather_ps(i0, x, 4), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + k + 16), _mm512_i32gather_ps(i1, x, 4), a1);
+  for (; k + 8 <= n; k += 8) {
+    if ((k & 63) == 0) {
+      __builtin_prefetch(v + k + kPrefetch);
+      __builtin_prefetch(c + k + kPrefetch);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) a[j] += v[k + j] * x[c[k + j]];
   }
-  for (; k + 16 <= n; k += 16) {
-    __m512i i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(c + k)));
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + k), _mm512_i32gather_ps(i0, x, 4), a0);
-  }
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
-  if (k < n) {  // masked tail: no scalar loop
-    const __mmask16 mk = (__mmask16)((1u << (n - k)) - 1u);
-    __m512i i0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, c + k));
-    __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, i0, x, 4);
-    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, v + k), g, a1);
-    k = n;
-  }
-#endif
-  s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-#endif
-  for (; k < n; ++k) s += v[k] * x[c[k]];
-  return s;
+  for (; k < n; ++k) a[0] += v[k] * x[c[k]];
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
 // out[0:16*NV] = sum_k v[k] * xT[c[k], 0:16*NV]: NV zmm accumulators over the batch.
