@@ -34,3 +34,7 @@ def test_lightning_callback_rigl():
     assert m is not None and m.step_count == 12 and len(m.dynamics.updates) == 3
     for t in m.targets:
         assert torch.all(t.param[~m.mask(t)] == 0)
+    import sparsecraft
+
+    rep = sparsecraft.report(model)  # 75% of the 12*24 + 24*3 = 360 weights: exactly 270 zeros
+    assert sum(layer.numel - layer.nonzeros for layer in rep.layers) == 270
