@@ -62,7 +62,7 @@ def measure_backends(
     weight: torch.Tensor,
     batch: int,
     names: Sequence[str],
-    rounds: int = 3,
+    rounds: int = 5,
     block: int = 20,
     block_s: float = 0.02,
     bias: torch.Tensor | None = None,
