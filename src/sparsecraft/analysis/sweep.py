@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsecraft import atomic
 from sparsecraft.analysis.knee import knee_point, tolerance_point
 from sparsecraft.masks import remove_masks
 
@@ -89,11 +90,7 @@ class SweepResult:
         ax.set_title(title)
         ax.legend()
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, path)
-        return path
+        return atomic.save_figure(fig, path, dpi=110)
 
 
 def run_sweep(

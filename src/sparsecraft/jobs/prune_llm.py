@@ -17,10 +17,6 @@ configuration, so a partial table exists if the run is stopped), ``perplexity.pn
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +25,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from sparsecraft import atomic
 from sparsecraft.checkpoint import save as save_sparse
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MASK_SUFFIX, remove_masks
@@ -88,26 +85,16 @@ class PruneLLMConfig(Strict):
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic.write_json(path, obj)
 
 
 def save_hf(model: torch.nn.Module, tokenizer: Any, dest: Path) -> Path:
     """Write a ``from_pretrained``-loadable copy (masks dropped, zeros kept), atomically."""
     state = {k: v for k, v in model.state_dict().items() if not k.endswith(MASK_SUFFIX)}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic.directory(dest) as tmp:
         model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -146,11 +133,7 @@ def plot_perplexity(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_title(title)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,

