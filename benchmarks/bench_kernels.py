@@ -34,7 +34,7 @@ from _env import header, load, load_line, write_atomic
 from threadpoolctl import threadpool_limits
 
 from sparsecraft.kernels import choose, get_backend
-from sparsecraft.kernels.timing import block_median, fastest, time_blocks
+from sparsecraft.kernels.timing import WAITS, block_median, fastest, time_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "kernels.md"
@@ -86,7 +86,8 @@ def run_cell(w: torch.Tensor, cell: str, batch: int, args: argparse.Namespace) -
         got = torch.as_tensor(np.asarray(fn()))
         torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3, msg=f"{name} is wrong")
     blocks = time_blocks(calls, rounds=args.rounds, block=args.block, warmup=3, pause_s=args.pause,
-                         block_s=args.block_s)
+                         block_s=args.block_s, quiet=args.quiet, max_wait_s=args.max_wait)
+    WAITS["blocks"] = WAITS.get("blocks", 0) + sum(len(v) for v in blocks.values())
     times = {k: block_median(v) for k, v in blocks.items()}
     mins = {k: fastest(v) for k, v in blocks.items()}
     nbytes = {k: get_backend(k).nbytes(p) for k, (_, p) in packs.items()}
@@ -186,6 +187,9 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=10, help="timed calls per block (at most)")
     ap.add_argument("--block-s", type=float, default=0.1, help="shorten blocks of slow calls to ~this")
     ap.add_argument("--pause", type=float, default=0.15, help="seconds of sleep before each block")
+    ap.add_argument("--quiet", type=float, default=0.15,
+                    help="repeat the pause until the CPUs were at most this busy during it (shared machine)")
+    ap.add_argument("--max-wait", type=float, default=1.0, help="seconds to wait for quiet before a block, at most")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--note", default="", help="a sentence about the run conditions, written to the doc")
     args = ap.parse_args()
@@ -198,6 +202,11 @@ def main() -> None:
         load_line(load0, load()),
         "",
         METHOD.format(rounds=args.rounds, pause=args.pause, block=args.block, block_s=args.block_s),
+        "",
+        f"Shared machine: before each block the pause was repeated until the 2 CPUs had been at most "
+        f"{args.quiet:.0%} busy during it (other jobs, spinning pools), for at most {args.max_wait:g} s. "
+        f"Extra pauses in this run: {WAITS['pauses']}; blocks that ran without a quiet moment: "
+        f"{WAITS['gave_up']} (of {WAITS['blocks']}).",
         "",
         *sections,
     ])

@@ -43,3 +43,38 @@ def test_time_calls_orders_a_slow_and_a_fast_call():
     t = time_calls({"slow": lambda: time.sleep(0.002), "fast": lambda: None}, repeats=6, rounds=2)
     assert t["fast"] < t["slow"]
     assert t["slow"] == pytest.approx(0.002, abs=0.01)
+
+
+def test_busy_during_sees_a_busy_thread():
+    import threading
+
+    from sparsecraft.kernels.timing import busy_during
+
+    idle = busy_during(0.05)
+    if idle is None:
+        pytest.skip("no /proc/stat here")
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        busy = busy_during(0.1)
+    finally:
+        stop.set()
+        t.join()
+    import os
+
+    assert busy is not None and busy >= 0.5 / (os.cpu_count() or 1)  # one CPU fully busy
+
+
+def test_quiet_wait_gives_up_after_max_wait(monkeypatch):
+    from sparsecraft.kernels import timing
+
+    monkeypatch.setattr(timing, "busy_during", lambda s: 1.0)  # never quiet
+    monkeypatch.setitem(timing.WAITS, "gave_up", 0)
+    out = time_blocks({"a": lambda: None}, rounds=2, block=1, pause_s=0.001, quiet=0.1, max_wait_s=0.003)
+    assert len(out["a"]) == 2 and timing.WAITS["gave_up"] == 2
