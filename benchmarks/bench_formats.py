@@ -59,21 +59,41 @@ def bound(pattern: str, s: float, vb: int) -> float:
     return n / m * (vb + math.ceil(math.log2(m)) / 8)
 
 
-def format_table(rows: int, cols: int) -> list[list[str]]:
-    table = []
+def timed_round_trip(w: torch.Tensor, fmt: str, **kw) -> tuple:
+    """(packed, pack s, unpack s) -- best of 2 -- and a bit-identity check."""
+    best_p = best_u = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        p = pack(w, fmt, **kw)
+        t1 = time.perf_counter()
+        back = unpack(p)
+        t2 = time.perf_counter()
+        best_p, best_u = min(best_p, t1 - t0), min(best_u, t2 - t1)
+    assert torch.equal(back.view(torch.uint8), w.view(torch.uint8)), f"{fmt} is not lossless"
+    return p, best_p, best_u
+
+
+def format_table(rows: int, cols: int) -> tuple[list[list[str]], list[list[str]]]:
+    table, speed = [], []
     cases = [("unstructured", s) for s in (0.5, 0.7, 0.9, 0.95)] + [("2:4", 0.5), ("4:8", 0.5)]
     for dname, dtype in DTYPES.items():
         for pattern, s in cases:
             w = pruned(rows, cols, pattern, s, dtype)
             n = w.numel()
             vb = w.element_size()
+            gb = n * vb / 1e9
             b = bound(pattern, s, vb)
-            cells = {}
-            for fmt, kw in [("bitmap", {}), ("csr", {}), ("bsr", {"br": 4, "bc": 4})]:
-                cells[fmt] = pack(w, fmt, **kw).nbytes / n
+            cells, rates = {}, {}
+            fmts = [("bitmap", {}), ("csr", {}), ("bsr", {"br": 4, "bc": 4})]
             if pattern != "unstructured":
                 nn_, mm = map(int, pattern.split(":"))
-                cells["nm"] = pack(w, "nm", n=nn_, m=mm).nbytes / n
+                fmts.append(("nm", {"n": nn_, "m": mm}))
+            for fmt, kw in fmts:
+                p, tp, tu = timed_round_trip(w, fmt, **kw)
+                cells[fmt] = p.nbytes / n
+                rates[fmt] = f"{gb / tp:.2f} / {gb / tu:.2f}"
+            speed.append([dname, pattern if pattern != "unstructured" else f"unstructured {s:.2f}",
+                          *(rates.get(k, "-") for k in ("bitmap", "csr", "bsr", "nm"))])
             t0 = time.perf_counter()
             p = pack(w, "auto")
             t1 = time.perf_counter()
@@ -81,15 +101,14 @@ def format_table(rows: int, cols: int) -> list[list[str]]:
             t2 = time.perf_counter()
             assert torch.equal(back.view(torch.uint8), w.view(torch.uint8))
             auto = p.nbytes / n
-            gb = n * vb / 1e9
             table.append([
                 dname, pattern if pattern != "unstructured" else f"unstructured {s:.2f}", f"{vb}",
                 f"{b:.4f}", *(f"{cells[k]:.4f}" for k in ("bitmap", "csr", "bsr")),
                 f"{cells['nm']:.4f}" if "nm" in cells else "-", f"{auto:.4f} ({p.format})",
                 f"{100 * (auto / b - 1):+.2f}%", f"{gb / (t1 - t0):.2f}", f"{gb / (t2 - t1):.2f}",
             ])
-            print(" | ".join(table[-1]), flush=True)
-    return table
+            print(" | ".join(table[-1]), "||", " | ".join(speed[-1][2:]), flush=True)
+    return table, speed
 
 
 def checkpoint_table(model_name: str) -> list[list[str]]:
@@ -145,13 +164,19 @@ def main() -> None:
     hdr = ["dtype", "pattern", "value bytes", "bound B/el", "bitmap", "CSR", "BSR 4x4", "N:M",
            "auto", "auto vs bound", "pack GB/s", "unpack GB/s"]
     print(" | ".join(hdr))
-    ft = format_table(args.rows, args.cols)
+    load = os.getloadavg()[0]
+    ft, speed = format_table(args.rows, args.cols)
+    shdr = ["dtype", "pattern", "bitmap", "CSR", "BSR 4x4", "N:M"]
     body = [
         "## Packed formats: bytes per element", "",
         f"Produced by `{cmd.strip()}` on {dt.date.today().isoformat()} "
-        f"({args.rows}x{args.cols} magnitude-pruned random weight; 1 thread; shared 2-core CPU).",
+        f"({args.rows}x{args.cols} magnitude-pruned random weight; 1 thread; shared 2-core CPU, "
+        f"1-min load average {load:.2f} at the start).",
         "Bound: unstructured `(1-s)*b + 1/8` (bitmap bound), N:M `N/M*(b + ceil(log2 M)/8)`. "
-        "Every packed tensor was unpacked and checked bit-identical.", "", md(hdr, ft), "",
+        "Every packed tensor was unpacked and checked bit-identical. `auto` pack time includes sizing "
+        "every candidate format.", "", md(hdr, ft), "",
+        "### Pack / unpack throughput per format (GB/s of dense tensor bytes, best of 2, same run)", "",
+        md(shdr, speed), "",
     ]
     if args.model != "none":
         chdr = ["pruning (decoder linears)", "dtype", "weights MiB (tied once)", "dense file MiB", "auto file MiB",

@@ -90,20 +90,21 @@ def pack_uint(values: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(planes.reshape(-1), bitorder="little")
 
 
-def unpack_uint(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_uint` (returns ``count`` values as int64)."""
+def unpack_uint(packed: np.ndarray, bits: int, count: int, dtype: Any = np.int64) -> np.ndarray:
+    """Inverse of :func:`pack_uint` (returns ``count`` values as ``dtype``, int64 by default)."""
     if bits == 8:
-        return packed[:count].astype(np.int64)
+        return packed[:count].astype(dtype)
     if 8 % bits == 0:
         per = 8 // bits
         if packed.size * per < count:
             raise ValueError(f"{packed.size} bytes hold fewer than {count} {bits}-bit values")
-        shifts = (np.arange(per) * bits).astype(np.uint8)
-        lanes = (packed[:, None] >> shifts) & np.uint8((1 << bits) - 1)
-        return lanes.reshape(-1)[:count].astype(np.int64)
+        lanes = np.empty((packed.size, per), dtype=np.uint8)
+        for k in range(per):  # one strided pass per lane (no broadcast over a tiny axis)
+            np.bitwise_and(packed >> np.uint8(k * bits), np.uint8((1 << bits) - 1), out=lanes[:, k])
+        return lanes.reshape(-1)[:count].astype(dtype, copy=False)
     planes = np.unpackbits(packed, bitorder="little", count=count * bits).reshape(count, bits)
     weights = (1 << np.arange(bits, dtype=np.int64))
-    return planes.astype(np.int64) @ weights
+    return (planes.astype(np.int64) @ weights).astype(dtype, copy=False)
 
 
 @dataclass

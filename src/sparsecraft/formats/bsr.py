@@ -23,6 +23,19 @@ def _blocks(m: np.ndarray, br: int, bc: int) -> np.ndarray:
     return m.reshape(r // br, br, c // bc, bc).transpose(0, 2, 1, 3)
 
 
+def block_occupancy(nz_rows: np.ndarray, br: int, bc: int) -> np.ndarray:
+    """(R/br, C/bc) bool: which blocks of the bool matrix ``nz_rows`` hold a nonzero. For
+    ``bc`` in 1/2/4/8/16 the ``bc`` bool bytes of a block row are read as one word and the
+    ``br`` words of a block OR-reduced along the contiguous axis (no 4-D transposed reduce)."""
+    r, c = nz_rows.shape
+    if bc not in (1, 2, 4, 8, 16):
+        return _blocks(nz_rows, br, bc).any(axis=(2, 3))
+    words = np.ascontiguousarray(nz_rows).view(f"<u{min(bc, 8)}")
+    if bc == 16:
+        words = words[:, 0::2] | words[:, 1::2]
+    return np.bitwise_or.reduce(words.reshape(r // br, br, c // bc), axis=1) != 0
+
+
 def bsr_size(occ: np.ndarray, br: int, bc: int, value_bytes: int) -> int:
     nb = int(occ.sum())
     per_block = index_dtype(occ.shape[1]).itemsize + br * bc * value_bytes
@@ -40,9 +53,10 @@ def square_block_sizes(
         if layout.rows % side or layout.cols % side:
             break
         if occ is not None and side == 2 * prev:
-            occ = occ.reshape(occ.shape[0] // 2, 2, occ.shape[1] // 2, 2).any(axis=(1, 3))
+            occ = occ[0::2] | occ[1::2]
+            occ = occ[:, 0::2] | occ[:, 1::2]
         else:
-            occ = _blocks(rows_of(nz, layout), side, side).any(axis=(2, 3))
+            occ = block_occupancy(rows_of(nz, layout), side, side)
         out[side], prev = bsr_size(occ, side, side, value_bytes), side
     return out
 
@@ -62,7 +76,7 @@ class BSR(Format):
     def _occupied(self, nz: np.ndarray, layout: WeightLayout | None) -> np.ndarray | None:
         if layout is None or layout.rows % self.br or layout.cols % self.bc:
             return None
-        return _blocks(rows_of(nz, layout), self.br, self.bc).any(axis=(2, 3))
+        return block_occupancy(rows_of(nz, layout), self.br, self.bc)
 
     def size(self, x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None = None) -> int | None:
         occ = self._occupied(x != 0 if nz is None else nz, layout)
@@ -71,8 +85,9 @@ class BSR(Format):
         return bsr_size(occ, self.br, self.bc, x.itemsize)
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
-        blocks = _blocks(rows_of(x, layout), self.br, self.bc)
-        occ = blocks.any(axis=(2, 3))
+        m = rows_of(x, layout)
+        blocks = _blocks(m, self.br, self.bc)
+        occ = block_occupancy(m != 0, self.br, self.bc)
         nb = int(occ.sum())
         indptr = np.zeros(occ.shape[0] + 1, dtype=index_dtype(nb + 1))
         np.cumsum(occ.sum(axis=1), out=indptr[1:])

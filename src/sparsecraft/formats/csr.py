@@ -35,13 +35,12 @@ class CSR(Format):
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
         m = rows_of(x, layout)
-        nz = m != 0
-        counts = nz.sum(axis=1)
-        nnz = int(counts.sum())
-        indptr = np.zeros(m.shape[0] + 1, dtype=index_dtype(nnz + 1))
-        np.cumsum(counts, out=indptr[1:])
-        cols = np.nonzero(nz)[1].astype(index_dtype(m.shape[1]))
-        return {"indptr": indptr, "indices": cols, "values": m[nz]}
+        rows, cols = m.shape
+        flat = m.reshape(-1)
+        idx = np.flatnonzero(flat != 0)  # row-major (sorted by row, then column); bool nonzero is fastest
+        indptr = np.searchsorted(idx, np.arange(rows + 1, dtype=np.int64) * cols).astype(index_dtype(idx.size + 1))
+        col = idx & (cols - 1) if cols & (cols - 1) == 0 else idx % cols
+        return {"indptr": indptr, "indices": col.astype(index_dtype(cols)), "values": flat.take(idx)}
 
     def decode(self, p: Packed) -> np.ndarray:
         layout = WeightLayout(p.layout, tuple(p.shape))
@@ -52,7 +51,7 @@ class CSR(Format):
             raise ValueError("CSR parts are inconsistent (indptr / indices / values)")
         if cols.size and cols.max() >= layout.cols:
             raise ValueError("CSR column index out of range")
-        out = np.zeros((layout.rows, layout.cols), dtype=values.dtype)
-        row = np.repeat(np.arange(layout.rows), np.diff(indptr))
-        out[row, cols] = values
-        return from_rows(out, layout)
+        out = np.zeros(layout.rows * layout.cols, dtype=values.dtype)
+        cols += np.repeat(np.arange(layout.rows, dtype=np.int64) * layout.cols, np.diff(indptr))
+        out[cols] = values  # one flat scatter
+        return from_rows(out.reshape(layout.rows, layout.cols), layout)
