@@ -85,6 +85,15 @@ def pack_uint(values: np.ndarray, bits: int) -> np.ndarray:
         for k in range(1, per):
             out |= lanes[:, k] << np.uint8(k * bits)
         return out
+    if bits < 8:  # 3, 5, 6, 7 bits: 8 values fill exactly ``bits`` bytes of a uint64 word
+        padded = np.zeros(-(-v.size // 8) * 8, dtype=np.uint64)
+        padded[: v.size] = v
+        lanes = padded.reshape(-1, 8)
+        words = lanes[:, 0].copy()
+        for k in range(1, 8):
+            words |= lanes[:, k] << np.uint64(k * bits)
+        out = words.view(np.uint8).reshape(-1, 8)[:, :bits].reshape(-1)
+        return out[: -(-v.size * bits // 8)]
     shifts = np.arange(bits, dtype=v.dtype)
     planes = ((v[:, None] >> shifts) & 1).astype(np.uint8)
     return np.packbits(planes.reshape(-1), bitorder="little")
@@ -101,6 +110,21 @@ def unpack_uint(packed: np.ndarray, bits: int, count: int, dtype: Any = np.int64
         lanes = np.empty((packed.size, per), dtype=np.uint8)
         for k in range(per):  # one strided pass per lane (no broadcast over a tiny axis)
             np.bitwise_and(packed >> np.uint8(k * bits), np.uint8((1 << bits) - 1), out=lanes[:, k])
+        return lanes.reshape(-1)[:count].astype(dtype, copy=False)
+    if bits < 8:  # inverse of the uint64-word packing in pack_uint
+        need = -(-count * bits // 8)
+        if packed.size < need:
+            raise ValueError(f"{packed.size} bytes hold fewer than {count} {bits}-bit values")
+        groups = -(-count // 8)
+        raw = np.zeros((groups, 8), dtype=np.uint8)
+        flat = packed[: groups * bits]
+        staged = np.zeros(groups * bits, dtype=np.uint8)
+        staged[: flat.size] = flat
+        raw[:, :bits] = staged.reshape(groups, bits)
+        words = raw.view(np.uint64).reshape(-1)
+        lanes = np.empty((groups, 8), dtype=np.uint8)
+        for k in range(8):
+            lanes[:, k] = (words >> np.uint64(k * bits)) & np.uint64((1 << bits) - 1)
         return lanes.reshape(-1)[:count].astype(dtype, copy=False)
     planes = np.unpackbits(packed, bitorder="little", count=count * bits).reshape(count, bits)
     weights = (1 << np.arange(bits, dtype=np.int64))
