@@ -12,7 +12,7 @@ backend :func:`sparsecraft.kernels.choose` picks for that cell after its own mea
 Timing (:func:`sparsecraft.kernels.timing.time_blocks`): per round, every call in turn (order
 rotated each round) gets a ``--pause`` (the thread pool of the previous call -- OpenBLAS,
 OpenMP -- stops spin-waiting), a warm-up, then a block of timed calls; the table gives the
-median of the block medians, a second table the fastest single call.
+median of the block medians, a second table each call's fastest block median.
 
 Goals checked per cell, against the best dense call = the fastest of F.linear, mm, addmm,
 oneDNN (the issue's definition): auto <= 1.05x best dense; at 90% batch 1 auto >= 3x faster;
@@ -24,6 +24,7 @@ Prints the tables and writes docs/results/kernels.md (command, date, load).
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from _env import header, load, load_line, write_atomic
 from threadpoolctl import threadpool_limits
 
 from sparsecraft.kernels import choose, get_backend
-from sparsecraft.kernels.timing import WAITS, block_median, fastest, time_blocks
+from sparsecraft.kernels.timing import WAITS, block_median, time_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "kernels.md"
@@ -89,10 +90,10 @@ def run_cell(w: torch.Tensor, cell: str, batch: int, args: argparse.Namespace) -
                          block_s=args.block_s, quiet=args.quiet, max_wait_s=args.max_wait)
     WAITS["blocks"] = WAITS.get("blocks", 0) + sum(len(v) for v in blocks.values())
     times = {k: block_median(v) for k, v in blocks.items()}
-    mins = {k: fastest(v) for k, v in blocks.items()}
+    quietest = {k: min(statistics.median(b) for b in v) for k, v in blocks.items()}
     nbytes = {k: get_backend(k).nbytes(p) for k, (_, p) in packs.items()}
     nbytes["auto"] = ab.nbytes(ap) if not ab.dense else w.numel() * 4
-    return {"times": times, "mins": mins, "auto": decision.backend, "reason": decision.reason,
+    return {"times": times, "quietest": quietest, "auto": decision.backend, "reason": decision.reason,
             "nbytes": nbytes, "dense_bytes": w.numel() * 4}
 
 
@@ -100,21 +101,30 @@ def best_dense(t: dict) -> str:
     return min((k for k in DENSE_PEERS if k in t), key=t.get)
 
 
-def goals(cell: str, batch: int, r: dict) -> list[str]:
-    t = r["times"]
+def checks(cell: str, batch: int, r: dict, t: dict) -> list[tuple[str, bool, str]]:
+    """(goal, met, value) for the goals of this cell, on the times ``t``."""
     d = t[best_dense(t)]
-    out = [f"auto<=1.05x dense: {'PASS' if t['auto'] <= 1.05 * d else 'MISS'} ({t['auto'] / d:.2f})"]
+    out = [("auto<=1.05x dense", t["auto"] <= 1.05 * d, f"{t['auto'] / d:.2f}")]
     if batch == 1 and cell == "0.9":
-        s = d / t["auto"]
-        out.append(f">=3x faster than dense: {'PASS' if s >= 3 else 'MISS'} ({s:.2f}x)")
+        out.append((">=3x faster than dense", d / t["auto"] >= 3, f"{d / t['auto']:.2f}x"))
     if batch == 1 and cell in ("0.7", "0.9", "0.95"):
         s = t["torch-csr"] / t["auto"]
-        out.append(f">=1.3x faster than torch CSR: {'PASS' if s >= 1.3 else 'MISS'} ({s:.2f}x)")
+        out.append((">=1.3x faster than torch CSR", s >= 1.3, f"{s:.2f}x"))
     if batch == 1:
-        bound = d * r["nbytes"]["auto"] / r["dense_bytes"]
-        q = t["auto"] / bound
-        out.append(f"within 1.6x of bandwidth bound: {'PASS' if q <= 1.6 else 'MISS'} ({q:.2f}x bound, "
-                   f"{r['nbytes']['auto'] / r['dense_bytes']:.3f} of the dense bytes)")
+        q = t["auto"] / (d * r["nbytes"]["auto"] / r["dense_bytes"])
+        out.append(("within 1.6x of bandwidth bound", q <= 1.6, f"{q:.2f}x bound"))
+    return out
+
+
+def goals(cell: str, batch: int, r: dict) -> list[str]:
+    """Verdicts on the medians of all blocks; in brackets on each call's quietest block."""
+    t = r["times"]
+    out = []
+    for (name, ok, val), (_, ok_q, val_q) in zip(checks(cell, batch, r, t), checks(cell, batch, r, r["quietest"])):
+        out.append(f"{name}: {'PASS' if ok else 'MISS'} ({val}; quietest block: {'PASS' if ok_q else 'MISS'} {val_q})")
+    if batch == 1:
+        out.append(f"packed bytes {r['nbytes']['auto'] / r['dense_bytes']:.3f} of dense")
+    d = t[best_dense(t)]
     if t["numpy"] < d:
         out.append(f"(numpy, not an auto candidate, was {d / t['numpy']:.2f}x faster than the best torch "
                    f"dense call; auto vs numpy {t['auto'] / t['numpy']:.2f})")
@@ -140,7 +150,7 @@ def run_threads(threads: int, args: argparse.Namespace) -> list[str]:
                 r = run_cell(w, cell, batch, args)
                 label = "2:4" if cell == "2:4" else f"{float(cell):.0%}"
                 rows.append(table_row(label, batch, r, "times"))
-                rows_min.append(table_row(label, batch, r, "mins"))
+                rows_min.append(table_row(label, batch, r, "quietest"))
                 notes.append(f"- {label} batch {batch}: " + "; ".join(goals(cell, batch, r))
                              + f". auto: {r['reason']}")
                 print(f"[{threads} threads] {rows[-1]}\n{notes[-1]}", flush=True)
@@ -153,10 +163,14 @@ def run_threads(threads: int, args: argparse.Namespace) -> list[str]:
         "F.linear, mm, addmm, oneDNN; < 1 = faster than it).",
         "",
         head, *rows, "",
-        f"### {threads} thread{'s' if threads > 1 else ''}: fastest single call instead of the median",
+        f"### {threads} thread{'s' if threads > 1 else ''}: each call's quietest block instead of the median",
         "",
-        head.replace("best dense ms", "best dense min ms"), *rows_min, "",
-        f"### {threads} thread{'s' if threads > 1 else ''}: goals per cell (medians)",
+        "The same run summarised by each call's fastest block median: other jobs on the shared machine "
+        "slow down whole blocks (a 2-thread call waits for its slower thread); this is what `auto` "
+        "itself compares.",
+        "",
+        head.replace("best dense ms", "best dense ms, quietest block"), *rows_min, "",
+        f"### {threads} thread{'s' if threads > 1 else ''}: goals per cell (medians; quietest block in brackets)",
         "",
         *notes, "",
     ]
@@ -166,7 +180,8 @@ METHOD = (
     "Method: every call of a cell is timed in the same process, in {rounds} rounds; per round each "
     "call in turn (order rotated by one each round) gets a {pause:g} s pause, 3 warm-up calls, then "
     "a block of up to {block} timed calls (shortened to >= 3 calls / about {block_s:g} s for slow "
-    "calls); a cell's time is the median of its block medians. Blocks, not single interleaved "
+    "calls); a cell's time is the median of its block medians (second table: its fastest block "
+    "median). Blocks, not single interleaved "
     "calls: the peers use different thread pools (numpy's OpenBLAS, torch's OpenMP shared by "
     "MKL/oneDNN/our kernels, scipy on the main thread) whose idle threads spin-wait after a call "
     "and steal one of the 2 cores from the next call; the pause lets them sleep, the warm-up "
