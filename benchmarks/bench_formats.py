@@ -105,7 +105,7 @@ def format_table(rows: int, cols: int) -> tuple[list[list[str]], list[list[str]]
                 dname, pattern if pattern != "unstructured" else f"unstructured {s:.2f}", f"{vb}",
                 f"{b:.4f}", *(f"{cells[k]:.4f}" for k in ("bitmap", "csr", "bsr")),
                 f"{cells['nm']:.4f}" if "nm" in cells else "-", f"{auto:.4f} ({p.format})",
-                f"{100 * (auto / b - 1):+.2f}%", f"{gb / (t1 - t0):.2f}", f"{gb / (t2 - t1):.2f}",
+                f"{round(100 * (auto / b - 1), 2) + 0.0:+.2f}%", f"{gb / (t1 - t0):.2f}", f"{gb / (t2 - t1):.2f}",
             ])
             print(" | ".join(table[-1]), "||", " | ".join(speed[-1][2:]), flush=True)
     return table, speed
