@@ -151,3 +151,16 @@ def test_truncated_bucket_is_an_error():
         apply_delta(clone(old), [p.buckets[0][:-10]])
     with pytest.raises(DeltaError, match="truncated"):
         apply_delta(clone(old), [p.buckets[0][:5]])
+
+
+@settings(max_examples=10, deadline=None)
+@given(dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31), bucket=st.sampled_from([300, 4096, 1 << 20]))
+def test_sparse_changes_over_many_records_are_bit_exact(dtype, seed, bucket):
+    old = {"w": random_bits((20_011,), dtype, 0.1, seed)}
+    new = clone(old)
+    g = torch.Generator().manual_seed(seed)
+    flip = torch.rand(20_011, generator=g) < 0.01
+    new["w"][flip] = random_bits((20_011,), dtype, 0.0, seed + 1)[flip]
+    p = encode_delta(old, new, bucket_bytes=bucket)
+    assert same_bits(apply_delta(clone(old), p)["w"], new["w"])
+    assert p.nbytes <= p.stats["changed"] * (new["w"].element_size() + 2) + p.stats["header_bytes"]
