@@ -48,9 +48,9 @@ def header(title: str, script: str, threads: int | str, note: str = "") -> list[
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    """Write ``text`` to ``path`` atomically (:func:`sparsecraft.atomic.write_text`) and say so."""
+    from sparsecraft.atomic import write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
     print(f"wrote {path}")
