@@ -1,9 +1,10 @@
 """Benchmark a model dense vs. converted: per-layer and end-to-end latency.
 
 :func:`bench_model` runs one forward to capture the real input of every ``nn.Linear``, converts
-a deep copy with :func:`sparsecraft.kernels.convert`, then times, side by side in interleaved
-rounds, each layer (dense ``nn.Linear`` vs. its replacement, on its captured input) and the
-whole forward (dense model vs. converted model), and checks the outputs agree.
+a deep copy with :func:`sparsecraft.kernels.convert`, then times, side by side block by block
+(:func:`sparsecraft.kernels.timing.time_calls`: rounds of warm-up + timed block per call, order
+rotated, median of the block medians), each layer (dense ``nn.Linear`` vs. its replacement, on
+its captured input) and the whole forward (dense model vs. converted model), and checks the outputs agree.
 """
 
 from __future__ import annotations
