@@ -9,6 +9,7 @@ from torch import nn
 import sparsecraft
 from sparsecraft.methods import attach
 from sparsecraft.methods.nm_common import nm_keep
+from tests.core.helpers import Conv1D
 
 
 class Tiny(nn.Module):
@@ -78,19 +79,6 @@ def test_unfit_layer_raises_or_is_skipped() -> None:
         attach(model, None, method="ste", total_steps=3)
     sp = attach(model, None, method="ste", total_steps=3, skip_unfit=True)
     assert [t.name for t in sp.targets] == ["1.weight"]
-
-
-class Conv1D(nn.Module):
-    """Stand-in for Hugging Face GPT-2 ``Conv1D``: weight stored (in, out)."""
-
-    def __init__(self, nf: int, nx: int) -> None:
-        super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.randn(nx, nf))
-        self.bias = nn.Parameter(torch.zeros(nf))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
 
 
 def test_gpt2_conv1d_groups_run_along_inputs() -> None:
