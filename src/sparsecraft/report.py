@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sparsecraft.masks import masked_params
-from sparsecraft.targets import _matches, find_targets
+from sparsecraft.targets import find_targets, name_matches
 
 
 @dataclass
@@ -130,7 +130,7 @@ def _packed_rows(model: nn.Module, include: Sequence[str] | None) -> dict[str, L
             if isinstance(getattr(module, pname, None), nn.Parameter):
                 continue  # a parameter: handled by masked_params / find_targets
             name = f"{mname}.{pname}" if mname else pname
-            if include and not _matches(include, mname, name):
+            if include and not name_matches(include, mname, name):
                 continue
             w = fn()
             nz = int(torch.count_nonzero(w))

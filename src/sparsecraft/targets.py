@@ -51,7 +51,8 @@ class Target:
         return tuple(self.param.shape)
 
 
-def _matches(patterns: Iterable[str], *names: str) -> bool:
+def name_matches(patterns: Iterable[str], *names: str) -> bool:
+    """True if any of ``names`` equals a pattern or matches it as a regex (include / keep_dense rules)."""
     for p in patterns:
         rx = re.compile(p)
         if any(n == p or rx.search(n) for n in names):
@@ -83,9 +84,9 @@ def find_targets(
         if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
             continue
         t = Target(mname, module)
-        if include and not _matches(include, mname, t.name):
+        if include and not name_matches(include, mname, t.name):
             continue
-        if _matches(keep_dense, mname, t.name):
+        if name_matches(keep_dense, mname, t.name):
             continue
         targets.append(t)
     return targets
