@@ -10,6 +10,9 @@ are not targets), so asking for 90% gives exactly 90% zeros over the prunable we
   Mocanu et al. 2018, SET).
 * ``global``: one ranking of the criterion scores across all layers (needs scores).
 * ``explicit``: a map {layer name or regex: sparsity}; unmatched layers get the total.
+* ``owl``: outlier-weighted layerwise sparsity (Yin et al. 2024): blocks with more activation
+  outliers get lower sparsity. It needs calibration activations, so only
+  :func:`sparsecraft.prune` with ``calib=`` can use it (the ratios are measured there).
 
 For unstructured layers the per-layer prune counts are rounded by largest remainder so the
 model total is exact to one weight (documented decision; the papers leave rounding open).
@@ -35,6 +38,7 @@ class Distribution:
     """Base class: ``allocate(targets, sparsity, scores) -> {target name: sparsity}``."""
 
     needs_scores = False
+    needs_activations = False
 
     def allocate(
         self,
@@ -177,6 +181,32 @@ class Explicit(Distribution):
                     out[t.name] = float(s)
                     break
         return out
+
+
+@DISTRIBUTIONS.register("owl")
+class OWL(Distribution):
+    """Outlier-weighted layerwise sparsity: more activation outliers, lower sparsity (OWL).
+
+    Args:
+        m: outlier threshold, a score counts as an outlier above ``m`` x its layer's mean score.
+        lam: the largest deviation of a block's sparsity from the target (OWL's lambda).
+    """
+
+    needs_activations = True
+
+    def __init__(self, m: float = 5.0, lam: float = 0.08) -> None:
+        if not m > 0:
+            raise SparsecraftError(f"owl: m must be > 0, got {m}")
+        if not 0 <= lam < 1:
+            raise SparsecraftError(f"owl: lam must be in [0, 1), got {lam}")
+        self.m = float(m)
+        self.lam = float(lam)
+
+    def allocate(self, targets, sparsity, scores=None):
+        raise SparsecraftError(
+            "distribution 'owl' measures activation outliers: prune with calib=... "
+            "(sparsecraft.prune runs it block by block)"
+        )
 
 
 def make_distribution(spec: Any) -> Distribution:

@@ -17,7 +17,7 @@ def test_run_sweep_restores_dense_and_is_monotone_in_sparsity(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     def prune_fn(m, s):
-        return sparsecraft.prune(m, s, distribution="global", include=[r"model\.layers"]).sparsity
+        return sparsecraft.prune(m, s, distribution="global", targets=[r"model\.layers"]).sparsity
 
     res = run_sweep(model, [0.0, 0.3, 0.6, 0.9], prune_fn, lambda m: perplexity(m, ids, progress=False),
                     "perplexity", higher_is_better=False, progress=False)
@@ -60,7 +60,7 @@ def test_sweep_cli_on_an_encoder(tmp_path, capsys):
 
     model_dir, text = make_tiny_bert_dir(tmp_path)
     out = tmp_path / "sweep"
-    rc = main(["sweep", "--model", str(model_dir), "--sparsities", "0,0.5,0.9", "--text", str(text),
+    rc = main(["sweep", "--model", str(model_dir), "--sparsity", "0,0.5,0.9", "--calib", str(text),
                "--n-sentences", "16", "--out", str(out), "--json"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
@@ -77,12 +77,12 @@ def test_sweep_job_on_a_causal_lm_with_wanda(tmp_path):
     from ..cli.tiny_hf import make_tiny_hf
 
     model_dir, text = make_tiny_hf(tmp_path)
-    recipe = {"job": "sparsity-sweep", "model": str(model_dir), "method": "wanda", "distribution": "uniform",
-              "sparsities": [0.0, 0.5], "text": str(text), "n_calib": 2, "n_eval": 2, "seqlen": 32,
+    recipe = {"job": "sparsity-sweep", "model": str(model_dir), "criterion": "wanda", "distribution": "uniform",
+              "sparsities": [0.0, 0.5], "text": str(text), "n_calib": 2, "n_eval": 2, "seq_len": 32,
               "progress": False}
     run_dir, res = run_recipe(recipe, tmp_path / "out")
     assert res["metric"] == "perplexity" and res["protocol"]["n_calib"] == 2
     assert res["points"][1]["true_sparsity"] == pytest.approx(0.5)
     assert res["points"][1]["metric"] != res["dense"]
-    with pytest.raises(sparsecraft.SparsecraftError, match="global distribution"):
+    with pytest.raises(sparsecraft.SparsecraftError, match="ranks every layer at once"):
         run_recipe({**recipe, "distribution": "global"}, tmp_path / "out2")

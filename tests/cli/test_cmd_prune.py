@@ -11,7 +11,7 @@ from sparsecraft.cli.main import main
 
 from .tiny_hf import make_tiny_hf
 
-ARGS = ["--n-calib", "4", "--n-eval", "2", "--seqlen", "32", "--batch-size", "2"]
+ARGS = ["--n-calib", "4", "--n-eval", "2", "--seq-len", "32", "--batch-size", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 def test_prune_cli_in_process(tiny, tmp_path, capsys):
     model_dir, text = tiny
     out = tmp_path / "run"
-    rc = main(["prune", "--model", str(model_dir), "--method", "wanda", "--pattern", "2:4",
+    rc = main(["prune", "--model", str(model_dir), "--criterion", "wanda", "--pattern", "2:4",
                "--calib", str(text), "--out", str(out), *ARGS])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -72,13 +72,15 @@ def test_prune_cli_subprocess_json(tiny, tmp_path):
 def test_prune_cli_owl_and_recovery(tiny, tmp_path, capsys):
     model_dir, text = tiny
     out = tmp_path / "run"
-    rc = main(["prune", "--model", str(model_dir), "--method", "wanda", "--sparsity", "0.6", "--owl",
-               "--owl-lambda", "0.05", "--recover-steps", "3", "--recover-lr", "1e-3", "--calib", str(text),
+    rc = main(["prune", "--model", str(model_dir), "--criterion", "wanda", "--sparsity", "0.6",
+               "--distribution", '{"type": "owl", "lam": 0.05}', "--recover-steps", "3", "--recover-lr", "1e-3",
+               "--calib", str(text),
                "--out", str(out), "--no-save", "--json", *ARGS])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     row = doc["rows"][1]
-    assert row["method"] == "wanda+owl" and len(row["owl_ratios"]) == 2
+    assert row["criterion"] == "wanda" and row["distribution"] == "owl" and row["config"] == "wanda+owl 60%"
+    assert len(row["owl_ratios"]) == 2
     assert sum(row["block_sparsities"]) / 2 == pytest.approx(0.6)
     assert row["recovery"]["loss"] == "squarehead" and "perplexity_pruned" in row
     assert not (out / "model").exists()
@@ -92,8 +94,8 @@ def test_per_run_save_flag_and_inspect_json(tiny, tmp_path, capsys):
     model_dir, text = tiny
     recipe = {
         "job": "prune-llm", "model": str(model_dir), "save": False, "plot": False, "progress": False,
-        "data": {"calib": str(text), "n_calib": 4, "n_eval": 2, "seqlen": 32},
-        "runs": [{"method": "magnitude", "sparsity": 0.5}, {"method": "wanda", "pattern": "2:4", "save": True}],
+        "data": {"calib": str(text), "n_calib": 4, "n_eval": 2, "seq_len": 32},
+        "runs": [{"criterion": "magnitude", "sparsity": 0.5}, {"criterion": "wanda", "pattern": "2:4", "save": True}],
     }
     run_dir, _ = run_recipe(recipe, tmp_path / "run")
     saved = sorted(p.name for p in run_dir.iterdir() if p.is_dir())

@@ -60,9 +60,9 @@ def test_global_is_one_ranking_across_layers():
     assert rep.layer("1.weight").sparsity == 0.0
 
 
-def test_keep_dense_total_is_met_over_the_prunable_rest():
+def test_ignored_layers_total_is_met_over_the_prunable_rest():
     model = small_mlp()
-    rep = sparsecraft.prune(model, 0.75, distribution="erk", keep_dense=["^4$"])
+    rep = sparsecraft.prune(model, 0.75, distribution="erk", ignore=["^4$"])
     masked = [l for l in rep.layers if l.pattern != "dense"]
     assert [l.name for l in masked] == ["0.weight", "2.weight"]
     numel = sum(l.numel for l in masked)
@@ -90,5 +90,5 @@ def test_explicit_map_and_overrides():
 
 
 def test_unknown_distribution_lists_allowed():
-    with pytest.raises(SparsecraftError, match="allowed: er, erk, explicit, global, uniform"):
+    with pytest.raises(SparsecraftError, match="allowed: er, erk, explicit, global, owl, uniform"):
         sparsecraft.prune(small_mlp(), 0.5, distribution="zipf")

@@ -52,7 +52,7 @@ def test_calibration_offsets_follow_the_reference_loader():
 def test_build_protocol_on_a_text_file(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("".join(chr(97 + i % 26) for i in range(2000)))
-    p = build_protocol(CharTokenizer(), f, n_calib=3, n_eval=2, seqlen=50)
+    p = build_protocol(CharTokenizer(), f, n_calib=3, n_eval=2, seq_len=50)
     assert p.calib.shape == (3, 50) and p.eval.shape == (2, 50)
     assert p.fingerprint["tokens"] == 2000 and p.fingerprint["calib_pool"] == 1800
     off = p.fingerprint["first_offsets"][0]

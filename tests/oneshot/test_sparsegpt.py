@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from sparsecraft.oneshot.magnitude import magnitude_mask
 from sparsecraft.oneshot.sparsegpt import SparseGPT, inverse_hessian_factor, sparsegpt_prune
 from sparsecraft.oneshot.stats import InputStats
 from sparsecraft.patterns import NM, Unstructured
@@ -17,6 +16,10 @@ def planted(seed=0, rows=16, cols=64, n=512):
     st = InputStats(cols, hessian=True)
     st.add(x)
     return w, x, st
+
+
+def magnitude_mask(w, pattern, sparsity):
+    return pattern.mask(w.abs(), sparsity)
 
 
 def recon_error(w, w2, x):
