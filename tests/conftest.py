@@ -1,11 +1,14 @@
-"""Shared test settings: hypothesis profile sized for a 2-core CI machine."""
+"""Shared test settings: torch threads for a 2-core CI machine and the Hypothesis profile
+(``ci`` = derandomized when ``$CI`` is set, ``dev`` = random otherwise; tests/hypothesis_profiles.py)."""
 
 import os
 
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
+
+from tests import hypothesis_profiles
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+hypothesis_profiles.register()
+settings.load_profile(hypothesis_profiles.choose(os.environ))
