@@ -18,9 +18,10 @@ from collections.abc import Mapping
 
 from hypothesis import HealthCheck, settings
 
+from tests.ci import in_ci
+
 MAX_EXAMPLES = 40
 _COMMON = {"max_examples": MAX_EXAMPLES, "deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
-_FALSE = ("", "0", "false", "no")
 
 
 def register() -> None:
@@ -34,4 +35,4 @@ def choose(env: Mapping[str, str]) -> str:
     """The profile name for the environment ``env`` (see the module docstring)."""
     if env.get("HYPOTHESIS_PROFILE"):
         return env["HYPOTHESIS_PROFILE"]
-    return "dev" if env.get("CI", "").strip().lower() in _FALSE else "ci"
+    return "ci" if in_ci(env) else "dev"
