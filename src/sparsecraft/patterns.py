@@ -24,7 +24,12 @@ PATTERNS: Registry[type[Pattern]] = Registry("pattern")
 
 
 def count_to_prune(sparsity: float, n: int) -> int:
-    """Number of units to prune for ``sparsity`` over ``n`` units (floor, float-safe)."""
+    """Number of units to prune for ``sparsity`` over ``n`` units (floor, float-safe).
+
+    The one place a fraction becomes a count: patterns, the distributions' model totals and the
+    global ranking, and MaskSparsity's channel ratio all call it, so the 1e-6 tolerance of the
+    counting rule lives here only (``exact_counts`` then meets the total it is given exactly).
+    """
     if not 0.0 <= sparsity <= 1.0:
         raise SparsecraftError(f"sparsity must be in [0, 1], got {sparsity}")
     return min(n, int(math.floor(sparsity * n + 1e-6)))

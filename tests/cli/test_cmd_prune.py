@@ -8,6 +8,8 @@ import torch
 
 import sparsecraft
 from sparsecraft.cli.main import main
+from sparsecraft.data.text import build_protocol
+from sparsecraft.evaluation.perplexity import perplexity
 
 from .tiny_hf import make_tiny_hf
 
@@ -31,11 +33,16 @@ def test_prune_cli_in_process(tiny, tmp_path, capsys):
     assert report["job"] == "prune-llm"
     dense, pruned = report["rows"]
     assert dense["method"] == "dense" and pruned["true_sparsity"] == pytest.approx(0.5)
-    assert pruned["perplexity"] > 0 and dense["perplexity"] > 0
     # the HF copy loads with from_pretrained and keeps the N:M zeros
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    # the reported perplexities are those of the dense model and of the saved pruned copy on the
+    # protocol's evaluation windows, recomputed here
+    proto = build_protocol(AutoTokenizer.from_pretrained(str(model_dir)), str(text), n_calib=4, n_eval=2, seqlen=32)
+    dense_model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    assert dense["perplexity"] == pytest.approx(perplexity(dense_model, proto.eval, 2, progress=False), rel=1e-5)
+    assert pruned["perplexity"] == pytest.approx(perplexity(hf, proto.eval, 2, progress=False), rel=1e-5)
     w = hf.model.layers[0].mlp.up_proj.weight
     assert ((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all()
     # the sparse checkpoint loads into a fresh model with its masks

@@ -30,7 +30,7 @@ def recon_error(w, w2, x):
 def test_sparsegpt_beats_magnitude_reconstruction(pattern):
     w, x, st = planted()
     new_w, keep = SparseGPT().prune(w, st, pattern, 0.5)
-    assert torch.equal(new_w == 0, ~keep) or bool((new_w[~keep] == 0).all())
+    assert bool((new_w[~keep] == 0).all())  # every pruned weight is zero (a kept one may be too)
     assert int((~keep).sum()) == w.numel() // 2
     if isinstance(pattern, NM):
         assert (keep.reshape(w.shape[0], -1, pattern.m).sum(-1) == pattern.n).all()
