@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from sparsecraft.criteria import CRITERIA
 from sparsecraft.distributions import DISTRIBUTIONS
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.jobs.recipe import Strict
+from sparsecraft.jobs.recipe import Strict, check_regex, regex_list_validator
 from sparsecraft.patterns import parse_pattern
 
 
@@ -21,10 +21,29 @@ def _check_named(registry, value: Any) -> Any:  # noqa: ANN001
     return value
 
 
+def check_pattern_spec(v: Any) -> Any:
+    """A pydantic-friendly check that ``v`` is a pattern spec :func:`parse_pattern` accepts."""
+    try:
+        parse_pattern(v)
+    except SparsecraftError as e:
+        raise ValueError(str(e)) from None
+    return v
+
+
 class OverrideConfig(Strict):
-    match: str
+    match: str  #: regex on the layer name
     pattern: str | dict | None = None
-    sparsity: float | None = None
+    sparsity: float | None = Field(None, ge=0.0, le=1.0)
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, v: str) -> str:
+        return check_regex(v)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: Any) -> Any:
+        return v if v is None else check_pattern_spec(v)
 
 
 class PruneConfig(Strict):
@@ -38,14 +57,12 @@ class PruneConfig(Strict):
     overrides: list[OverrideConfig] = []
     skip_unfit: bool = False
 
+    _layer_rules = regex_list_validator("include", "keep_dense")
+
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, v: Any) -> Any:
-        try:
-            parse_pattern(v)
-        except SparsecraftError as e:
-            raise ValueError(str(e)) from None
-        return v
+        return check_pattern_spec(v)
 
     @field_validator("criterion")
     @classmethod

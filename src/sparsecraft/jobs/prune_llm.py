@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.formats.checkpoint import save as save_sparse
-from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.prune_config import check_pattern_spec
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, regex_list_validator
 from sparsecraft.masks import MASK_SUFFIX, remove_masks
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+RECOVERY_LOSSES = ("squarehead", "lm")  #: sparsecraft.oneshot.recovery.LOSSES (not imported: torch-heavy)
 
 
 class DataConfig(Strict):
@@ -40,7 +42,7 @@ class DataConfig(Strict):
     n_calib: int = Field(32, ge=0)
     n_eval: int | None = Field(16, ge=1)
     seqlen: int = Field(512, ge=2)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
 
 
 class RunConfig(Strict):
@@ -48,10 +50,22 @@ class RunConfig(Strict):
     sparsity: float = Field(0.5, ge=0.0, le=1.0)
     pattern: str = "unstructured"
     owl: bool = False
-    owl_m: float = 5.0
-    owl_lambda: float = 0.08
+    owl_m: float = Field(5.0, gt=0)  #: OWL: a weight is an outlier above M x its layer's mean score
+    owl_lambda: float = Field(0.08, ge=0.0, le=1.0)  #: OWL: block sparsities spread over [s - lambda, s + lambda]
     name: str | None = None
     save: bool | None = None  #: save this run's model (None = the job's ``save``)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; allowed: {', '.join(METHODS)}")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        return check_pattern_spec(v)
 
     def label(self) -> str:
         if self.name:
@@ -63,14 +77,21 @@ class RunConfig(Strict):
 class RecoveryConfig(Strict):
     steps: int = Field(0, ge=0)  #: 0 = no recovery fine-tune
     loss: str = "squarehead"
-    lr: float = 1e-5
+    lr: float = Field(1e-5, gt=0)
     batch_size: int = Field(1, ge=1)
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        if v not in RECOVERY_LOSSES:
+            raise ValueError(f"unknown recovery loss {v!r}; allowed: {', '.join(RECOVERY_LOSSES)}")
+        return v
 
 
 class PruneLLMConfig(Strict):
     model: str = "smollm2-135m"
     data: DataConfig = DataConfig()
-    runs: list[RunConfig] = [RunConfig(method="sparsegpt")]
+    runs: list[RunConfig] = Field([RunConfig(method="sparsegpt")], min_length=1)
     dense: bool = True  #: evaluate the dense model first
     targets: list[str] | None = None
     ignore: list[str] | None = None
@@ -79,9 +100,20 @@ class PruneLLMConfig(Strict):
     recovery: RecoveryConfig = RecoveryConfig()
     save: bool = True
     plot: bool = True
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
     progress: bool = True
     output: OutputConfig = OutputConfig()
+
+    _layer_rules = regex_list_validator("targets", "ignore")
+
+    @model_validator(mode="after")
+    def _calibration(self) -> PruneLLMConfig:
+        needy = [r.label() for r in self.runs if r.method != "magnitude" or r.owl]
+        if needy and self.data.n_calib < 1:
+            raise ValueError(f"data.n_calib: {', '.join(needy)} need calibration windows; give n_calib >= 1")
+        if self.recovery.steps and self.data.n_calib < 1:
+            raise ValueError("data.n_calib: the recovery fine-tune trains on calibration windows; give n_calib >= 1")
+        return self
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -147,9 +179,6 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    for r in cfg.runs:
-        if r.method not in METHODS:
-            raise SparsecraftError(f"runs: unknown method {r.method!r}; allowed: {', '.join(METHODS)}")
     lm = load_model(cfg.model, kind="causal-lm")
     if lm.tokenizer is None:
         raise SparsecraftError(f"model {cfg.model!r} has no tokenizer files")
@@ -161,7 +190,7 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
 
     def emit() -> None:
         _atomic_json(run_dir / "results.json", out)
-        (run_dir / "table.md").write_text(table_markdown(rows) + "\n")
+        atomic.write_text(run_dir / "table.md", table_markdown(rows) + "\n")
         if on_row is not None:
             on_row(rows)
 
@@ -201,7 +230,7 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
             row["saved_hf"] = str(save_hf(lm.model, lm.tokenizer, folder / "model"))
             row["saved_sparse"] = str(save_sparse(lm.model, folder / "sparse.safetensors",
                                                   extra={"method": r.method, "pattern": res.pattern}))
-            (folder / "sparsity.md").write_text(res.report.to_markdown() + "\n")
+            atomic.write_text(folder / "sparsity.md", res.report.to_markdown() + "\n")
         row["layers"] = res.report.to_dict()["layers"]
         rows.append(row)
         emit()

@@ -15,17 +15,17 @@ after every point) and ``sweep.png``.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
+from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.prune_config import check_pattern_spec
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, regex_list_validator
 
 DEFAULT_SPARSITIES = [round(0.1 * i, 1) for i in range(10)]
 
@@ -35,7 +35,7 @@ class SweepConfig(Strict):
     method: str = "magnitude"
     distribution: str = "global"  #: global (magnitude only) or uniform
     pattern: str = "unstructured"
-    sparsities: list[float] = DEFAULT_SPARSITIES
+    sparsities: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(DEFAULT_SPARSITIES, min_length=1)
     metric: str = "auto"  #: auto, perplexity, embedding
     text: str = "shakespeare"  #: evaluation text (and calibration text for wanda/sparsegpt)
     n_calib: int = Field(32, ge=0)
@@ -46,9 +46,31 @@ class SweepConfig(Strict):
     tolerance: float = Field(0.01, ge=0.0)
     targets: list[str] | None = None
     ignore: list[str] | None = None
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
     progress: bool = True
     output: OutputConfig = OutputConfig()
+
+    _layer_rules = regex_list_validator("targets", "ignore")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        return check_pattern_spec(v)
+
+    @model_validator(mode="after")
+    def _choices(self) -> SweepConfig:
+        from sparsecraft.jobs.prune_llm import METHODS
+
+        choices = {"method": METHODS, "distribution": ("global", "uniform"),
+                   "metric": ("auto", "perplexity", "embedding")}  # fmt: skip
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ValueError(f"{key}: unknown {key} {value!r}; allowed: {', '.join(allowed)}")
+        if self.distribution == "global" and self.method != "magnitude":
+            raise ValueError("distribution: the global distribution ranks |w| across layers: use it with method "
+                             "magnitude")
+        return self
 
 
 def _pruner(cfg: SweepConfig, calib: torch.Tensor | None):
@@ -110,10 +132,8 @@ def run_sweep_job(cfg: SweepConfig, run_dir: Path) -> dict[str, Any]:
 
     def write(result) -> None:
         doc = {**info, "method": cfg.method, "distribution": cfg.distribution, **result.to_dict()}
-        tmp = run_dir / ".sweep.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, run_dir / "sweep.json")
-        (run_dir / "sweep.md").write_text(result.to_markdown() + "\n")
+        atomic.write_json(run_dir / "sweep.json", doc)
+        atomic.write_text(run_dir / "sweep.md", result.to_markdown() + "\n")
 
     result = run_sweep(lm.model, cfg.sparsities, _pruner(cfg, calib), evaluate, name, higher, cfg.tolerance,
                        cfg.progress, on_point=write)
