@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -149,7 +150,7 @@ def parse_recipe(doc: dict[str, Any]) -> tuple[Job, Strict]:
     if name is None:
         raise RecipeError(f"recipe has no 'job' key; allowed jobs: {', '.join(JOBS.names())}")
     if not isinstance(name, str):
-        raise RecipeError(f"job: must be a job name, got {name!r}; allowed: {', '.join(JOBS.names())}")
+        raise RecipeError(f"job: must be a job name, got {reprlib.repr(name)}; allowed: {', '.join(JOBS.names())}")
     try:
         job_cls = JOBS.get(name)
     except SparsecraftError as e:

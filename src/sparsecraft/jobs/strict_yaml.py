@@ -138,7 +138,7 @@ def load_yaml(data: bytes, source: str | Path) -> Any:
     """Parse recipe bytes (UTF-8, optional BOM) with :class:`StrictSafeLoader`; one-line
     :class:`RecipeError` naming ``source`` on any refusal."""
     if len(data) > MAX_BYTES:
-        raise RecipeError(f"{source}: {len(data)} bytes is too large for a recipe (at most {MAX_BYTES} bytes)")
+        raise RecipeError(f"{source} is too large for a recipe (more than {MAX_BYTES} bytes)")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
