@@ -17,9 +17,9 @@ per session, shared with the other real-model tests).
 import pytest
 import torch
 
+from sparsecraft import prune
 from sparsecraft.evaluation.perplexity import perplexity
 from sparsecraft.models import load_model
-from sparsecraft import prune
 
 DENSE_PPL = 101.3661
 WANDA_50_PPL = 180.6330
