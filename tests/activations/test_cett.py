@@ -102,15 +102,18 @@ def test_tables_of_a_tiny_model_match_brute_force(family):
 
 
 def test_native_partial_sums_equal_the_torch_path(native_ok):
+    from sparsecraft.kernels.extension import ops
+
     g = torch.Generator().manual_seed(0)
     a = torch.randn(5, 40, generator=g)
-    wt = torch.randn(40, 7, generator=g)
+    wt = torch.randn(40, 135, generator=g)  # 135 columns: one full 128-wide register slice + a tail
     order = torch.stack([torch.randperm(40, generator=g) for _ in range(5)])
     a_sorted = a.gather(1, order)
     got = prefix_norms(a_sorted, order, wt, native=True)
     ref = prefix_norms(a_sorted, order, wt, native=False)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ops().cett_prefix_norms_scalar(a_sorted, order, wt), ref, rtol=1e-12, atol=1e-12)
     # by hand for the first prefix: |a_0| * ||wt[order_0]||
     assert got[0, 0].item() == pytest.approx(abs(a_sorted[0, 0].item()) * wt[order[0, 0]].double().norm().item())
 

@@ -59,3 +59,23 @@ def test_bad_input_is_rejected(native_ok):
         ops().act_sparse_mm(torch.ones(1, 3, dtype=torch.float64), torch.ones(3, 2, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="x has 4 features, wt has 3 rows"):
         ops().act_sparse_mm(torch.ones(1, 4), torch.ones(3, 2))
+
+
+def test_thresholded_llama_decodes_the_same_tokens_after_convert(native_ok):
+    from sparsecraft.activations import cett_tables
+    from sparsecraft.activations.search import apply_cett
+    from sparsecraft.kernels import convert
+    from tests.oneshot.tiny import calib_ids, tiny_llama
+
+    model = tiny_llama()
+    apply_cett(model, cett_tables(model, calib_ids(4, 16), batch_size=2, bits=4), 0.25)
+    prompt = calib_ids(1, 5, seed=3)
+    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0,
+              attention_mask=torch.ones_like(prompt))
+    want = model.generate(prompt, **kw)
+    logits = model(prompt).logits
+    rep = convert(model, measure=lambda w, b, names: {n: (0.1 if n == "act-sparse" else 1.0) for n in names})
+    assert [r.backend for r in rep.layers if r.input_sparsity is not None] == ["act-sparse"] * 2
+    assert all(0 < r.input_sparsity < 1 for r in rep.layers if r.input_sparsity is not None)
+    torch.testing.assert_close(model(prompt).logits, logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(model.generate(prompt, **kw), want)

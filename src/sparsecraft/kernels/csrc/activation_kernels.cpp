@@ -11,7 +11,8 @@
 //   cett_prefix_norms(a_sorted[N, H], order[N, H], wt[H, D]) -> norms[N, H] (float64)
 //       norms[j, k] = || sum_{m <= k} a_sorted[j, m] * wt[order[j, m], :] ||: the norms of the
 //       partial sums of a token's neuron contributions, neurons taken in the given order
-//       (ascending neuron norm for CETT, Sparsing Law). Accumulated in double; tokens in parallel.
+//       (ascending neuron norm for CETT, Sparsing Law). Accumulated in double; tokens in parallel;
+//       AVX-512: the running sum of 128 output columns at a time lives in registers.
 // Every kernel has a portable scalar path when AVX-512 is not available at compile time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -171,7 +172,55 @@ at::Tensor act_sparse_mm_scalar(const at::Tensor& x_in, const at::Tensor& wt_in)
 }
 
 // ---------------------------------------------------------------- CETT partial sums
-at::Tensor cett_prefix_norms(const at::Tensor& a_in, const at::Tensor& order_in, const at::Tensor& wt_in) {
+#if SCA_AVX512
+// One token, output columns [d0, d0 + width): the running sum s of this slice stays in NV zmm
+// registers (8 doubles each) while the neurons are added in order; sq[k] += ||s after neuron k||^2
+// restricted to the slice (the squared norm is a sum over slices).
+template <int NV>
+void prefix_slice_avx512(const float* a, const int64_t* order, const float* wt, int64_t H, int64_t D,
+                         int64_t d0, int64_t width, double* sq) {
+  __m512d s[NV];
+  __mmask8 mask[NV];
+  for (int j = 0; j < NV; ++j) {
+    const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(8, width - 8 * j));
+    mask[j] = (__mmask8)((1u << lanes) - 1u);
+    s[j] = _mm512_setzero_pd();
+  }
+  for (int64_t k = 0; k < H; ++k) {
+    const float* row = wt + order[k] * D + d0;
+    if (k + 2 < H) {
+      const char* nxt = reinterpret_cast<const char*>(wt + order[k + 2] * D + d0);
+      for (int j = 0; j < NV; j += 2) _mm_prefetch(nxt + 32 * j, _MM_HINT_T0);
+    }
+    const __m512d ak = _mm512_set1_pd(static_cast<double>(a[k]));
+    __m512d q[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+    for (int j = 0; j < NV; ++j) {
+      const __m512d w = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask[j], row + 8 * j));
+      s[j] = _mm512_fmadd_pd(ak, w, s[j]);
+      q[j & 3] = _mm512_fmadd_pd(s[j], s[j], q[j & 3]);
+    }
+    sq[k] += _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(q[0], q[1]), _mm512_add_pd(q[2], q[3])));
+  }
+}
+#endif
+
+void prefix_token_scalar(const float* a, const int64_t* order, const float* wt, int64_t H, int64_t D,
+                         double* sq, std::vector<double>& s) {
+  std::fill(s.begin(), s.end(), 0.0);
+  for (int64_t k = 0; k < H; ++k) {
+    const double ak = a[k];
+    const float* row = wt + order[k] * D;
+    double n = 0.0;
+    for (int64_t d = 0; d < D; ++d) {
+      s[d] += ak * row[d];
+      n += s[d] * s[d];
+    }
+    sq[k] = n;
+  }
+}
+
+at::Tensor prefix_norms_impl(const at::Tensor& a_in, const at::Tensor& order_in, const at::Tensor& wt_in,
+                             bool vector_path) {
   TORCH_CHECK(a_in.dim() == 2 && order_in.sizes() == a_in.sizes(),
               "sparsecraft.cett_prefix_norms: a_sorted and order must both be [N, H]");
   TORCH_CHECK(a_in.scalar_type() == at::kFloat && wt_in.scalar_type() == at::kFloat &&
@@ -180,7 +229,7 @@ at::Tensor cett_prefix_norms(const at::Tensor& a_in, const at::Tensor& order_in,
   TORCH_CHECK(wt_in.dim() == 2 && wt_in.size(0) == a_in.size(1), "sparsecraft.cett_prefix_norms: wt must be [H, D]");
   const at::Tensor a = a_in.contiguous(), order = order_in.contiguous(), wt = wt_in.contiguous();
   const int64_t N = a.size(0), H = a.size(1), D = wt.size(1);
-  at::Tensor out = at::empty({N, H}, a.options().dtype(at::kDouble));
+  at::Tensor out = at::zeros({N, H}, a.options().dtype(at::kDouble));
   const float* ap = a.data_ptr<float>();
   const int64_t* op = order.data_ptr<int64_t>();
   const float* wp = wt.data_ptr<float>();
@@ -190,31 +239,31 @@ at::Tensor cett_prefix_norms(const at::Tensor& a_in, const at::Tensor& order_in,
   at::parallel_for(0, N, 1, [&](int64_t t0, int64_t t1) {
     std::vector<double> s(D);
     for (int64_t j = t0; j < t1; ++j) {
-      std::fill(s.begin(), s.end(), 0.0);
-      for (int64_t k = 0; k < H; ++k) {
-        const double ak = ap[j * H + k];
-        const float* row = wp + op[j * H + k] * D;
-        double n0 = 0.0, n1 = 0.0, n2 = 0.0, n3 = 0.0;
-        int64_t d = 0;
-        for (; d + 4 <= D; d += 4) {
-          s[d] += ak * row[d];
-          s[d + 1] += ak * row[d + 1];
-          s[d + 2] += ak * row[d + 2];
-          s[d + 3] += ak * row[d + 3];
-          n0 += s[d] * s[d];
-          n1 += s[d + 1] * s[d + 1];
-          n2 += s[d + 2] * s[d + 2];
-          n3 += s[d + 3] * s[d + 3];
-        }
-        for (; d < D; ++d) {
-          s[d] += ak * row[d];
-          n0 += s[d] * s[d];
-        }
-        outp[j * H + k] = std::sqrt((n0 + n1) + (n2 + n3));
+      double* sq = outp + j * H;
+#if SCA_AVX512
+      if (vector_path) {
+        constexpr int NV = 16;  // 128 doubles of the running sum in registers
+        for (int64_t d0 = 0; d0 < D; d0 += 8 * NV)
+          prefix_slice_avx512<NV>(ap + j * H, op + j * H, wp, H, D, d0, std::min<int64_t>(8 * NV, D - d0), sq);
+      } else {
+        prefix_token_scalar(ap + j * H, op + j * H, wp, H, D, sq, s);
       }
+#else
+      (void)vector_path;
+      prefix_token_scalar(ap + j * H, op + j * H, wp, H, D, sq, s);
+#endif
+      for (int64_t k = 0; k < H; ++k) sq[k] = std::sqrt(sq[k]);
     }
   });
   return out;
+}
+
+at::Tensor cett_prefix_norms(const at::Tensor& a, const at::Tensor& order, const at::Tensor& wt) {
+  return prefix_norms_impl(a, order, wt, true);
+}
+
+at::Tensor cett_prefix_norms_scalar(const at::Tensor& a, const at::Tensor& order, const at::Tensor& wt) {
+  return prefix_norms_impl(a, order, wt, false);
 }
 
 }  // namespace
@@ -223,10 +272,12 @@ TORCH_LIBRARY_FRAGMENT(sparsecraft_kernels, m) {
   m.def("act_sparse_mm(Tensor x, Tensor wt) -> Tensor");
   m.def("act_sparse_mm_scalar(Tensor x, Tensor wt) -> Tensor");
   m.def("cett_prefix_norms(Tensor a_sorted, Tensor order, Tensor wt) -> Tensor");
+  m.def("cett_prefix_norms_scalar(Tensor a_sorted, Tensor order, Tensor wt) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparsecraft_kernels, CPU, m) {
   m.impl("act_sparse_mm", act_sparse_mm);
   m.impl("act_sparse_mm_scalar", act_sparse_mm_scalar);
   m.impl("cett_prefix_norms", cett_prefix_norms);
+  m.impl("cett_prefix_norms_scalar", cett_prefix_norms_scalar);
 }
