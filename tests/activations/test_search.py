@@ -77,3 +77,20 @@ def test_ppl_p_on_a_tiny_lm():
     assert thresholds_of(model) == [x["threshold"] for x in d["layers"]]
     assert math.isclose(perplexity(model, evals, progress=False), d["ppl"], rel_tol=1e-9)
     assert 0 < d["sparsity"] < 1 and d["sparsity"] == pytest.approx(sum(x["sparsity"] for x in d["layers"]) / 2)
+
+
+def test_searches_share_probes_through_the_cache():
+    model, tables = _hand_setup()
+    calls = []
+
+    def score(m):
+        calls.append(thresholds_of(m)[0])
+        return thresholds_of(m)[0]
+
+    cache = {}
+    first = search_cett(model, tables, score, limit=1.6, dense_score=0.0, steps=3, cache=cache)
+    assert len(calls) == 3 and sorted(cache) == [0.5, 0.625, 0.75]
+    second = search_cett(model, tables, score, limit=2.2, dense_score=0.0, steps=3, cache=cache)
+    # 0.5 and 0.75 come from the cache, only 0.875 is new
+    assert [p.c for p in second.probes] == [0.5, 0.75, 0.875] and len(calls) == 4
+    assert second.lo.c == 0.875 and thresholds_of(model) == [2.0] and first.lo.c == 0.5

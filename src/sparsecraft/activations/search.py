@@ -75,12 +75,21 @@ def apply_cett(model: nn.Module, tables: list[CettTable], c: float) -> list[floa
     return ts
 
 
-def _probe(model: nn.Module, tables: list[CettTable], c: float, score: ScoreFn) -> Probe:
+def probe(model: nn.Module, tables: list[CettTable], c: float, score: ScoreFn,
+          cache: dict[float, Probe] | None = None) -> Probe:
+    """Install the thresholds of budget ``c`` and measure ``score`` and the sparsity (exact zeros
+    of the hidden activation) in one pass; ``cache`` (c -> probe) skips a ``c`` measured before."""
+    if cache is not None and c in cache:
+        apply_cett(model, tables, c)
+        return cache[c]
     ts = apply_cett(model, tables, c)
     with ActivationMeter(model, eps=0.0) as meter:
         value = float(score(model))
     rep: ActivationReport = meter.report()
-    return Probe(c, value, rep.zero_fraction, [s.zero_fraction for s in rep.layers], ts)
+    out = Probe(c, value, rep.zero_fraction, [s.zero_fraction for s in rep.layers], ts)
+    if cache is not None:
+        cache[c] = out
+    return out
 
 
 def search_cett(
@@ -91,10 +100,12 @@ def search_cett(
     dense_score: float,
     steps: int = 10,
     on_probe: Callable[[Probe], None] | None = None,
+    cache: dict[float, Probe] | None = None,
 ) -> CettSearch:
     """Bisection for the largest ``c`` with ``score(model thresholded at c) <= limit``.
 
-    The model keeps the thresholds of the returned ``lo`` probe installed."""
+    The model keeps the thresholds of the returned ``lo`` probe installed. ``cache`` (c -> probe,
+    filled as it goes) lets several searches on the same model, tables and score share probes."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise SparsecraftError(f"bisection steps must be an integer >= 1, got {steps!r}")
     bits = min(t.bits for t in tables)
@@ -106,7 +117,7 @@ def search_cett(
     probes = []
     for _ in range(steps):
         mid = (lo_c + hi_c) / 2
-        p = _probe(model, tables, mid, score)
+        p = probe(model, tables, mid, score, cache)
         probes.append(p)
         if on_probe is not None:
             on_probe(p)
@@ -115,7 +126,7 @@ def search_cett(
         else:
             hi_c, hi = mid, p
     if lo is None:  # every probe failed: the bracket is [0, smallest c probed]
-        lo = _probe(model, tables, 0.0, score)
+        lo = probe(model, tables, 0.0, score, cache)
         probes.append(lo)
     else:
         apply_cett(model, tables, lo.c)
