@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from sparsecraft.activations.calibrate import cett_tables
 from sparsecraft.activations.cett import cett_curve, prefix_norms
@@ -66,7 +68,8 @@ def _brute_all(a: torch.Tensor, w: torch.Tensor) -> list[tuple[float, float]]:
     for chunk in cands.split(256):
         keep = n[None] <= chunk[:, None, None]  # (T, tokens, hidden): removed neurons
         part = ((a64[None] * keep) @ w64.t()).norm(dim=2)
-        out += list(zip(chunk.tolist(), (part[:, ok] / full[ok]).mean(1).tolist()))
+        cett = (part[:, ok] / full[ok]).mean(1) if ok.any() else torch.zeros(len(chunk))  # no ratio: 0
+        out += list(zip(chunk.tolist(), cett.tolist()))
     return out
 
 
@@ -99,6 +102,27 @@ def test_tables_of_a_tiny_model_match_brute_force(family):
             assert curve.threshold(c) == pytest.approx(_brute_threshold(pairs, c), rel=1e-6)
         for j in (3, 10, 20):
             assert tables[i].threshold(j / 64) == pytest.approx(_brute_threshold(pairs, j / 64), rel=1e-6)
+
+
+@given(seed=st.integers(0, 2**31 - 1), tokens=st.integers(1, 4), hidden=st.integers(1, 7),
+       out=st.integers(1, 3), zeros=st.floats(0.0, 0.6))
+@example(seed=0, tokens=2, hidden=5, out=1, zeros=0.0)
+@example(seed=0, tokens=1, hidden=1, out=1, zeros=0.5)  # every token sums to zero
+def test_curve_and_thresholds_equal_brute_force(seed, tokens, hidden, out, zeros):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(tokens, hidden, generator=g)
+    a = a.masked_fill(torch.rand(tokens, hidden, generator=g) < zeros, 0)
+    # a few repeated activation values: ties inside and across tokens
+    a[:, : hidden // 2] = a[:, : hidden // 2].round()
+    w = torch.randn(out, hidden, generator=g)
+    pairs = _brute_all(a, w)
+    curve = cett_curve(a, w, native=False)
+    assert curve.t.tolist() == pytest.approx([t for t, _ in pairs], rel=1e-6)
+    assert curve.cett.tolist() == pytest.approx([v for _, v in pairs], abs=1e-9)
+    values = sorted({v for _, v in pairs})
+    # budgets between consecutive CETT values (a budget equal to one is decided by rounding)
+    for c in [0.0] + [(x + y) / 2 for x, y in zip(values, values[1:])] + [values[-1] + 0.5]:
+        assert curve.threshold(c) == _brute_threshold(pairs, c)
 
 
 def test_native_partial_sums_equal_the_torch_path(native_ok):

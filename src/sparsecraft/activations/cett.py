@@ -14,7 +14,7 @@ each removal is an event ``(n_i, change of that token's ratio)``; all events of 
 by ``n`` and summed give CETT at every breakpoint (events with equal ``n`` are applied together:
 ``n_i <= t`` removes all of them). Below every breakpoint nothing is removed, so CETT = 0 at
 ``t = 0`` (an exact zero contributes nothing). Tokens whose full sum is the zero vector have no
-ratio and are left out of the mean.
+ratio and are left out of the mean (with no token left, CETT is 0 everywhere).
 
 The full curve has ``tokens * hidden`` breakpoints (tens of millions per layer of a real model);
 :meth:`CettCurve.table` keeps only what the PPL-p% bisection can ask for: the exact thresholds
