@@ -1,7 +1,7 @@
 """Which parameters of a model are prunable ("targets"), and the keep-dense rules.
 
 A target is the ``weight`` of a ``nn.Linear``, ``nn.Conv1d/2d/3d`` or Hugging Face GPT-2
-``Conv1D``. 1-D parameters (biases, norm scales) are never targets. The same two words select
+``Conv1D``. 1-D parameters (biases, norm scales) and empty weights are never targets. The same two words select
 layers everywhere (API, recipes, CLI): ``targets`` (names or regexes) narrows the search, e.g.
 to the decoder layers of a language model, and layers matching ``ignore`` stay untouched
 (dense). Regexes are matched with ``re.search`` against the module name
@@ -100,8 +100,8 @@ def find_targets(
         if not is_prunable_module(module):
             continue
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
-            continue
+        if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or weight.numel() == 0:
+            continue  # 1-D parameters and empty layers (e.g. Linear(0, n)) have nothing to prune
         t = Target(mname, module)
         if include and not name_matches(include, mname, t.name):
             continue
