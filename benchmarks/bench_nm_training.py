@@ -242,7 +242,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["dense", "ste", "sr-ste", "pgf"])
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch-size", "--batch", dest="batch", type=int, default=128)
     ap.add_argument("--pgf-rate", default="auto", help="'auto' or a number such as 2e-4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")

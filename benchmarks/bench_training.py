@@ -193,7 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--sparsities", default="0.9,0.95,0.98")
+    ap.add_argument("--sparsity", "--sparsities", dest="sparsities", default="0.9,0.95,0.98")
     ap.add_argument("--methods", default="dense,static,gmp,set,rigl")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
