@@ -76,12 +76,16 @@ def set_mask(
 
 
 def masked_params(model: nn.Module) -> Iterator[MaskedParam]:
-    """Every masked parameter of ``model`` in module order."""
+    """Every masked parameter of ``model`` in module order, each tensor once: a weight shared
+    by several modules (tied) is yielded for the first module that carries a mask for it."""
+    seen: set[int] = set()
     for mname, module in model.named_modules():
         for bname, buf in list(module.named_buffers(recurse=False)):
             if bname.endswith(MASK_SUFFIX) and buf is not None and buf.dtype == torch.bool:
                 pname = bname[: -len(MASK_SUFFIX)]
-                if isinstance(getattr(module, pname, None), torch.Tensor):
+                param = getattr(module, pname, None)
+                if isinstance(param, torch.Tensor) and id(param) not in seen:
+                    seen.add(id(param))
                     if not hasattr(module, "sparsecraft_meta"):
                         module.sparsecraft_meta = {}
                     module.sparsecraft_meta.setdefault(pname, MaskMeta())

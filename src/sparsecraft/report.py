@@ -144,24 +144,28 @@ def report(model: nn.Module, include_dense: bool = True, include: Sequence[str] 
     """Exact per-layer statistics of every masked weight (and, with ``include_dense``, of every
     other prunable weight, shown with pattern ``dense``)."""
     rows: dict[str, LayerStats] = {}
-    order: list[str] = []
-    for mp in masked_params(model):
+    params: dict[str, torch.Tensor] = {}  # row name -> the parameter it describes
+    for mp in masked_params(model):  # one row per tensor, even when modules share it
         w = forward_weight(mp.module, mp.param_name)
         nz = int(torch.count_nonzero(w))
         meta = mp.meta
         rows[mp.name] = LayerStats(
             mp.name, tuple(w.shape), meta.pattern, meta.target, 1 - nz / w.numel(), nz, w.numel()
         )
+        params[mp.name] = mp.param
     if include_dense:
-        for t in find_targets(model, include=include):
-            if t.name in rows:
+        counted = {id(p) for p in params.values()}
+        for t in find_targets(model, include=include):  # one target per tensor (tied weights)
+            if id(t.param) in counted:
                 continue
             w = forward_weight(t.module, t.param_name)
             nz = int(torch.count_nonzero(w))
             rows[t.name] = LayerStats(t.name, t.shape, "dense", 0.0, 1 - nz / w.numel(), nz, w.numel())
+            params[t.name] = t.param
     packed = _packed_rows(model, include)  # always: these weights are not parameters
     rows.update(packed)
     # keep module order
+    order: list[str] = []
     for mname, module in model.named_modules():
         names = [n for n, _ in module.named_parameters(recurse=False)]
         names += list(getattr(module, "sparsecraft_forward_weights", None) or {})
@@ -171,16 +175,16 @@ def report(model: nn.Module, include_dense: bool = True, include: Sequence[str] 
                 order.append(name)
     order += [n for n in rows if n not in order]
     total = nonzeros = 0
-    for _, p in model.named_parameters():
+    model_params = set()
+    for p in model.parameters():  # shared parameters once (storage, not uses)
         total += p.numel()
         nonzeros += int(torch.count_nonzero(p))
+        model_params.add(id(p))
     for s in packed.values():  # weights stored outside parameters
         total += s.numel
         nonzeros += s.nonzeros
     # soft (STE-style) forward weights: use their counts for the model total too
-    for name in order:
-        s = rows[name]
-        p = dict(model.named_parameters()).get(name)
-        if p is not None:
-            nonzeros += s.nonzeros - int(torch.count_nonzero(p))
+    for name, p in params.items():
+        if id(p) in model_params:
+            nonzeros += rows[name].nonzeros - int(torch.count_nonzero(p))
     return SparsityReport([rows[n] for n in order], total, nonzeros)

@@ -5,13 +5,19 @@ A target is the ``weight`` of a ``nn.Linear``, ``nn.Conv1d/2d/3d`` or Hugging Fa
 user lists in ``keep_dense`` stay dense; ``include`` (regexes) narrows the search, e.g. to the
 decoder layers of a language model. Regexes are matched with ``re.search`` against the
 module name (``layers.0.mlp.up_proj``) and the parameter name (``layers.0.mlp.up_proj.weight``).
+
+A tensor shared by several modules (tied weights) is **one** target: it is named after the
+first module that holds it (``named_modules`` order, as ``named_parameters`` names it), the
+others are listed in :attr:`Target.aliases`, and the include / keep-dense rules see every one
+of its names (kept dense if any name is kept dense). So a shared weight gets one mask and is
+counted once.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,6 +35,8 @@ class Target:
     module_name: str
     module: nn.Module
     param_name: str = "weight"
+    #: other ``(module_name, module)`` whose ``param_name`` is this very tensor (tied weights)
+    aliases: list[tuple[str, nn.Module]] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -37,6 +45,19 @@ class Target:
     @property
     def param(self) -> torch.Tensor:
         return getattr(self.module, self.param_name)
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """Every module that holds this tensor (the owner first, then the aliases)."""
+        return [self.module, *(m for _, m in self.aliases)]
+
+    @property
+    def names(self) -> list[str]:
+        """Every module and parameter name this tensor goes by (for the include / keep-dense rules)."""
+        out = [self.module_name, self.name]
+        for mname, _ in self.aliases:
+            out += [mname, f"{mname}.{self.param_name}" if mname else self.param_name]
+        return out
 
     @property
     def layout(self) -> WeightLayout:
@@ -76,17 +97,24 @@ def find_targets(
             re.compile(p)
         except re.error as e:
             raise SparsecraftError(f"bad regex {p!r} in include/keep_dense: {e}") from None
-    targets = []
+    by_tensor: dict[int, Target] = {}
     for mname, module in model.named_modules():
         if not is_prunable_module(module):
             continue
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
             continue
-        t = Target(mname, module)
-        if include and not name_matches(include, mname, t.name):
+        first = by_tensor.get(id(weight))
+        if first is not None:  # a tied weight: one target, this module is an alias
+            first.aliases.append((mname, module))
             continue
-        if name_matches(keep_dense, mname, t.name):
+        by_tensor[id(weight)] = Target(mname, module)
+    targets = []
+    for t in by_tensor.values():
+        names = t.names
+        if include and not name_matches(include, *names):
+            continue
+        if name_matches(keep_dense, *names):
             continue
         targets.append(t)
     return targets
