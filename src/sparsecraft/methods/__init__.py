@@ -11,7 +11,7 @@ import pkgutil
 
 from sparsecraft.methods.base import METHODS, SparseMethod
 
-_SKIP = {"base", "attach", "forward", "optimizer_state"}
+_SKIP = {"base", "attach", "forward", "optimizer_state", "ownership", "step_hooks", "distributed"}
 
 
 def discover_methods() -> None:
