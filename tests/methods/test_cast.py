@@ -99,7 +99,7 @@ def test_distillation_on_a_hugging_face_causal_lm() -> None:
     transformers = pytest.importorskip("transformers", reason="Hugging Face models need transformers")
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)  # fmt: skip
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
     model = transformers.LlamaForCausalLM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sp = attach(model, opt, method="cast", pattern="2:4", teacher=True, kd_weight=0.5, kd_temperature=2.0,

@@ -42,7 +42,8 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         ref = mk.clone()
         dist.broadcast(ref, src=0)
         same &= torch.equal(ref, mk)
-    out[rank] = (same, grads_equal, len(m.dynamics.updates), sum(u["grown"] for u in m.dynamics.updates), m.skipped_steps)
+    grown = sum(u["grown"] for u in m.dynamics.updates)
+    out[rank] = (same, grads_equal, len(m.dynamics.updates), grown, m.skipped_steps)
     dist.destroy_process_group()
 
 
