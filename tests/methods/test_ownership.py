@@ -41,3 +41,14 @@ def test_a_dropped_method_frees_its_claims() -> None:
     m.finalize()
     del m
     attach(model, opt, method="static", sparsity=0.5, total_steps=10)
+
+
+def test_an_nm_method_is_refused_before_it_touches_the_masks() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    attach(model, None, method="ste", pattern="2:4", total_steps=10)
+    mask = model[0].weight_mask.clone()
+    with pytest.raises(SparsecraftError, match="already managed by .*'ste'"):  # its sync_phase sets 3:4 masks
+        attach(model, None, method="pgf", mode="sdgf", pattern="2:4", dense_steps=0, finetune_steps=0,
+               total_steps=10)  # fmt: skip
+    assert torch.equal(model[0].weight_mask, mask)

@@ -216,7 +216,7 @@ class SparseMethod(StepHooks):
         the optimizer and the model's ``load_state_dict``. Returns ``self``."""
         if self._attached:
             raise SparsecraftError(f"method {self.name!r} is already attached")
-        claim(self, self.optimizer, [t.param for t in self.targets], [t.name for t in self.targets])
+        self._claim()
         try:
             self._set_masks(self.initial_masks())
         except Exception:
@@ -238,6 +238,11 @@ class SparseMethod(StepHooks):
             ]
         self._attached = True
         return self
+
+    def _claim(self) -> None:
+        """Refuse (before any mask is touched) if another attached method owns the optimizer
+        or one of the weights; else claim them."""
+        claim(self, self.optimizer, [t.param for t in self.targets], [t.name for t in self.targets])
 
     def detach(self) -> None:
         """Remove the optimizer and load hooks and the forward patches (masks stay)."""
