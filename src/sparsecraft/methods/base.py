@@ -43,7 +43,7 @@ from sparsecraft.analysis.mask_dynamics import MaskDynamics
 from sparsecraft.criteria import LossFn, make_criterion
 from sparsecraft.distributions import make_distribution
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.masks import MASK_SUFFIX, MaskMeta, set_mask
+from sparsecraft.masks import MASK_SUFFIX, MaskMeta, keep_bits, set_mask, zero_pruned_
 from sparsecraft.methods.distributed import sync_masks
 from sparsecraft.methods.forward import patch_forward, unpatch_forward
 from sparsecraft.methods.optimizer_state import mask_state, reset_state
@@ -139,7 +139,7 @@ class SparseMethod(StepHooks):
         self.dynamics = MaskDynamics()
         self._dense_grads: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
-        self._pruned: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._bits: dict[str, tuple[torch.Tensor, int, torch.dtype, torch.Tensor | None]] = {}
         self._grads_masked = False
         self._stashed_grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.skipped_steps = 0
@@ -264,7 +264,7 @@ class SparseMethod(StepHooks):
         if self.hard_masks:
             for t in self.targets:
                 if t.param.grad is not None:  # where, not multiply: inf * 0 would be NaN
-                    t.param.grad.masked_fill_(self._pruned_mask(t), 0)
+                    zero_pruned_(t.param.grad, self.mask(t), self._keep_bits(t, t.param.grad.dtype))
             self._grads_masked = True
         if self.optimizer is not None and self.skip_optimizer_step():
             self._stash_grads()
@@ -318,16 +318,16 @@ class SparseMethod(StepHooks):
     def _reapply(self) -> None:
         if self.hard_masks:
             for t in self.targets:
-                t.param.data.masked_fill_(self._pruned_mask(t), 0)
+                zero_pruned_(t.param.data, self.mask(t), self._keep_bits(t, t.param.dtype))
 
-    def _pruned_mask(self, target: Target) -> torch.Tensor:
-        """``~mask`` (True = pruned), cached until the mask buffer changes."""
+    def _keep_bits(self, target: Target, dtype: torch.dtype) -> torch.Tensor | None:
+        """:func:`~sparsecraft.masks.keep_bits` of the mask, cached until the buffer changes."""
         mask = self.mask(target)
-        hit = self._pruned.get(target.name)
-        if hit is None or hit[0] is not mask or hit[1] != mask._version:
-            hit = (mask, mask._version, ~mask)
-            self._pruned[target.name] = hit
-        return hit[2]
+        hit = self._bits.get(target.name)
+        if hit is None or hit[0] is not mask or hit[1] != mask._version or hit[2] != dtype:
+            hit = (mask, mask._version, dtype, keep_bits(mask, dtype))
+            self._bits[target.name] = hit
+        return hit[3]
 
     @torch.no_grad()
     def _after_load(self, target: Target) -> None:
