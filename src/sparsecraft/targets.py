@@ -1,15 +1,17 @@
 """Which parameters of a model are prunable ("targets"), and the keep-dense rules.
 
 A target is the ``weight`` of a ``nn.Linear``, ``nn.Conv1d/2d/3d`` or Hugging Face GPT-2
-``Conv1D``. 1-D parameters (biases, norm scales) are never targets. Names or regexes the
-user lists in ``keep_dense`` stay dense; ``include`` (regexes) narrows the search, e.g. to the
-decoder layers of a language model. Regexes are matched with ``re.search`` against the
-module name (``layers.0.mlp.up_proj``) and the parameter name (``layers.0.mlp.up_proj.weight``).
+``Conv1D``. 1-D parameters (biases, norm scales) are never targets. The same two words select
+layers everywhere (API, recipes, CLI): ``targets`` (names or regexes) narrows the search, e.g.
+to the decoder layers of a language model, and layers matching ``ignore`` stay untouched
+(dense). Regexes are matched with ``re.search`` against the module name
+(``layers.0.mlp.up_proj``) and the parameter name (``layers.0.mlp.up_proj.weight``); a plain
+name also matches exactly.
 
 A tensor shared by several modules (tied weights) is **one** target: it is named after the
 first module that holds it (``named_modules`` order, as ``named_parameters`` names it), the
-others are listed in :attr:`Target.aliases`, and the include / keep-dense rules see every one
-of its names (kept dense if any name is kept dense). So a shared weight gets one mask and is
+others are listed in :attr:`Target.aliases`, and the ``targets`` / ``ignore`` rules see every
+one of its names (ignored if any name is ignored). So a shared weight gets one mask and is
 counted once.
 """
 
@@ -53,7 +55,7 @@ class Target:
 
     @property
     def names(self) -> list[str]:
-        """Every module and parameter name this tensor goes by (for the include / keep-dense rules)."""
+        """Every module and parameter name this tensor goes by (for the targets / ignore rules)."""
         out = [self.module_name, self.name]
         for mname, _ in self.aliases:
             out += [mname, f"{mname}.{self.param_name}" if mname else self.param_name]
@@ -73,7 +75,7 @@ class Target:
 
 
 def name_matches(patterns: Iterable[str], *names: str) -> bool:
-    """True if any of ``names`` equals a pattern or matches it as a regex (include / keep_dense rules)."""
+    """True if any of ``names`` equals a pattern or matches it as a regex (targets / ignore rules)."""
     for p in patterns:
         rx = re.compile(p)
         if any(n == p or rx.search(n) for n in names):
@@ -85,18 +87,35 @@ def is_prunable_module(module: nn.Module) -> bool:
     return isinstance(module, PRUNABLE_TYPES) or is_transposed_conv1d(module)
 
 
-def find_targets(
-    model: nn.Module,
-    include: Sequence[str] | None = None,
-    keep_dense: Sequence[str] | None = None,
-) -> list[Target]:
-    """All prunable weights of ``model`` in module order, minus the kept-dense ones."""
-    keep_dense = list(keep_dense or [])
-    for p in [*(include or []), *keep_dense]:
+def check_regexes(patterns: Iterable[str] | None, what: str) -> list[str]:
+    """``patterns`` as a list, each compiled once so a bad regex is a one-line error naming it."""
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = []
+    for p in patterns:
+        if not isinstance(p, str):
+            raise SparsecraftError(f"{what}: expected regex strings, got {p!r}")
         try:
             re.compile(p)
         except re.error as e:
-            raise SparsecraftError(f"bad regex {p!r} in include/keep_dense: {e}") from None
+            raise SparsecraftError(f"bad regex {p!r} in {what}: {e}") from None
+        out.append(p)
+    return out
+
+
+def find_targets(
+    model: nn.Module,
+    targets: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+) -> list[Target]:
+    """All prunable weights of ``model`` in module order that match ``targets`` (default: all)
+    and not ``ignore``."""
+    if not isinstance(model, nn.Module):
+        raise SparsecraftError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    include = check_regexes(targets, "targets")
+    ignore = check_regexes(ignore, "ignore")
     by_tensor: dict[int, Target] = {}
     for mname, module in model.named_modules():
         if not is_prunable_module(module):
@@ -109,12 +128,12 @@ def find_targets(
             first.aliases.append((mname, module))
             continue
         by_tensor[id(weight)] = Target(mname, module)
-    targets = []
+    found = []
     for t in by_tensor.values():
         names = t.names
         if include and not name_matches(include, *names):
             continue
-        if name_matches(keep_dense, *names):
+        if name_matches(ignore, *names):
             continue
-        targets.append(t)
-    return targets
+        found.append(t)
+    return found

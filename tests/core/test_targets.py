@@ -22,5 +22,5 @@ def test_a_shared_weight_is_one_target_with_aliases() -> None:
 
 def test_rules_see_every_name_of_a_shared_weight() -> None:
     model = _tied()
-    assert [t.name for t in find_targets(model, keep_dense=["^2$"])] == ["3.weight"]
-    assert [t.name for t in find_targets(model, include=[r"^2\."])] == ["0.weight"]
+    assert [t.name for t in find_targets(model, ignore=["^2$"])] == ["3.weight"]
+    assert [t.name for t in find_targets(model, targets=[r"^2\."])] == ["0.weight"]

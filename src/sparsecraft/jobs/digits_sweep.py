@@ -18,13 +18,13 @@ from pydantic import field_validator
 from torch import nn
 from tqdm import tqdm
 
-from sparsecraft.checkpoint import save
+from sparsecraft.atomic import write_json
 from sparsecraft.criteria import CRITERIA
 from sparsecraft.data.digits import load_digits_split
-from sparsecraft.plan import SparsityPlan
-from sparsecraft.pruning import prune
-from sparsecraft.recipe import JOBS, Job, OutputConfig, Strict
-from sparsecraft.runner import write_json
+from sparsecraft.formats.checkpoint import save
+from sparsecraft.jobs.prune_config import PruneConfig
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.oneshot.api import prune
 
 
 class ModelConfig(Strict):
@@ -69,7 +69,7 @@ class DigitsSweepConfig(Strict):
     seed: int = 0
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    sparsity: SparsityPlan = SparsityPlan()
+    sparsity: PruneConfig = PruneConfig()
     sweep: SweepConfig = SweepConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     output: OutputConfig = OutputConfig()
@@ -137,7 +137,7 @@ class DigitsSweep(Job):
         grid = [(c, s) for c in criteria for s in config.sweep.sparsities]
         for crit, s in tqdm(grid, desc="prune sweep", unit="model"):
             pruned = copy.deepcopy(model)
-            rep = prune(pruned, s, **{**plan, "criterion": crit}, data=calib)
+            rep = prune(pruned, s, **{**plan, "criterion": crit}, calib=calib, progress=False)
             acc[crit][s] = accuracy(pruned, x_te, y_te)
             rows.append(
                 {"criterion": crit, "sparsity": s, "true_sparsity": rep.sparsity, "test_accuracy": acc[crit][s]}
@@ -147,7 +147,8 @@ class DigitsSweep(Job):
                 (run_dir / "pruned_layers.md").write_text(rep.to_markdown() + "\n")
         if not (run_dir / "pruned.safetensors").exists():
             pruned = copy.deepcopy(model)
-            prune(pruned, config.checkpoint.sparsity, **{**plan, "criterion": config.checkpoint.criterion}, data=calib)
+            prune(pruned, config.checkpoint.sparsity, **{**plan, "criterion": config.checkpoint.criterion}, calib=calib,
+                  progress=False)
             save(pruned, run_dir / "pruned.safetensors", extra={"test_accuracy": accuracy(pruned, x_te, y_te)})
         table = markdown_table(config.sweep.sparsities, criteria, acc, dense_acc)
         (run_dir / "table.md").write_text(f"# Digits MLP: test accuracy (%) vs. one-shot sparsity\n\n{table}\n")

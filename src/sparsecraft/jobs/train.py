@@ -24,13 +24,12 @@ from typing import Any
 
 import torch
 from pydantic import field_validator
-from tqdm import tqdm
 
 import sparsecraft
+from sparsecraft.atomic import write_json
 from sparsecraft.errors import RecipeError, SparsecraftError
-from sparsecraft.methods import METHODS, discover_methods
-from sparsecraft.recipe import JOBS, Job, OutputConfig, Strict
-from sparsecraft.runner import write_json
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.methods import METHODS
 from sparsecraft.training.loop import OptimSettings, StepTimes, evaluate, lr_at, make_optimizer, train_epoch
 from sparsecraft.training.plots import plot_curves, plot_sparsity
 from sparsecraft.training.state import STATE_FILE, load_training_state, save_training_state
@@ -55,7 +54,7 @@ class CheckpointConfig(Strict):
 
 
 class SoupConfig(Strict):
-    """Sparse Model Soups after dense training (see sparsecraft.training.soup_runner)."""
+    """Sparse Model Soups after dense training (see sparsecraft.training.soup_training)."""
 
     phases: int = 3
     ingredients: list[dict[str, Any]] = [{"seed": 1}, {"seed": 2}, {"seed": 3}]  #: seed / weight_decay each
@@ -91,7 +90,7 @@ class TrainJobConfig(Strict):
     epochs: int = 20
     batch_size: int = 128
     optimizer: OptimizerConfig = OptimizerConfig()
-    keep_dense: list[str] | None = None  #: default: the model's own rule (cnn: first conv)
+    ignore: list[str] | None = None  #: layers left dense; default: the model's own rule (cnn: first conv)
     checkpoint: CheckpointConfig = CheckpointConfig()
     threads: int | None = None
     progress: bool = True
@@ -115,7 +114,6 @@ class TrainJobConfig(Strict):
     @field_validator("method")
     @classmethod
     def _method(cls, v: Any) -> Any:
-        discover_methods()
         name = v.get("name") if isinstance(v, dict) else v
         if name is None or name == "dense":
             return v
@@ -182,14 +180,10 @@ class TrainJob(Job):
             start_epoch, step, curves = int(extra["epoch"]), int(extra["step"]), list(extra["curves"])
         times = StepTimes()
         for epoch in range(start_epoch, config.epochs):
-            bar = (
-                (lambda it, e=epoch: tqdm(it, desc=f"epoch {e + 1}/{config.epochs}", leave=False))
-                if config.progress
-                else None
-            )
             tr_loss, tr_acc, step = train_epoch(
                 model, opt, method, x, y, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
-                step0=step, lr_fn=lambda t: lr_at(t, total, os_.lr, os_.schedule, cycle), times=times, progress=bar,
+                step0=step, lr_fn=lambda t: lr_at(t, total, os_.lr, os_.schedule, cycle), times=times,
+                progress=config.progress, desc=f"epoch {epoch + 1}/{config.epochs}",
             )  # fmt: skip
             te_loss, te_acc = evaluate(model, xt, yt)
             rep = sparsecraft.report(model)
@@ -205,13 +199,13 @@ class TrainJob(Job):
                         "stopped_after_epoch": epoch + 1, "curves": curves, "final": None}  # fmt: skip
         result_extra: dict[str, Any] = {}
         if config.soup is not None:
-            from sparsecraft.training.soup_runner import run_soup
+            from sparsecraft.training.soup_training import run_soup
 
             sc = config.soup
             model, history = run_soup(
                 model, (x, y), sparsity=float(config.sparsity), phases=sc.phases, ingredients=sc.ingredients,
                 mode=sc.mode, epochs_per_phase=sc.epochs_per_phase, batch_size=config.batch_size, optim=os_,
-                validation=min(sc.validation, len(x) // 5), progress=None,
+                validation=min(sc.validation, len(x) // 5), progress=False,
             )  # fmt: skip
             result_extra = {"method": "sparse-model-soups", "soup": history}
         out = self._finish(config, run_dir, model, method, xt, yt, curves, times, spe, total)
@@ -226,12 +220,12 @@ class TrainJob(Job):
             return None
         kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
         name = kw.pop("name")
-        if config.keep_dense is not None:
-            kw.setdefault("keep_dense", config.keep_dense)
+        if config.ignore is not None:
+            kw.setdefault("ignore", config.ignore)
         elif config.model == "cnn":
-            from sparsecraft.models.vision import KEEP_DENSE
+            from sparsecraft.models.vision import DEFAULT_IGNORE
 
-            kw.setdefault("keep_dense", KEEP_DENSE["cnn"])
+            kw.setdefault("ignore", DEFAULT_IGNORE["cnn"])
         kw.setdefault("seed", config.seed)
         if "sparsity" in kw:
             raise RecipeError("method.sparsity: give the sparsity at the top level of the recipe ('sparsity:')")

@@ -50,12 +50,12 @@ from sparsecraft.methods.optimizer_state import mask_state, reset_state
 from sparsecraft.methods.ownership import claim, release
 from sparsecraft.methods.step_hooks import StepHooks
 from sparsecraft.patterns import parse_pattern
-from sparsecraft.pruning import plan_masks
+from sparsecraft.pruning import decide_masks
 from sparsecraft.registry import Registry
 from sparsecraft.schedules import UpdateRule, make_schedule
 from sparsecraft.targets import Target, find_targets
 
-METHODS: Registry[type[SparseMethod]] = Registry("method")
+METHODS: Registry[type[SparseMethod]] = Registry("method", package="sparsecraft.methods")
 
 #: optimizers whose update of a weight with zero gradient, zero state and zero value is exactly
 #: zero (element-wise rules, incl. coupled/decoupled weight decay): masking the gradient before
@@ -111,11 +111,11 @@ class SparseMethod(StepHooks):
         pattern: Any = "unstructured",
         distribution: Any = None,
         criterion: Any = None,
-        include: list[str] | None = None,
-        keep_dense: list[str] | None = None,
+        targets: list[str] | None = None,
+        ignore: list[str] | None = None,
         update: Mapping[str, Any] | UpdateRule | None = None,
         seed: int = 0,
-        data: Iterable[Any] | None = None,
+        calib: Iterable[Any] | None = None,
         loss_fn: LossFn | None = None,
         hooks: bool = True,
     ) -> None:
@@ -127,13 +127,13 @@ class SparseMethod(StepHooks):
         self.pattern = parse_pattern(pattern)
         self.distribution = make_distribution(distribution or self.default_distribution)
         self.criterion = make_criterion(criterion or self.default_criterion)
-        self.targets: list[Target] = find_targets(model, include=include, keep_dense=keep_dense)
+        self.targets: list[Target] = find_targets(model, targets=targets, ignore=ignore)
         if not self.targets:
             raise SparsecraftError("no prunable layer found (Linear, Conv1d/2d/3d or GPT-2 Conv1D)")
         self.update_rule = make_update_rule(update, self.total_steps, self.default_update)
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.data, self.loss_fn = data, loss_fn
+        self.calib, self.loss_fn = calib, loss_fn
         self.use_hooks = hooks and optimizer is not None
         self.step_count = 0
         self.dynamics = MaskDynamics()
@@ -163,8 +163,8 @@ class SparseMethod(StepHooks):
     def plan(self, sparsity: float, criterion: Any = None) -> dict[str, torch.Tensor]:
         """Keep-masks for ``sparsity`` from a criterion + the distribution + the pattern."""
         crit = make_criterion(criterion) if criterion is not None else self.criterion
-        crit.prepare(self.model, self.targets, data=self.data, loss_fn=self.loss_fn)
-        planned = plan_masks(self.targets, sparsity, self.pattern, crit, self.distribution)
+        crit.prepare(self.model, self.targets, data=self.calib, loss_fn=self.loss_fn)
+        planned = decide_masks(self.targets, sparsity, self.pattern, crit, self.distribution)
         return {name: keep for name, (_, _, _, keep) in planned.items()}
 
     # ----------------------------------------------------------------- hooks to override

@@ -1,5 +1,5 @@
-"""The sparsity plan section shared by recipes: the arguments of :func:`sparsecraft.prune`
-written down (pattern, criterion, distribution, include / keep-dense rules, overrides)."""
+"""The prune section shared by recipes: the arguments of :func:`sparsecraft.prune` written down
+(method, criterion, pattern, distribution, targets / ignore, overrides)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pydantic import field_validator
 from sparsecraft.criteria import CRITERIA
 from sparsecraft.distributions import DISTRIBUTIONS
 from sparsecraft.errors import SparsecraftError
+from sparsecraft.jobs.recipe import Strict
 from sparsecraft.patterns import parse_pattern
-from sparsecraft.recipe import Strict
+from sparsecraft.targets import check_regexes
 
 
 def _check_named(registry, value: Any) -> Any:  # noqa: ANN001
@@ -27,16 +28,32 @@ class OverrideConfig(Strict):
     sparsity: float | None = None
 
 
-class SparsityPlan(Strict):
+class PruneConfig(Strict):
     """How to prune: maps one-to-one to ``sparsecraft.prune`` keyword arguments."""
 
+    method: str | None = None
+    criterion: str | dict | None = None
     pattern: str | dict = "unstructured"
-    criterion: str | dict = "magnitude"
     distribution: str | dict = "uniform"
-    include: list[str] = []
-    keep_dense: list[str] = []
+    targets: list[str] = []
+    ignore: list[str] = []
     overrides: list[OverrideConfig] = []
     skip_unfit: bool = False
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: Any) -> Any:
+        from sparsecraft.oneshot.base import ONESHOT
+
+        return v if v is None else _check_named(ONESHOT, v)
+
+    @field_validator("targets", "ignore")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        try:
+            return check_regexes(v, "targets/ignore")
+        except SparsecraftError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("pattern")
     @classmethod
@@ -50,7 +67,7 @@ class SparsityPlan(Strict):
     @field_validator("criterion")
     @classmethod
     def _criterion(cls, v: Any) -> Any:
-        return _check_named(CRITERIA, v)
+        return v if v is None else _check_named(CRITERIA, v)
 
     @field_validator("distribution")
     @classmethod
@@ -62,8 +79,9 @@ class SparsityPlan(Strict):
             "pattern": self.pattern,
             "criterion": self.criterion,
             "distribution": self.distribution,
-            "include": self.include or None,
-            "keep_dense": self.keep_dense,
+            "method": self.method,
+            "targets": self.targets or None,
+            "ignore": self.ignore,
             "overrides": [o.model_dump() for o in self.overrides],
             "skip_unfit": self.skip_unfit,
         }

@@ -70,7 +70,7 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("sparsecraft.checkpoint.save_file", boom)
+    monkeypatch.setattr("sparsecraft.formats.checkpoint.save_file", boom)
     with pytest.raises(OSError):
         sparsecraft.save(small_mlp(1), path)
     assert path.read_bytes() == before
@@ -81,11 +81,11 @@ def test_metadata_records_pattern_target_method(tmp_path):
     from safetensors import safe_open
 
     model = small_mlp()
-    sparsecraft.prune(model, 0.5, method="gmp", step=42)
+    sparsecraft.prune(model, 0.5, step=42)
     path = sparsecraft.save(model, tmp_path / "m.safetensors")
     with safe_open(str(path), "pt") as f:
         doc = json.loads(f.metadata()["sparsecraft"])
     meta = doc["masks"]["0.weight_mask"]
-    assert meta["pattern"] == "unstructured" and meta["method"] == "gmp" and meta["step"] == 42
+    assert meta["pattern"] == "unstructured" and meta["method"] == "magnitude" and meta["step"] == 42
     assert meta["target"] == pytest.approx(0.5)
     assert os.path.getsize(path) > 0

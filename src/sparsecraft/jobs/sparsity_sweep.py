@@ -2,7 +2,7 @@
 
     job: sparsity-sweep
     model: all-minilm-l6-v2        # or smollm2-135m, or a local HF directory
-    method: magnitude
+    criterion: magnitude           # or: criterion wanda / method sparsegpt (with calibration text)
     distribution: global           # one |w| ranking over all block Linear weights
     sparsities: [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     text: shakespeare
@@ -15,32 +15,31 @@ after every point) and ``sweep.png``.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import Field
 
+from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
 
 DEFAULT_SPARSITIES = [round(0.1 * i, 1) for i in range(10)]
 
 
 class SweepConfig(Strict):
     model: str = "all-minilm-l6-v2"
-    method: str = "magnitude"
-    distribution: str = "global"  #: global (magnitude only) or uniform
+    method: str | None = None  #: a one-shot method (sparsegpt); None = prune by ``criterion``
+    criterion: str | None = None  #: default magnitude (wanda needs calibration text)
+    distribution: str = "global"  #: global (data-free criteria only), uniform, erk, owl
     pattern: str = "unstructured"
     sparsities: list[float] = DEFAULT_SPARSITIES
     metric: str = "auto"  #: auto, perplexity, embedding
     text: str = "shakespeare"  #: evaluation text (and calibration text for wanda/sparsegpt)
     n_calib: int = Field(32, ge=0)
     n_eval: int = Field(16, ge=1)
-    seqlen: int = Field(512, ge=2)
+    seq_len: int = Field(512, ge=2)
     n_sentences: int = Field(256, ge=1)
     max_length: int = Field(128, ge=8)
     tolerance: float = Field(0.01, ge=0.0)
@@ -51,29 +50,24 @@ class SweepConfig(Strict):
     output: OutputConfig = OutputConfig()
 
 
-def _pruner(cfg: SweepConfig, calib: torch.Tensor | None):
-    from sparsecraft.oneshot import find_blocks, prune_model
-    from sparsecraft.pruning import prune
+def _label(cfg: SweepConfig) -> str:
+    return cfg.method or cfg.criterion or "magnitude"
 
-    if cfg.distribution not in ("global", "uniform"):
-        raise SparsecraftError(f"distribution {cfg.distribution!r}; allowed: global, uniform")
-    if cfg.distribution == "global" and cfg.method != "magnitude":
-        raise SparsecraftError("the global distribution ranks |w| across layers: use it with method magnitude")
+
+def _pruner(cfg: SweepConfig, calib: torch.Tensor | None):
+    from sparsecraft.oneshot.api import prune
 
     def prune_fn(model: torch.nn.Module, s: float) -> float:
-        if cfg.distribution == "global":
-            include = cfg.targets or [rf"^{re.escape(find_blocks(model).prefix)}\.\d+\."]
-            rep = prune(model, s, cfg.pattern, "magnitude", "global", include=include, keep_dense=cfg.ignore)
-            return rep.sparsity
-        res = prune_model(model, calib, cfg.method, s, cfg.pattern, targets=cfg.targets, ignore=cfg.ignore,
-                          progress=False)
-        return res.report.sparsity
+        rep = prune(model, s, method=cfg.method, criterion=cfg.criterion, pattern=cfg.pattern,
+                    distribution=cfg.distribution, targets=cfg.targets, ignore=cfg.ignore, calib=calib,
+                    progress=False)
+        return rep.sparsity
 
     return prune_fn
 
 
 def run_sweep_job(cfg: SweepConfig, run_dir: Path) -> dict[str, Any]:
-    from sparsecraft.analysis.sweep import run_sweep
+    from sparsecraft.analysis.sparsity_sweep import run_sweep
     from sparsecraft.data.text import build_protocol, sentences
     from sparsecraft.evaluation.embedding import embedding_similarity, encode_batches, sentence_embeddings
     from sparsecraft.evaluation.perplexity import perplexity
@@ -89,9 +83,9 @@ def run_sweep_job(cfg: SweepConfig, run_dir: Path) -> dict[str, Any]:
         raise SparsecraftError(f"metric {cfg.metric!r}; allowed: auto, perplexity, embedding")
     calib = None
     info: dict[str, Any] = {"model": cfg.model, "metric": metric}
-    if metric == "perplexity" or cfg.method != "magnitude":
-        proto = build_protocol(lm.tokenizer, cfg.text, None, cfg.n_calib if cfg.method != "magnitude" else 0,
-                               cfg.n_eval, cfg.seqlen)
+    calibrated = _label(cfg) != "magnitude" or cfg.distribution == "owl"
+    if metric == "perplexity" or calibrated:
+        proto = build_protocol(lm.tokenizer, cfg.text, None, cfg.n_calib if calibrated else 0, cfg.n_eval, cfg.seq_len)
         calib, info["protocol"] = proto.calib, proto.fingerprint
     if metric == "perplexity":
         def evaluate(model: torch.nn.Module) -> float:
@@ -109,18 +103,18 @@ def run_sweep_job(cfg: SweepConfig, run_dir: Path) -> dict[str, Any]:
         name, higher = "embedding cosine similarity", True
 
     def write(result) -> None:
-        doc = {**info, "method": cfg.method, "distribution": cfg.distribution, **result.to_dict()}
-        tmp = run_dir / ".sweep.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, run_dir / "sweep.json")
-        (run_dir / "sweep.md").write_text(result.to_markdown() + "\n")
+        doc = {**info, "method": cfg.method, "criterion": cfg.criterion, "distribution": cfg.distribution,
+               **result.to_dict()}
+        atomic.write_json(run_dir / "sweep.json", doc)
+        atomic.write_text(run_dir / "sweep.md", result.to_markdown() + "\n")
 
     result = run_sweep(lm.model, cfg.sparsities, _pruner(cfg, calib), evaluate, name, higher, cfg.tolerance,
                        cfg.progress, on_point=write)
     write(result)
-    title = f"{cfg.model}: {cfg.method} ({cfg.distribution}) sweep"
+    title = f"{cfg.model}: {_label(cfg)} ({cfg.distribution}) sweep"
     plot = result.plot(run_dir / "sweep.png", title)
-    return {**info, "method": cfg.method, "distribution": cfg.distribution, **result.to_dict(), "plot": str(plot)}
+    return {**info, "method": cfg.method, "criterion": cfg.criterion, "distribution": cfg.distribution,
+            **result.to_dict(), "plot": str(plot)}
 
 
 @JOBS.register("sparsity-sweep")
