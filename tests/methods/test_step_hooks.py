@@ -26,7 +26,7 @@ def _closure(model, opt, batch):  # noqa: ANN001, ANN202
     lambda p: torch.optim.Adam(p, lr=0.05),
     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
     lambda p: torch.optim.LBFGS(p, lr=0.1, max_iter=3),
-])  # fmt: skip
+], ids=["adam", "sgd", "lbfgs"])  # fmt: skip
 def test_closure_step_keeps_exact_sparsity(make_opt) -> None:  # noqa: ANN001
     model = tiny_mlp()
     opt = make_opt(model.parameters())
