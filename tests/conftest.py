@@ -33,4 +33,4 @@ def shakespeare_protocol(smollm2_dir):
 
     real_models.shakespeare_files()
     tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
-    return build_protocol(tok, "shakespeare", n_calib=4, n_eval=1, seqlen=512)
+    return build_protocol(tok, "shakespeare", n_calib=4, n_eval=1, seq_len=512)

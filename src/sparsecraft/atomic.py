@@ -7,11 +7,13 @@ content is complete; on any error the temporary is removed and the old file stay
 * :func:`write_text` / :func:`write_json` -- a text or JSON file;
 * :func:`save_figure` -- a matplotlib figure (closed afterwards);
 * :func:`directory` -- a context manager yielding a temporary folder that replaces ``dest``
-  (e.g. a Hugging Face ``save_pretrained`` folder) when the block ends without error.
+  (e.g. a Hugging Face ``save_pretrained`` folder) when the block ends without error;
+  :func:`recover_directory` puts the previous folder back after a crash inside its swap.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -82,3 +84,20 @@ def directory(dest: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_directory(dest: str | os.PathLike) -> bool:
+    """Finish what a crash inside :func:`directory` interrupted: if ``dest`` is missing while
+    its previous version was already moved aside (``.<name>.old.*/<name>``, the only moment
+    ``dest`` does not exist), move that complete previous version back. Returns whether it did.
+    """
+    dest = Path(dest)
+    if dest.exists() or not dest.parent.is_dir():
+        return False
+    for aside in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.old.*")):
+        previous = aside / dest.name
+        if previous.exists():
+            os.replace(previous, dest)
+            shutil.rmtree(aside, ignore_errors=True)
+            return True
+    return False

@@ -39,7 +39,7 @@ def test_prune_cli_in_process(tiny, tmp_path, capsys):
     hf = AutoModelForCausalLM.from_pretrained(str(out / "model"))
     # the reported perplexities are those of the dense model and of the saved pruned copy on the
     # protocol's evaluation windows, recomputed here
-    proto = build_protocol(AutoTokenizer.from_pretrained(str(model_dir)), str(text), n_calib=4, n_eval=2, seqlen=32)
+    proto = build_protocol(AutoTokenizer.from_pretrained(str(model_dir)), str(text), n_calib=4, n_eval=2, seq_len=32)
     dense_model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     assert dense["perplexity"] == pytest.approx(perplexity(dense_model, proto.eval, 2, progress=False), rel=1e-5)
     assert pruned["perplexity"] == pytest.approx(perplexity(hf, proto.eval, 2, progress=False), rel=1e-5)

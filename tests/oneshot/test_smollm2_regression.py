@@ -17,9 +17,9 @@ per session, shared with the other real-model tests).
 import pytest
 import torch
 
+from sparsecraft import prune
 from sparsecraft.evaluation.perplexity import perplexity
 from sparsecraft.models import load_model
-from sparsecraft.oneshot import prune_model
 
 DENSE_PPL = 101.3661
 WANDA_50_PPL = 180.6330
@@ -39,7 +39,7 @@ def test_wanda_50_on_smollm2_matches_the_pinned_perplexity(smollm2_dir, shakespe
     calib, evals = shakespeare_protocol.calib[:2], shakespeare_protocol.eval[:1]
     dense = perplexity(lm.model, evals, batch_size=1, progress=False)
     assert dense == pytest.approx(DENSE_PPL, rel=BAND)
-    res = prune_model(lm.model, calib, "wanda", 0.5, batch_size=2, progress=False)
+    rep = prune(lm.model, 0.5, criterion="wanda", calib=calib, batch_size=2, progress=False)
     # every Linear of the 30 blocks has an even input width: floor(0.5 * in) per row is exactly half
-    assert res.report.sparsity == 0.5 and len(res.report.layers) == 30 * 7
+    assert rep.sparsity == 0.5 and len(rep.layers) == 30 * 7
     assert perplexity(lm.model, evals, batch_size=1, progress=False) == pytest.approx(WANDA_50_PPL, rel=BAND)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from sparsecraft.criteria import CRITERIA
 from sparsecraft.distributions import DISTRIBUTIONS
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.jobs.recipe import Strict
+from sparsecraft.jobs.recipe import Strict, check_regex, regex_list_validator
 from sparsecraft.patterns import parse_pattern
-from sparsecraft.targets import check_regexes
 
 
 def _check_named(registry, value: Any) -> Any:  # noqa: ANN001
@@ -22,10 +21,29 @@ def _check_named(registry, value: Any) -> Any:  # noqa: ANN001
     return value
 
 
+def check_pattern_spec(v: Any) -> Any:
+    """A pydantic-friendly check that ``v`` is a pattern spec :func:`parse_pattern` accepts."""
+    try:
+        parse_pattern(v)
+    except SparsecraftError as e:
+        raise ValueError(str(e)) from None
+    return v
+
+
 class OverrideConfig(Strict):
-    match: str
+    match: str  #: regex on the layer name
     pattern: str | dict | None = None
-    sparsity: float | None = None
+    sparsity: float | None = Field(None, ge=0.0, le=1.0)
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, v: str) -> str:
+        return check_regex(v)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: Any) -> Any:
+        return v if v is None else check_pattern_spec(v)
 
 
 class PruneConfig(Strict):
@@ -47,22 +65,12 @@ class PruneConfig(Strict):
 
         return v if v is None else _check_named(ONESHOT, v)
 
-    @field_validator("targets", "ignore")
-    @classmethod
-    def _regexes(cls, v: list[str]) -> list[str]:
-        try:
-            return check_regexes(v, "targets/ignore")
-        except SparsecraftError as e:
-            raise ValueError(str(e)) from None
+    _layer_rules = regex_list_validator("targets", "ignore")
 
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, v: Any) -> Any:
-        try:
-            parse_pattern(v)
-        except SparsecraftError as e:
-            raise ValueError(str(e)) from None
-        return v
+        return check_pattern_spec(v)
 
     @field_validator("criterion")
     @classmethod

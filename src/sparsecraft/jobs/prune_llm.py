@@ -23,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.formats.checkpoint import save as save_sparse
-from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.prune_config import check_pattern_spec
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, regex_list_validator
 from sparsecraft.masks import MASK_SUFFIX, remove_masks
+
+RECOVERY_LOSSES = ("squarehead", "lm")  #: sparsecraft.oneshot.recovery.LOSSES (not imported: torch-heavy)
 
 
 class DataConfig(Strict):
@@ -38,7 +41,7 @@ class DataConfig(Strict):
     n_calib: int = Field(32, ge=0)
     n_eval: int | None = Field(16, ge=1)
     seq_len: int = Field(512, ge=2)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
 
 
 class RunConfig(Strict):
@@ -62,6 +65,45 @@ class RunConfig(Strict):
     def algorithm(self) -> str:
         return self.method or self.criterion or "magnitude"
 
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str | None) -> str | None:
+        from sparsecraft.oneshot.base import ONESHOT
+
+        if v is not None and v.lower() not in ONESHOT:
+            raise ValueError(f"unknown one-shot method {v!r}; allowed: {', '.join(ONESHOT.names())} "
+                             "(magnitude and wanda are criteria: criterion: wanda)")
+        return v
+
+    @field_validator("criterion")
+    @classmethod
+    def _criterion(cls, v: str | None) -> str | None:
+        from sparsecraft.criteria import CRITERIA
+
+        if v is not None and v.lower() not in CRITERIA:
+            raise ValueError(f"unknown criterion {v!r}; allowed: {', '.join(CRITERIA.names())}")
+        return v
+
+    @field_validator("distribution")
+    @classmethod
+    def _distribution(cls, v: str | dict) -> str | dict:
+        from sparsecraft.distributions import DISTRIBUTIONS, make_distribution
+        from sparsecraft.errors import SparsecraftError
+
+        name = v.get("type") if isinstance(v, dict) else v
+        if not isinstance(name, str) or name.lower() not in DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {name!r}; allowed: {', '.join(DISTRIBUTIONS.names())}")
+        try:
+            make_distribution(v)
+        except SparsecraftError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        return check_pattern_spec(v)
+
     def label(self) -> str:
         if self.name:
             return self.name
@@ -73,14 +115,21 @@ class RunConfig(Strict):
 class RecoveryConfig(Strict):
     steps: int = Field(0, ge=0)  #: 0 = no recovery fine-tune
     loss: str = "squarehead"
-    lr: float = 1e-5
+    lr: float = Field(1e-5, gt=0)
     batch_size: int = Field(1, ge=1)
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        if v not in RECOVERY_LOSSES:
+            raise ValueError(f"unknown recovery loss {v!r}; allowed: {', '.join(RECOVERY_LOSSES)}")
+        return v
 
 
 class PruneLLMConfig(Strict):
     model: str = "smollm2-135m"
     data: DataConfig = DataConfig()
-    runs: list[RunConfig] = [RunConfig(method="sparsegpt")]
+    runs: list[RunConfig] = Field([RunConfig(method="sparsegpt")], min_length=1)
     dense: bool = True  #: evaluate the dense model first
     targets: list[str] | None = None
     ignore: list[str] | None = None
@@ -89,9 +138,20 @@ class PruneLLMConfig(Strict):
     recovery: RecoveryConfig = RecoveryConfig()
     save: bool = True
     plot: bool = True
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
     progress: bool = True
     output: OutputConfig = OutputConfig()
+
+    _layer_rules = regex_list_validator("targets", "ignore")
+
+    @model_validator(mode="after")
+    def _calibration(self) -> PruneLLMConfig:
+        needy = [r.label() for r in self.runs if r.algorithm != "magnitude" or r.label().split()[0].endswith("+owl")]
+        if needy and self.data.n_calib < 1:
+            raise ValueError(f"data.n_calib: {', '.join(needy)} need calibration windows; give n_calib >= 1")
+        if self.recovery.steps and self.data.n_calib < 1:
+            raise ValueError("data.n_calib: the recovery fine-tune trains on calibration windows; give n_calib >= 1")
+        return self
 
 
 def _atomic_json(path: Path, obj: Any) -> None:

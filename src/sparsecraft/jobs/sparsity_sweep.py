@@ -16,14 +16,15 @@ after every point) and ``sweep.png``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.prune_config import check_pattern_spec
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, regex_list_validator
 
 DEFAULT_SPARSITIES = [round(0.1 * i, 1) for i in range(10)]
 
@@ -34,7 +35,7 @@ class SweepConfig(Strict):
     criterion: str | None = None  #: default magnitude (wanda needs calibration text)
     distribution: str = "global"  #: global (data-free criteria only), uniform, erk, owl
     pattern: str = "unstructured"
-    sparsities: list[float] = DEFAULT_SPARSITIES
+    sparsities: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(DEFAULT_SPARSITIES, min_length=1)
     metric: str = "auto"  #: auto, perplexity, embedding
     text: str = "shakespeare"  #: evaluation text (and calibration text for wanda/sparsegpt)
     n_calib: int = Field(32, ge=0)
@@ -45,9 +46,34 @@ class SweepConfig(Strict):
     tolerance: float = Field(0.01, ge=0.0)
     targets: list[str] | None = None
     ignore: list[str] | None = None
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
     progress: bool = True
     output: OutputConfig = OutputConfig()
+
+    _layer_rules = regex_list_validator("targets", "ignore")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        return check_pattern_spec(v)
+
+    @model_validator(mode="after")
+    def _choices(self) -> SweepConfig:
+        from sparsecraft.criteria import CRITERIA
+        from sparsecraft.distributions import DISTRIBUTIONS
+        from sparsecraft.oneshot.base import ONESHOT
+
+        choices = {"method": (ONESHOT, True), "criterion": (CRITERIA, True), "distribution": (DISTRIBUTIONS, False)}
+        for key, (registry, optional) in choices.items():
+            value = getattr(self, key)
+            if (value is None and not optional) or (value is not None and value.lower() not in registry):
+                raise ValueError(f"{key}: unknown {registry.kind} {value!r}; allowed: {', '.join(registry.names())}")
+        if self.metric not in ("auto", "perplexity", "embedding"):
+            raise ValueError(f"metric: unknown metric {self.metric!r}; allowed: auto, perplexity, embedding")
+        if self.distribution == "global" and (self.method is not None or (self.criterion or "magnitude") == "wanda"):
+            raise ValueError("distribution: 'global' ranks every layer at once, which block-by-block pruning "
+                             "cannot do; use uniform, erk or owl with wanda / sparsegpt")
+        return self
 
 
 def _label(cfg: SweepConfig) -> str:
