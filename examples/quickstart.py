@@ -30,7 +30,7 @@ print(rep)
 # save (safetensors + JSON metadata, masks as bits, atomic) and reload into a fresh model
 sparsecraft.save(model, "/tmp/quickstart.safetensors")
 fresh = make_mlp()
-sparsecraft.load("/tmp/quickstart.safetensors", fresh)
+sparsecraft.load(fresh, "/tmp/quickstart.safetensors")
 x = torch.randn(4, 784)
 assert torch.equal(model(x), fresh(x))
 print("reloaded model gives bit-identical outputs")

@@ -8,7 +8,7 @@ run it fast. The main entry points::
                             distribution="erk", keep_dense=["classifier"])
     print(sparsecraft.report(model))
     sparsecraft.save(model, "model.safetensors")
-    sparsecraft.load("model.safetensors", fresh_model)
+    sparsecraft.load(fresh_model, "model.safetensors")
 """
 
 from sparsecraft.errors import SparsecraftError

@@ -40,7 +40,7 @@ def test_compress_a_sparsecraft_checkpoint_keeps_masks(tmp_path, capsys):
     assert main(["compress", str(dense), str(tmp_path / "p.safetensors")]) == 0
     assert "tensors per format" in capsys.readouterr().out
     fresh = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 8))
-    sparsecraft.load(tmp_path / "p.safetensors", fresh)
+    sparsecraft.load(fresh, tmp_path / "p.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     assert fresh[0].sparsecraft_meta["weight"].step == 3
     assert main(["decompress", str(tmp_path / "p.safetensors"), str(tmp_path / "back.safetensors")]) == 0

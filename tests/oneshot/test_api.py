@@ -85,7 +85,7 @@ def test_checkpoint_roundtrip_after_prune(tmp_path):
     model = tiny_llama()
     prune_model(model, calib_ids(2), method="sparsegpt", sparsity=0.5, pattern="2:4", progress=False)
     path = sparsecraft.save(model, tmp_path / "m.safetensors")
-    fresh = sparsecraft.load(path, tiny_llama(seed=5))
+    fresh = sparsecraft.load(tiny_llama(seed=5), path)
     ids = calib_ids(1)
     assert torch.allclose(fresh(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
     assert sparsecraft.report(fresh).sparsity == pytest.approx(sparsecraft.report(model).sparsity)

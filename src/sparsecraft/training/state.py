@@ -21,7 +21,8 @@ from safetensors import safe_open
 from torch import nn
 
 from sparsecraft.errors import CheckpointError
-from sparsecraft.formats.checkpoint import atomic_save_file, load, save
+from sparsecraft import atomic
+from sparsecraft.formats.checkpoint import load, save
 from sparsecraft.methods.base import SparseMethod
 from sparsecraft.methods.optimizer_state import optimizer_from_tensors, optimizer_to_tensors
 
@@ -46,7 +47,7 @@ def save_training_state(
         tensors.update({f"method.{k}": v.contiguous() for k, v in ms["tensors"].items()})
         doc["method"] = ms["meta"]
     tensors["torch_rng"] = torch.get_rng_state()
-    atomic_save_file(tensors, folder / STATE_FILE, {"sparsecraft_training": json.dumps(doc)})
+    atomic.write_safetensors(folder / STATE_FILE, tensors, {"sparsecraft_training": json.dumps(doc)})
     return folder
 
 
@@ -74,7 +75,7 @@ def load_training_state(
     the ``extra`` dict."""
     folder = Path(folder)
     tensors, doc = read_training_state(folder)
-    load(folder / MODEL_FILE, model)
+    load(model, folder / MODEL_FILE)
     if method is not None:
         if doc.get("method") is None:
             raise CheckpointError(f"{folder} holds a dense run; cannot resume method {method.name!r}")
