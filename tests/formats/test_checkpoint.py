@@ -128,7 +128,8 @@ def test_float32_into_a_half_model_is_refused_unless_asked(tmp_path):
     path = sparsecraft.save(model, tmp_path / "m.safetensors")
     half = small_mlp(1).half()
     before = _snapshot(half)
-    with pytest.raises(CheckpointError, match=r"'0\.(weight|bias)' is torch\.float32 but the model's is torch\.float16"):
+    words = r"'0\.(weight|bias)' is torch\.float32 but the model's is torch\.float16"
+    with pytest.raises(CheckpointError, match=words):
         sparsecraft.load(half, path)
     assert all(torch.equal(before[k], v) for k, v in half.state_dict().items())
     sparsecraft.load(half, path, convert_dtype=True)

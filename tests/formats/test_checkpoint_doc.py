@@ -140,7 +140,8 @@ def test_an_alias_to_an_alias_or_to_nothing_is_refused(tmp_path):
 
 
 def test_a_mask_shape_edited_smaller_is_refused_by_load_and_decompress(tmp_path, capsys):
-    path = rewrite(save(masked_mlp(), tmp_path / "m.safetensors"), setting(["masks", "0.weight_mask", "shape"], [16, 16]))
+    smaller = setting(["masks", "0.weight_mask", "shape"], [16, 16])
+    path = rewrite(save(masked_mlp(), tmp_path / "m.safetensors"), smaller)
     with pytest.raises(CheckpointError, match=r"mask '0\.weight_mask' declares shape \[16, 16\]"):
         sparsecraft.load(small_mlp(1), path)
     assert main(["decompress", str(path), str(tmp_path / "d.safetensors")]) == 2

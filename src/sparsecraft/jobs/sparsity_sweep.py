@@ -16,7 +16,6 @@ after every point) and ``sweep.png``.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
 
@@ -110,10 +110,8 @@ def run_sweep_job(cfg: SweepConfig, run_dir: Path) -> dict[str, Any]:
 
     def write(result) -> None:
         doc = {**info, "method": cfg.method, "distribution": cfg.distribution, **result.to_dict()}
-        tmp = run_dir / ".sweep.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, run_dir / "sweep.json")
-        (run_dir / "sweep.md").write_text(result.to_markdown() + "\n")
+        atomic.write_text(run_dir / "sweep.json", json.dumps(doc, indent=2))
+        atomic.write_text(run_dir / "sweep.md", result.to_markdown() + "\n")
 
     result = run_sweep(lm.model, cfg.sparsities, _pruner(cfg, calib), evaluate, name, higher, cfg.tolerance,
                        cfg.progress, on_point=write)
