@@ -135,6 +135,9 @@ def test_a_side_file_linking_out_of_the_folder_is_refused(tmp_path):
     (src / "notes.txt").symlink_to(src / "tokenizer.json")  # a link inside the folder is fine
     compress_dir(src, tmp_path / "out")
     assert (tmp_path / "out" / "notes.txt").read_text() == "{}"
+    (src / "broken.txt").symlink_to(src / "gone.txt")  # would be dropped silently from the output
+    with pytest.raises(CheckpointError, match="'broken.txt'.*broken link"):
+        compress_dir(src, tmp_path / "out2")
 
 
 def write_index(src, doc):

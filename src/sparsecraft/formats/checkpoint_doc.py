@@ -101,7 +101,7 @@ class _Checker:
         checks = {
             "format": (lambda v: isinstance(v, str) and v in FORMATS, f"one of {', '.join(FORMATS.names())}"),
             "shape": (_shape, "a list of integers >= 0"),
-            "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+            "dtype": (lambda v: isinstance(v, str) and v in DTYPES, f"one of {', '.join(DTYPES)}"),
             "params": (lambda v: isinstance(v, dict) and all(_int(x) for x in v.values()),
                        "an object of integers"),
             "layout": (lambda v: v is None or v in ("linear", "conv", "transposed"),

@@ -70,8 +70,12 @@ def _side_files(src: Path) -> list[Path]:
     for f in sorted(src.iterdir()):
         if f.name.endswith(_WEIGHT_FILES) or f.name.endswith(".index.json") or f.name == SIDECAR:
             continue
+        if f.is_symlink():
+            _inside(root, f, "file")
+            if not f.exists():
+                raise CheckpointError(f"file {f.name!r} of {root} is a broken link; fix or remove it")
         if f.is_file():
-            out.append(_inside(root, f, "file"))
+            out.append(f)
     return out
 
 
