@@ -212,3 +212,12 @@ def test_a_pickle_is_refused_without_unpickling(tmp_path):
 def test_a_folder_instead_of_a_file_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="is a folder"):
         read_checkpoint(tmp_path)
+
+
+def test_a_consistent_but_huge_sparse_tensor_beyond_memory_is_refused(tmp_path, monkeypatch):
+    model = nn.Sequential(nn.Linear(64, 64))
+    sparsecraft.prune(model, 0.99)
+    path = save(model, tmp_path / "m.safetensors", format="csr")
+    monkeypatch.setattr("sparsecraft.formats.checkpoint_doc.physical_memory", lambda: 10_000)
+    with pytest.raises(CheckpointError, match="more than this machine's"):
+        read_checkpoint(path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -224,9 +225,21 @@ def check_declared_sizes(path: Path, doc: dict[str, Any], header: dict[str, Any]
         if key in sizes or target in aliases or target not in sizes:
             raise CheckpointError(f"{path}: tied tensor {key!r} -> {target!r} does not name a stored tensor")
         sizes[key] = sizes[target]
-    want = doc.get("sizes", {}).get("dense_bytes")
-    if want is not None and sum(sizes.values()) != want:
+    total, want = sum(sizes.values()), doc.get("sizes", {}).get("dense_bytes")
+    if want is not None and total != want:
         raise CheckpointError(
-            f"{path}: declared shapes add up to {sum(sizes.values())} bytes, the metadata says {want}: "
+            f"{path}: declared shapes add up to {total} bytes, the metadata says {want}: "
             "a shape in the metadata is wrong"
         )
+    ram = physical_memory()
+    if ram is not None and total > ram:
+        raise CheckpointError(f"{path} decodes to {total / 2**30:.1f} GiB, more than this machine's "
+                              f"{ram / 2**30:.1f} GiB of memory")
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory (``None`` where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
