@@ -209,7 +209,11 @@ def _carry_over(old: Path, new: Path) -> None:
 def directory(dest: str | os.PathLike, keep_others: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``dest``; it replaces ``dest`` on success.
     ``keep_others``: entries of the old ``dest`` that the block did not write are carried
-    over (hard links where possible), as when writing into an existing folder."""
+    over (hard links where possible), as when writing into an existing folder.
+
+    The swap is two renames (old folder aside, new one in): a process killed between them
+    leaves ``dest`` missing and the old folder aside, which the next write to ``dest`` puts
+    back before it starts (:func:`clean_stale`)."""
     dest = _prepare(dest, want_dir=True)
     tmp = temp_sibling(dest)
     tmp.mkdir()  # 0o777 minus the umask

@@ -62,7 +62,10 @@ from sparsecraft.formats.select import make_format, pack_if_fits
 from sparsecraft.layout import WeightLayout, layout_for
 from sparsecraft.masks import MASK_SUFFIX, MaskMeta, masked_params, prepare_for_state_dict
 
-__all__ = ["BITS_SUFFIX", "FORMAT_VERSION", "load", "read_checkpoint", "save", "save_state"]
+__all__ = [
+    "BITS_SUFFIX", "FORMAT_VERSION", "MIN_PACK", "SIDECAR", "load", "model_layouts", "pack_bits", "read_checkpoint",
+    "save", "save_state", "tensor_crc", "unpack_bits",
+]
 SIDECAR = "sparsity_config.json"
 MIN_PACK = 64
 PACKABLE = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
