@@ -35,7 +35,7 @@ import sparsecraft
 from sparsecraft.atomic import write_text
 from sparsecraft.data.fashion_mnist import load_fashion_mnist
 from sparsecraft.methods import attach
-from sparsecraft.models.vision import KEEP_DENSE, SmallCNN
+from sparsecraft.models.vision import DEFAULT_IGNORE, SmallCNN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def run_one(method: str, pattern: str, seed: int, data, args) -> dict:  # noqa: 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     sp = None
     if method != "dense":
-        cfg: dict = {"pattern": pattern, "total_steps": total, "keep_dense": KEEP_DENSE["cnn"]}
+        cfg: dict = {"pattern": pattern, "total_steps": total, "ignore": DEFAULT_IGNORE["cnn"]}
         if method == "pgf":
             cfg.update(mode="mdgf", decay="linear", rate=args.pgf_rate, dense_steps=0.1,
                        finetune_steps=0.1)
@@ -114,7 +114,7 @@ def step_times(pattern: str, data, args) -> dict[str, float]:  # noqa: ANN001
         model = SmallCNN().to(args.device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         if method != "dense":
-            cfg: dict = {"pattern": pattern, "total_steps": 10**6, "keep_dense": KEEP_DENSE["cnn"]}
+            cfg: dict = {"pattern": pattern, "total_steps": 10**6, "ignore": DEFAULT_IGNORE["cnn"]}
             if method == "pgf":
                 cfg.update(dense_steps=0, rate=1e-7)
             attach(model, opt, method=method, **cfg)

@@ -14,7 +14,8 @@ extension (matplotlib) sees the right one. This module is the one place that doe
 * :func:`write_safetensors` -- a safetensors file (``safetensors.torch.save_file``);
 * :func:`save_figure` -- a matplotlib figure (closed afterwards);
 * :func:`directory` -- a context manager yielding a temporary folder that replaces ``dest``
-  (e.g. a Hugging Face ``save_pretrained`` folder) when the block ends without error.
+  (e.g. a Hugging Face ``save_pretrained`` folder) when the block ends without error;
+  :func:`recover_directory` puts the previous folder back after a crash inside its swap.
 
 Temporary names are ``.<name>.sctmp-<host>-<pid>-<token>`` (``sctmpold`` for a folder
 moved aside during a swap). A process killed with SIGKILL cannot clean up after itself, so
@@ -92,14 +93,28 @@ def stale_temps(dest: str | os.PathLike) -> list[Path]:
     return sorted(out)
 
 
+def recover_directory(dest: str | os.PathLike) -> bool:
+    """Finish what a crash inside :func:`directory` interrupted: if ``dest`` is missing while
+    a writer that has died had already moved its previous version aside (the only moment
+    ``dest`` does not exist), move that complete previous version back. Returns whether it
+    did. Readers call it before they read; every write to ``dest`` does it first."""
+    dest = Path(dest)
+    if os.path.lexists(dest):
+        return False
+    for entry in stale_temps(dest):
+        if f".{_ASIDE}-" in entry.name and entry.is_dir():
+            os.replace(entry, dest)
+            return True
+    return False
+
+
 def clean_stale(dest: str | os.PathLike) -> None:
     """Remove the stale temporaries of ``dest``; if ``dest`` is missing because a swap was
     killed between its two renames, first put the old folder back."""
     dest = Path(dest)
+    recover_directory(dest)
     for entry in stale_temps(dest):
-        if f".{_ASIDE}-" in entry.name and not os.path.lexists(dest):
-            os.replace(entry, dest)
-        elif entry.is_dir() and not entry.is_symlink():
+        if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
@@ -212,8 +227,8 @@ def directory(dest: str | os.PathLike, keep_others: bool = False) -> Iterator[Pa
     over (hard links where possible), as when writing into an existing folder.
 
     The swap is two renames (old folder aside, new one in): a process killed between them
-    leaves ``dest`` missing and the old folder aside, which the next write to ``dest`` puts
-    back before it starts (:func:`clean_stale`)."""
+    leaves ``dest`` missing and the old folder aside, which the next write to ``dest`` or a
+    reader's :func:`recover_directory` puts back."""
     dest = _prepare(dest, want_dir=True)
     tmp = temp_sibling(dest)
     tmp.mkdir()  # 0o777 minus the umask

@@ -1,10 +1,12 @@
 """Which parameters of a model are prunable ("targets"), and the keep-dense rules.
 
 A target is the ``weight`` of a ``nn.Linear``, ``nn.Conv1d/2d/3d`` or Hugging Face GPT-2
-``Conv1D``. 1-D parameters (biases, norm scales) are never targets. Names or regexes the
-user lists in ``keep_dense`` stay dense; ``include`` (regexes) narrows the search, e.g. to the
-decoder layers of a language model. Regexes are matched with ``re.search`` against the
-module name (``layers.0.mlp.up_proj``) and the parameter name (``layers.0.mlp.up_proj.weight``).
+``Conv1D``. 1-D parameters (biases, norm scales) are never targets. The same two words select
+layers everywhere (API, recipes, CLI): ``targets`` (names or regexes) narrows the search, e.g.
+to the decoder layers of a language model, and layers matching ``ignore`` stay untouched
+(dense). Regexes are matched with ``re.search`` against the module name
+(``layers.0.mlp.up_proj``) and the parameter name (``layers.0.mlp.up_proj.weight``); a plain
+name also matches exactly.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Target:
 
 
 def name_matches(patterns: Iterable[str], *names: str) -> bool:
-    """True if any of ``names`` equals a pattern or matches it as a regex (include / keep_dense rules)."""
+    """True if any of ``names`` equals a pattern or matches it as a regex (targets / ignore rules)."""
     for p in patterns:
         rx = re.compile(p)
         if any(n == p or rx.search(n) for n in names):
@@ -64,19 +66,36 @@ def is_prunable_module(module: nn.Module) -> bool:
     return isinstance(module, PRUNABLE_TYPES) or is_transposed_conv1d(module)
 
 
-def find_targets(
-    model: nn.Module,
-    include: Sequence[str] | None = None,
-    keep_dense: Sequence[str] | None = None,
-) -> list[Target]:
-    """All prunable weights of ``model`` in module order, minus the kept-dense ones."""
-    keep_dense = list(keep_dense or [])
-    for p in [*(include or []), *keep_dense]:
+def check_regexes(patterns: Iterable[str] | None, what: str) -> list[str]:
+    """``patterns`` as a list, each compiled once so a bad regex is a one-line error naming it."""
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = []
+    for p in patterns:
+        if not isinstance(p, str):
+            raise SparsecraftError(f"{what}: expected regex strings, got {p!r}")
         try:
             re.compile(p)
         except re.error as e:
-            raise SparsecraftError(f"bad regex {p!r} in include/keep_dense: {e}") from None
-    targets = []
+            raise SparsecraftError(f"bad regex {p!r} in {what}: {e}") from None
+        out.append(p)
+    return out
+
+
+def find_targets(
+    model: nn.Module,
+    targets: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+) -> list[Target]:
+    """All prunable weights of ``model`` in module order that match ``targets`` (default: all)
+    and not ``ignore``."""
+    if not isinstance(model, nn.Module):
+        raise SparsecraftError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    include = check_regexes(targets, "targets")
+    ignore = check_regexes(ignore, "ignore")
+    found = []
     for mname, module in model.named_modules():
         if not is_prunable_module(module):
             continue
@@ -86,7 +105,7 @@ def find_targets(
         t = Target(mname, module)
         if include and not name_matches(include, mname, t.name):
             continue
-        if name_matches(keep_dense, mname, t.name):
+        if name_matches(ignore, mname, t.name):
             continue
-        targets.append(t)
-    return targets
+        found.append(t)
+    return found

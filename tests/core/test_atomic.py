@@ -152,3 +152,35 @@ def test_a_swap_killed_between_its_renames_is_undone_by_the_next_write(tmp_path)
 def _env():
     src = str(Path(atomic.__file__).parents[1])
     return {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+
+_CRASH_IN_SWAP = """
+import os, sys
+from pathlib import Path
+from sparsecraft import atomic
+
+real_replace, calls = os.replace, []
+
+def replace_then_die(src, dst):  # the process dies between the two renames of the swap
+    calls.append(src)
+    if len(calls) == 2:
+        os._exit(9)
+    real_replace(src, dst)
+
+os.replace = replace_then_die
+with atomic.directory(Path(sys.argv[1])) as tmp:
+    (tmp / "f").write_text("new")
+"""
+
+
+def test_recover_directory_after_a_crash_inside_the_swap(tmp_path):
+    dest = tmp_path / "checkpoint"
+    dest.mkdir()
+    (dest / "f").write_text("old")
+    env = {**os.environ, "PYTHONPATH": str(Path(atomic.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _CRASH_IN_SWAP, str(dest)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    assert not dest.exists()  # the crash window: old moved aside, new not yet in place
+    assert atomic.recover_directory(dest) is True
+    assert (dest / "f").read_text() == "old"
+    assert not any(p.name.startswith(".checkpoint.old.") for p in tmp_path.iterdir())
+    assert atomic.recover_directory(dest) is False  # nothing to do once dest exists

@@ -48,7 +48,7 @@ def test_report_model_totals_count_every_parameter():
 
 
 def test_top_level_lazy_entry_points_resolve():
-    for name in ("attach", "prune_model", "convert", "SparseLinear", "encode_delta", "apply_delta", "fit", "load_fit"):
+    for name in ("attach", "prune", "convert", "SparseLinear", "encode_delta", "apply_delta", "fit", "load_fit"):
         assert callable(getattr(sparsecraft, name)), name
 
 

@@ -86,12 +86,12 @@ def test_metadata_records_pattern_target_method(tmp_path):
     from safetensors import safe_open
 
     model = small_mlp()
-    sparsecraft.prune(model, 0.5, method="gmp", step=42)
+    sparsecraft.prune(model, 0.5, step=42)
     path = sparsecraft.save(model, tmp_path / "m.safetensors")
     with safe_open(str(path), "pt") as f:
         doc = json.loads(f.metadata()["sparsecraft"])
     meta = doc["masks"]["0.weight_mask"]
-    assert meta["pattern"] == "unstructured" and meta["method"] == "gmp" and meta["step"] == 42
+    assert meta["pattern"] == "unstructured" and meta["method"] == "magnitude" and meta["step"] == 42
     assert meta["target"] == pytest.approx(0.5)
     assert os.path.getsize(path) > 0
 

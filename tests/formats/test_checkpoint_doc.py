@@ -91,6 +91,7 @@ def test_malformed_packed_headers_are_one_line_errors(tmp_path, name):
 
 def test_cli_inspect_of_a_list_document_is_one_line(tmp_path, capsys):
     path = rewrite(save(masked_mlp(), tmp_path / "m.safetensors"), lambda doc: [doc])
+    capsys.readouterr()  # only what the command writes
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1

@@ -35,7 +35,7 @@ def test_compress_then_decompress_restores_the_exact_file(tmp_path, capsys):
 
 def test_compress_a_sparsecraft_checkpoint_keeps_masks(tmp_path, capsys):
     model = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 8))
-    sparsecraft.prune(model, 0.8, method="gmp", step=3)
+    sparsecraft.prune(model, 0.8, criterion="random", step=3)
     dense = sparsecraft.save(model, tmp_path / "m.safetensors")
     assert main(["compress", str(dense), str(tmp_path / "p.safetensors")]) == 0
     assert "tensors per format" in capsys.readouterr().out
@@ -45,7 +45,7 @@ def test_compress_a_sparsecraft_checkpoint_keeps_masks(tmp_path, capsys):
     assert fresh[0].sparsecraft_meta["weight"].step == 3
     assert main(["decompress", str(tmp_path / "p.safetensors"), str(tmp_path / "back.safetensors")]) == 0
     _, doc = read_checkpoint(tmp_path / "back.safetensors")
-    assert doc["packed"] == {} and doc["masks"]["0.weight_mask"]["method"] == "gmp"
+    assert doc["packed"] == {} and doc["masks"]["0.weight_mask"]["method"] == "random"
 
 
 def test_missing_input_is_a_one_line_error(tmp_path, capsys):

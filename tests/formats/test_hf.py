@@ -43,7 +43,7 @@ def bit_equal(a, b):
 
 def test_llama_2_4_round_trip_is_bit_identical(tmp_path):
     model = tiny_llama()
-    sparsecraft.prune(model, 0.5, pattern="2:4", include=["model.layers"])
+    sparsecraft.prune(model, 0.5, pattern="2:4", targets=["model.layers"])
     sparsecraft.remove_masks(model)
     save_pretrained_sparse(model, tmp_path / "sparse")
     back = load_pretrained_sparse(tmp_path / "sparse")
@@ -57,7 +57,7 @@ def test_llama_2_4_round_trip_is_bit_identical(tmp_path):
 
 def test_gpt2_conv1d_masked_model_round_trip(tmp_path):
     model = tiny_gpt2()
-    sparsecraft.prune(model, 0.5, pattern="2:4", include=["transformer.h"])  # masks stay attached
+    sparsecraft.prune(model, 0.5, pattern="2:4", targets=["transformer.h"])  # masks stay attached
     save_pretrained_sparse(model, tmp_path / "sparse", format="auto")
     doc = json.loads((tmp_path / "sparse" / "sparsity_config.json").read_text())
     attn = doc["packed"]["transformer.h.0.attn.c_attn.weight"]
@@ -71,7 +71,7 @@ def test_gpt2_conv1d_masked_model_round_trip(tmp_path):
 
 def test_compress_and_decompress_directories(tmp_path):
     model = tiny_llama()
-    sparsecraft.prune(model, 0.9, include=["model.layers"])
+    sparsecraft.prune(model, 0.9, targets=["model.layers"])
     sparsecraft.remove_masks(model)
     model.save_pretrained(tmp_path / "dense")
     out = compress_dir(tmp_path / "dense", tmp_path / "sparse")
@@ -83,7 +83,7 @@ def test_compress_and_decompress_directories(tmp_path):
 
 def test_compress_dir_finds_gpt2_conv1d_layouts_from_the_config(tmp_path):
     model = tiny_gpt2()
-    sparsecraft.prune(model, 0.5, pattern="2:4", include=["transformer.h"])
+    sparsecraft.prune(model, 0.5, pattern="2:4", targets=["transformer.h"])
     sparsecraft.remove_masks(model)
     model.save_pretrained(tmp_path / "dense")
     compress_dir(tmp_path / "dense", tmp_path / "sparse")

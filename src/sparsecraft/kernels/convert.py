@@ -107,8 +107,8 @@ def convert(
     model: nn.Module,
     backend: str = "auto",
     batch: int = 1,
-    include: Sequence[str] | None = None,
-    keep_dense: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
     min_sparsity: float = 0.2,
     measure: MeasureFn | None = None,
 ) -> ConvertReport:
@@ -123,7 +123,7 @@ def convert(
     report = ConvertReport(backend, batch)
     shared = _shared_weights(model)
     memo: dict[tuple, tuple[Decision, str]] = {}
-    for t in find_targets(model, include, keep_dense):
+    for t in find_targets(model, targets=targets, ignore=ignore):
         module = t.module
         if not isinstance(module, nn.Linear):
             continue

@@ -104,11 +104,11 @@ class SparseMethod:
         pattern: Any = "unstructured",
         distribution: Any = None,
         criterion: Any = None,
-        include: list[str] | None = None,
-        keep_dense: list[str] | None = None,
+        targets: list[str] | None = None,
+        ignore: list[str] | None = None,
         update: Mapping[str, Any] | UpdateRule | None = None,
         seed: int = 0,
-        data: Iterable[Any] | None = None,
+        calib: Iterable[Any] | None = None,
         loss_fn: LossFn | None = None,
         hooks: bool = True,
     ) -> None:
@@ -120,13 +120,13 @@ class SparseMethod:
         self.pattern = parse_pattern(pattern)
         self.distribution = make_distribution(distribution or self.default_distribution)
         self.criterion = make_criterion(criterion or self.default_criterion)
-        self.targets: list[Target] = find_targets(model, include=include, keep_dense=keep_dense)
+        self.targets: list[Target] = find_targets(model, targets=targets, ignore=ignore)
         if not self.targets:
             raise SparsecraftError("no prunable layer found (Linear, Conv1d/2d/3d or GPT-2 Conv1D)")
         self.update_rule = make_update_rule(update, self.total_steps, self.default_update)
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.data, self.loss_fn = data, loss_fn
+        self.calib, self.loss_fn = calib, loss_fn
         self.use_hooks = hooks and optimizer is not None
         self.step_count = 0
         self.dynamics = MaskDynamics()
@@ -154,7 +154,7 @@ class SparseMethod:
     def plan(self, sparsity: float, criterion: Any = None) -> dict[str, torch.Tensor]:
         """Keep-masks for ``sparsity`` from a criterion + the distribution + the pattern."""
         crit = make_criterion(criterion) if criterion is not None else self.criterion
-        crit.prepare(self.model, self.targets, data=self.data, loss_fn=self.loss_fn)
+        crit.prepare(self.model, self.targets, data=self.calib, loss_fn=self.loss_fn)
         planned = decide_masks(self.targets, sparsity, self.pattern, crit, self.distribution)
         return {name: keep for name, (_, _, _, keep) in planned.items()}
 
