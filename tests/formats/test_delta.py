@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsecraft.formats.base import bits_view
-from sparsecraft.formats.delta import DeltaError, _bucket, apply_delta, encode_delta
+from sparsecraft.formats.delta import DeltaError, DeltaWarning, apply_delta, encode_delta
+from sparsecraft.formats.delta_wire import pack_bucket
 from sparsecraft.formats.varint import encode_varint, to_gaps
 from tests.formats.helpers import DTYPES, random_bits, same_bits
 
@@ -40,7 +41,9 @@ def test_special_values_count_as_changes(dtype):
     payload = encode_delta(old, new)
     assert payload.stats["changed"] == 3
     assert same_bits(apply_delta(clone(old), payload)["t"], new["t"])
-    assert encode_delta(new, clone(new)).nbytes == 0  # NaN == NaN bitwise: nothing to send
+    nothing = encode_delta(new, clone(new))  # NaN == NaN bitwise: nothing to send but the manifest
+    assert nothing.stats["changed"] == 0 and nothing.stats["value_bytes"] == nothing.stats["index_bytes"] == 0
+    assert len(nothing.buckets) == 1 and nothing.touched == []
 
 
 def test_one_percent_changed_meets_the_size_bound():
@@ -53,7 +56,7 @@ def test_one_percent_changed_meets_the_size_bound():
     changed = p.stats["changed"]
     assert changed == (new["w"].view(torch.int16) != old["w"].view(torch.int16)).sum()
     assert p.nbytes <= changed * (2 + 2) + p.stats["header_bytes"]
-    assert p.stats["header_bytes"] < 200
+    assert p.stats["header_bytes"] < 400  # record, versions, bucket count, a one-tensor manifest
 
 
 def test_dense_fallback_when_most_changed():
@@ -69,7 +72,7 @@ def test_buckets_are_size_bounded_and_split_tensors():
     old = {"w": torch.randn(10_000)}
     new = {"w": old["w"] + 1}
     p = encode_delta(old, new, bucket_bytes=4096)
-    assert len(p.buckets) == 10 and all(len(b) <= 4096 + 200 for b in p.buckets)
+    assert len(p.buckets) == 10 and all(len(b) <= 4096 + 300 for b in p.buckets)
     assert same_bits(apply_delta(clone(old), p)["w"], new["w"])
 
 
@@ -104,6 +107,16 @@ def test_tied_tensors_are_sent_once_and_copied_for_untied_receivers():
     assert same_bits(tied["head"], new_emb)
 
 
+def test_a_tied_copy_that_drifted_is_resent_even_when_its_source_did_not_change():
+    emb = torch.randn(20)
+    old = {"emb": emb.clone(), "head": emb.clone()}
+    old["head"][0] = 5.0  # the sender's old copies differ, its new ones are tied again
+    new = {"emb": emb, "head": emb}
+    p = encode_delta(old, new)
+    got = apply_delta(clone(old), p)
+    assert same_bits(got["head"], emb) and same_bits(got["emb"], emb)
+
+
 def test_fully_changed_tensor_counts_every_change_without_collecting_indices():
     old = {"w": torch.randn(3 << 20, generator=torch.Generator().manual_seed(0))}
     new = {"w": old["w"] + 1}  # x + 1 != x for every |x| < 2**24
@@ -124,12 +137,13 @@ def test_pfor8_indices_and_unaligned_values_at_one_percent():
     assert p.stats["index_bytes"] < 1.25 * p.stats["changed"]
 
 
-def sparse_record(state, idx, coding, ib):
+def v1_sparse_bucket(state, idx, coding, ib):
+    """A format-1 bucket (the first release: MAGIC SCD1, the header is the list of records)."""
     t = state["w"]
     values = bits_view(t).reshape(-1)[idx].view(np.uint8)
     rec = {"k": "w", "dt": "float32", "sh": list(t.shape), "m": "s", "lo": 0, "n": int(idx.size), "c": coding,
            "ib": int(ib.size), "vb": int(values.size)}
-    return _bucket([(rec, [ib, values])])
+    return pack_bucket([rec], [ib, values], fmt=1)
 
 
 def test_varint_payloads_of_the_first_release_still_apply_and_unknown_codings_fail():
@@ -137,10 +151,11 @@ def test_varint_payloads_of_the_first_release_still_apply_and_unknown_codings_fa
     new = clone(old)
     idx = np.array([3, 200, 999])
     new["w"][idx] = 5.0
-    bucket = sparse_record(new, idx, "varint", encode_varint(to_gaps(idx)))
-    assert same_bits(apply_delta(clone(old), [bucket])["w"], new["w"])
+    bucket = v1_sparse_bucket(new, idx, "varint", encode_varint(to_gaps(idx)))
+    with pytest.warns(DeltaWarning, match="without checking"):
+        assert same_bits(apply_delta(clone(old), [bucket])["w"], new["w"])
     with pytest.raises(DeltaError, match="unknown index coding 'zz'"):
-        apply_delta(clone(old), [sparse_record(new, idx, "zz", encode_varint(to_gaps(idx)))])
+        apply_delta(clone(old), [v1_sparse_bucket(new, idx, "zz", encode_varint(to_gaps(idx)))])
 
 
 def test_truncated_bucket_is_an_error():
