@@ -1,18 +1,26 @@
-"""Lossless sparse weight deltas (SparseRL-Sync): payload size vs. bound, encode + apply speed.
+"""Lossless sparse weight deltas (SparseRL-Sync): payload size vs. bound, encode + apply speed,
+and the speed of the tensor digest that makes apply safe.
 
     flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_delta.py
+    python benchmarks/bench_delta.py --numel 10000000 --model none --out /tmp/formats.md   # quick check
 
 * Synthetic: a ~100M-element state (``--numel``, split into 2**22-element tensors) in fp32
   and bf16 with 0.1% / 1% / 10% of the elements changed at random positions. Reports the
   payload against the goal ``changed x (value bytes + 2) + bucket headers`` and against the
   SparseRL-Sync reference (int32 index + value: ``changed x (value bytes + 4)``), and
-  encode + apply throughput in GB/s of model size on one core (numpy, 1 thread).
+  encode + apply throughput in GB/s of model size on one core (numpy, 1 thread). The times
+  include what makes apply safe: the digest of every base tensor on both sides, the result
+  digests (predicted from the changes on apply, before anything is written) and the staging.
+* Digest: GB/s on one ``--numel``-element fp32 tensor of the chosen digest
+  (:mod:`sparsecraft.formats.digest`) and of the candidates it was chosen against
+  (``zlib.crc32`` / ``adler32``, ``hashlib.blake2b`` / ``sha256``), best of ``--reps``.
 * Real: SmolLM2-135M (``--model``) vs. the same model after ``--steps`` AdamW steps on
   random tokens: fp32 (lr 1e-5), bf16 (lr 1e-6, the RL-fine-tuning regime where most
   updates fall below bf16 resolution) and bf16 with 50% unstructured masks kept during the
   steps (sparse fine-tune). Reports changed fraction, payload / dense ratio.
 
-Every payload is applied to a copy of the old state and checked bit-identical to the new.
+Every payload is applied to a copy of the old state and checked bit-identical to the new, then
+applied a second time and checked refused with the state unchanged.
 Prints the tables and writes its section of docs/results/formats.md.
 """
 
@@ -20,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -30,7 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sections import write_section  # noqa: E402
 
-from sparsecraft.formats.delta import apply_delta, encode_delta  # noqa: E402
+from sparsecraft.formats.delta import DeltaError, apply_delta, encode_delta  # noqa: E402
+from sparsecraft.formats.digest import tensor_digest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +62,11 @@ def measure(old: dict, new: dict, reps: int = 1) -> dict:
         best_enc, best_app = min(best_enc, t1 - t0), min(best_app, t2 - t1)
         assert bit_equal(recv, new), "receiver is not bit-identical"
         del recv
+    try:  # the same delta a second time: refused by the base check, nothing written
+        apply_delta(new, payload)
+        raise AssertionError("a delta applied twice was accepted")
+    except DeltaError:
+        pass
     return {"payload": payload, "encode_s": best_enc, "apply_s": best_app}
 
 
@@ -128,6 +144,29 @@ def real_case(model_name: str, steps: int, seq: int, reps: int) -> list[list[str
     return rows
 
 
+def digest_speeds(numel: int, reps: int) -> list[list[str]]:
+    """GB/s of the chosen digest and of the candidates, on one fp32 tensor of ``numel``."""
+    t = torch.randn(numel, generator=torch.Generator().manual_seed(0))
+    raw = memoryview(t.numpy()).cast("B")
+    cands = [
+        ("sparsecraft additive (chosen)", lambda: tensor_digest(t), "yes", "yes (one weight per change)"),
+        ("zlib.crc32", lambda: zlib.crc32(raw), "yes", "no (a pass over the result)"),
+        ("zlib.adler32", lambda: zlib.adler32(raw), "yes", "no"),
+        ("hashlib.blake2b", lambda: hashlib.blake2b(raw).digest(), "yes", "no"),
+        ("hashlib.sha256", lambda: hashlib.sha256(raw).digest(), "yes", "no"),
+    ]
+    rows = []
+    for name, fn, bitwise, incremental in cands:
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        rows.append([name, f"{t.numel() * 4 / 1e9 / best:.2f}", bitwise, incremental])
+        print(" | ".join(rows[-1]), flush=True)
+    return rows
+
+
 def md(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -150,13 +189,26 @@ def main() -> None:
     print(" | ".join(hdr))
     load = os.getloadavg()[0]
     syn = synthetic(args.numel, args.reps)
+    dhdr = ["digest", "GB/s (1 thread)", "bitwise", "result digest checked before writing"]
+    print(" | ".join(dhdr))
+    dig = digest_speeds(args.numel, args.reps)
     body = [
         "## Lossless sparse weight deltas (SparseRL-Sync)", "",
         f"Produced by `{cmd.strip()}` on {dt.date.today().isoformat()} (1 thread; shared 2-core CPU, "
-        f"1-min load average {load:.2f} at the start). Goal: payload <= changed x (value bytes + 2) + bucket headers; "
+        f"1-min load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} after the synthetic rows). "
+        "Goal: payload <= changed x (value bytes + 2) + bucket headers; "
         "reference: int32 index + value per change. GB/s = model bytes / (encode + apply time), "
-        f"best of {args.reps}. Every payload was applied and checked bit-identical.", "",
+        f"best of {args.reps}; the times include the base digests (a pass over the old state on each side), "
+        "the result digests and the staging that make apply refuse a wrong base. Every payload was applied and "
+        "checked bit-identical, then applied again and checked refused. Headers include the manifest "
+        "(name, dtype, shape, base and result digest of every tensor).", "",
         md(hdr, syn), "",
+        f"### Digest speed ({args.numel / 1e6:.0f}M-element fp32 tensor, {args.numel * 4 / 1e6:.0f} MB, best of "
+        f"{args.reps}, same run)", "",
+        "A tensor digest must be bitwise (so `-0.0`/`+0.0` and NaN payloads differ) and fast: encode + apply "
+        "pay two passes of it. The chosen one is also additive over positions, so apply predicts the result's "
+        "digest from the changed elements alone and checks it before writing anything.", "",
+        md(dhdr, dig), "",
     ]
     if args.model != "none":
         rhdr = ["model weights", "update", "elements (tied once)", "changed", "model MiB", "payload MiB",

@@ -179,3 +179,27 @@ def test_sparse_changes_over_many_records_are_bit_exact(dtype, seed, bucket):
     p = encode_delta(old, new, bucket_bytes=bucket)
     assert same_bits(apply_delta(clone(old), p)["w"], new["w"])
     assert p.nbytes <= p.stats["changed"] * (new["w"].element_size() + 2) + p.stats["header_bytes"]
+
+
+def test_versions_and_known_base_digests_are_explicit_arguments():
+    from sparsecraft.formats.digest import tensor_digest
+
+    g = torch.Generator().manual_seed(5)
+    old = {"w": torch.randn(500, generator=g), "h": torch.randn(40, generator=g).to(torch.bfloat16)}
+    mid, new = clone(old), clone(old)
+    mid["w"][7] = 1.0
+    new["w"][7], new["h"][3] = 1.0, 2.0
+    p1 = encode_delta(old, mid, from_version=4)
+    assert (p1.from_version, p1.to_version, p1.stats["to_version"]) == (4, 5, 5)
+    assert p1.result_digests == {k: tensor_digest(v) for k, v in mid.items()}  # computed from the changes alone
+    p2 = encode_delta(mid, new, from_version=5, base_digests=p1.result_digests)
+    assert p2.buckets == encode_delta(mid, new, from_version=5).buckets  # same bytes, one pass over mid fewer
+    with pytest.raises(DeltaError, match="not version 5"):  # wrong known digests: every receiver refuses
+        apply_delta(clone(mid), encode_delta(mid, new, from_version=5, base_digests={"w": 1}))
+    bad_args = [{"from_version": -1}, {"from_version": 2, "to_version": 2}, {"from_version": True},
+                {"to_version": 1.5}, {"base_digests": {"w": "x"}}, {"bucket_bytes": 10}]
+    for bad in bad_args:
+        with pytest.raises(DeltaError, match="must be"):
+            encode_delta(old, mid, **bad)
+    with pytest.raises(DeltaError, match="version must be an integer"):
+        apply_delta(clone(old), p1, version="4")

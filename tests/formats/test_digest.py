@@ -24,16 +24,18 @@ def splitmix64(x: int) -> int:
 
 
 def reference(data: bytes, offset: int = 0) -> int:
-    """D = sum_k w_k x_k mod 2**64 over little-endian 32-bit words (zero-padded),
-    w_k = (splitmix64(k mod 2**17) | 1) * (splitmix64(2**40 + k div 2**17) | 1), of ``data``
-    placed at byte ``offset`` of an otherwise zero tensor (zero words add nothing)."""
-    first = offset // 4
-    data = bytes(offset - 4 * first) + data
-    data += bytes(-len(data) % 4)
+    """D = sum_q M[q div 2**16] (A[q mod 2**16] X_q + B[q mod 2**16] Y_q) mod 2**64, with X_q /
+    Y_q the little-endian 64-bit words at bytes 8q / 8q + 4, A[j] = splitmix64(2j) | 1,
+    B[j] = splitmix64(2j + 1) | 1, M[c] = splitmix64(2**40 + c) | 1, for ``data`` placed at
+    byte ``offset`` of an otherwise zero tensor (words of zeros add nothing)."""
+    first = max(0, offset // 8 - 1)
+    data = bytes(offset - 8 * first) + data + bytes(16)
     total = 0
-    for k, (x,) in enumerate(struct.iter_unpack("<I", data), start=first):
-        w = (splitmix64(k % 2**17) | 1) * (splitmix64((1 << 40) + k // 2**17) | 1)
-        total = (total + w * x) & M64
+    for i in range(0, len(data) - 12, 8):
+        q = first + i // 8
+        (x,), (y,) = struct.unpack_from("<Q", data, i), struct.unpack_from("<Q", data, i + 4)
+        a, b = splitmix64(2 * (q % 2**16)) | 1, splitmix64(2 * (q % 2**16) + 1) | 1
+        total = (total + (splitmix64((1 << 40) + q // 2**16) | 1) * (a * x + b * y)) & M64
     return total
 
 
@@ -47,9 +49,10 @@ def test_splitmix64_matches_the_published_first_output():
 
 
 def test_known_answers():
-    w0 = (0xE220A8397B1DCDAF * (splitmix64(1 << 40) | 1)) & M64
-    assert tensor_digest(torch.tensor([1], dtype=torch.int32)) == w0  # one word of value 1: its weight
-    assert tensor_digest(torch.tensor([1], dtype=torch.uint8)) == w0  # padded with zeros
+    m0, a0, b0 = splitmix64(1 << 40) | 1, 0xE220A8397B1DCDAF, splitmix64(1) | 1
+    assert tensor_digest(torch.tensor([1], dtype=torch.int32)) == (m0 * a0) & M64  # x_0 = 1: X_0 = 1, Y_0 = 0
+    assert tensor_digest(torch.tensor([1], dtype=torch.uint8)) == (m0 * a0) & M64  # padded with zeros
+    assert tensor_digest(torch.tensor([0, 1], dtype=torch.int32)) == (m0 * (a0 << 32) + m0 * b0) & M64
     assert tensor_digest(torch.zeros(1000)) == 0 == tensor_digest(torch.empty(0, dtype=torch.bfloat16))
     assert tensor_digest(torch.tensor([0.0])) != tensor_digest(torch.tensor([-0.0]))
 
@@ -57,7 +60,7 @@ def test_known_answers():
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 40_000), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.uint8,
                                                          torch.float64, torch.bool]), seed=st.integers(0, 2**32 - 1))
-@example(n=2**18 + 3, dtype=torch.bfloat16, seed=0)  # crosses a weight-table block (2**17 words), odd tail
+@example(n=2**18 + 3, dtype=torch.bfloat16, seed=0)  # crosses a block (2**16 64-bit words), odd tail
 def test_tensor_digest_equals_the_reference(n, dtype, seed):
     rng = np.random.default_rng(seed)
     t = torch.from_numpy(rng.integers(0, 256, n * torch.empty((), dtype=dtype).element_size(), dtype=np.uint8))
@@ -67,6 +70,7 @@ def test_tensor_digest_equals_the_reference(n, dtype, seed):
 
 @settings(max_examples=30, deadline=None)
 @given(data=st.binary(max_size=600), offset=st.integers(0, 2**19 + 9))
+@example(data=bytes(range(1, 40)), offset=2**19 - 13)  # straddles the first block boundary (byte 2**19)
 def test_pieces_at_any_byte_offset_add_up(data, offset):
     assert bytes_digest(np.frombuffer(data, dtype=np.uint8), offset) == reference(data, offset)
 
@@ -84,6 +88,20 @@ def test_a_change_digest_is_the_difference_of_the_digests(dtype, seed, n_changes
     d_before, d_after = reference(before.tobytes()), reference(after.tobytes())
     assert (d_before + changes_digest(pos, before[pos], after[pos])) & M64 == d_after
     assert elements_digest(np.arange(after.size), after) == d_after
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
+def test_changes_at_a_block_boundary(dtype):
+    """Word 2**17 starts the second block: its weight takes the first block's last B term."""
+    rng = np.random.default_rng(7)
+    first = 2**19 // np.dtype(dtype).itemsize  # the first element of the second block (byte 2**19)
+    n = first + 9
+    before = rng.integers(0, np.iinfo(dtype).max, n, dtype=dtype, endpoint=True)
+    pos = np.array([first - 1, first, first + 1, n - 1])
+    after = before.copy()
+    after[pos] ^= dtype(0x5A5A)
+    d = (reference(before.tobytes()) + changes_digest(pos, before[pos], after[pos])) & M64
+    assert d == reference(after.tobytes()) == bytes_digest(after.view(np.uint8))
 
 
 @settings(max_examples=60, deadline=None)

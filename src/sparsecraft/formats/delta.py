@@ -177,6 +177,9 @@ def _encode(old_state: dict[str, torch.Tensor] | None, new_state: dict[str, torc
         raise DeltaError(f"old and new states differ in their tensors: {diff[:5]}")
     if type(bucket_bytes) is not int or bucket_bytes < 64:
         raise DeltaError(f"bucket_bytes must be an integer >= 64, got {bucket_bytes!r}")
+    for name, d in (base_digests or {}).items():
+        if type(d) is not int or not 0 <= d <= MASK:
+            raise DeltaError(f"base_digests[{name!r}] must be an integer in [0, 2**64), got {d!r}")
     stats = {"tensors": len(new_state), "tied": 0, "numel": 0, "model_bytes": 0, "changed": 0,
              "dense_tensors": [], "index_bytes": 0, "value_bytes": 0,
              "from_version": from_version, "to_version": to_version}

@@ -144,6 +144,8 @@ def _stage(state: dict[str, torch.Tensor], parsed: Parsed) -> dict[str, Staged]:
 def _predict(s: Staged, base: int | None) -> int:
     """The digest ``s`` will have once its staged changes are written (nothing is written).
     ``base``: its current digest, or None when it was not needed so far."""
+    if not s.dense and not s.sparse:
+        return tensor_digest(s.tensor) if base is None else base
     size = s.flat.itemsize
     if s.dense and not s.sparse and sum(v.size for _, v in s.dense) == s.flat.size:
         # dense records tiling the whole tensor (they move forward and fit): the new bytes alone
