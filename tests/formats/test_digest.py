@@ -23,19 +23,25 @@ def splitmix64(x: int) -> int:
     return z ^ (z >> 31)
 
 
+def weight(k: int) -> int:
+    """w_k = M[k div 2H] W[k mod 2H]: W[2j] = A_j + 2**32 B_(j-1 mod H), W[2j+1] = 2**32 A_j + B_j,
+    A_j = splitmix64(2j) | 1, B_j = splitmix64(2j + 1) | 1, M[c] = splitmix64(2**40 + c) | 1, H = 2**16."""
+    h = 2**16
+    j, odd = (k % (2 * h)) // 2, k % 2
+    a, b, b_prev = splitmix64(2 * j) | 1, splitmix64(2 * j + 1) | 1, splitmix64(2 * ((j - 1) % h) + 1) | 1
+    w = (a << 32) + b if odd else a + (b_prev << 32)
+    return (splitmix64((1 << 40) + k // (2 * h)) | 1) * w & M64
+
+
 def reference(data: bytes, offset: int = 0) -> int:
-    """D = sum_q M[q div 2**16] (A[q mod 2**16] X_q + B[q mod 2**16] Y_q) mod 2**64, with X_q /
-    Y_q the little-endian 64-bit words at bytes 8q / 8q + 4, A[j] = splitmix64(2j) | 1,
-    B[j] = splitmix64(2j + 1) | 1, M[c] = splitmix64(2**40 + c) | 1, for ``data`` placed at
-    byte ``offset`` of an otherwise zero tensor (words of zeros add nothing)."""
-    first = max(0, offset // 8 - 1)
-    data = bytes(offset - 8 * first) + data + bytes(16)
+    """D = sum_k w_k x_k mod 2**64 over the little-endian 32-bit words x_k of ``data`` placed
+    at byte ``offset`` of an otherwise zero tensor (zero words add nothing)."""
+    first = offset // 4
+    data = bytes(offset - 4 * first) + data
+    data += bytes(-len(data) % 4)
     total = 0
-    for i in range(0, len(data) - 12, 8):
-        q = first + i // 8
-        (x,), (y,) = struct.unpack_from("<Q", data, i), struct.unpack_from("<Q", data, i + 4)
-        a, b = splitmix64(2 * (q % 2**16)) | 1, splitmix64(2 * (q % 2**16) + 1) | 1
-        total = (total + (splitmix64((1 << 40) + q // 2**16) | 1) * (a * x + b * y)) & M64
+    for k, (x,) in enumerate(struct.iter_unpack("<I", data), start=first):
+        total = (total + weight(k) * x) & M64
     return total
 
 
@@ -49,10 +55,11 @@ def test_splitmix64_matches_the_published_first_output():
 
 
 def test_known_answers():
-    m0, a0, b0 = splitmix64(1 << 40) | 1, 0xE220A8397B1DCDAF, splitmix64(1) | 1
-    assert tensor_digest(torch.tensor([1], dtype=torch.int32)) == (m0 * a0) & M64  # x_0 = 1: X_0 = 1, Y_0 = 0
-    assert tensor_digest(torch.tensor([1], dtype=torch.uint8)) == (m0 * a0) & M64  # padded with zeros
-    assert tensor_digest(torch.tensor([0, 1], dtype=torch.int32)) == (m0 * (a0 << 32) + m0 * b0) & M64
+    m0, a0, b0, b_last = splitmix64(1 << 40) | 1, 0xE220A8397B1DCDAF, splitmix64(1) | 1, splitmix64(2**17 - 1) | 1
+    one = torch.tensor([1], dtype=torch.int32)  # x_0 = 1: D = w_0 = M0 (A_0 + 2**32 B_(H-1))
+    assert tensor_digest(one) == m0 * (a0 + (b_last << 32)) & M64
+    assert tensor_digest(torch.tensor([1], dtype=torch.uint8)) == tensor_digest(one)  # padded with zeros
+    assert tensor_digest(torch.tensor([0, 1], dtype=torch.int32)) == m0 * ((a0 << 32) + b0) & M64
     assert tensor_digest(torch.zeros(1000)) == 0 == tensor_digest(torch.empty(0, dtype=torch.bfloat16))
     assert tensor_digest(torch.tensor([0.0])) != tensor_digest(torch.tensor([-0.0]))
 

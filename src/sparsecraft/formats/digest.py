@@ -1,20 +1,15 @@
 """A fast, bitwise, *additive* digest of a tensor's bytes, for checking weight deltas.
 
-The bytes of a tensor (C order, native little-endian), zero-padded, are read as 64-bit words
-twice: ``X_q`` at byte ``8q`` and ``Y_q`` at byte ``8q + 4`` (the second view straddles two
-words, at no cost: it is the same memory, 4 bytes further on). The digest is
+The bytes of a tensor (C order, native little-endian), zero-padded to 32-bit words
+``x_0, x_1, ...``, are hashed as the position-weighted sum
 
-    D = sum_q  M[q div H] * (A[q mod H] * X_q + B[q mod H] * Y_q)   (mod 2**64)
+    D = sum_k  M[k div 2H] * W[k mod 2H] * x_k     (mod 2**64),      H = 2**16,
 
-with ``H = 2**16`` words per block, ``A[j] = splitmix64(2j) | 1``, ``B[j] = splitmix64(2j+1) | 1``
-and ``M[c] = splitmix64(2**40 + c) | 1`` (splitmix64: Steele, Lea & Flood, "Fast splittable
-pseudorandom number generators", OOPSLA 2014). Written over the 32-bit words ``x_k`` it is a
-position-weighted sum ``D = sum_k w_k * x_k`` with
+    W[2j] = A_j + 2**32 * B_{(j-1) mod H},     W[2j+1] = 2**32 * A_j + B_j,
 
-    w_2q   = M A_q + 2**32 * M B_{q-1}       (every x_k is once the low half of a view,
-    w_2q+1 = 2**32 * M A_q + M B_q            once the high half)
-
-(``M`` of the block of each term), and every ``w_k`` is odd. Hence:
+with ``A_j = splitmix64(2j) | 1``, ``B_j = splitmix64(2j+1) | 1`` and
+``M[c] = splitmix64(2**40 + c) | 1`` (splitmix64: Steele, Lea & Flood, "Fast splittable
+pseudorandom number generators", OOPSLA 2014). Every weight is odd, so:
 
 * any change of a single 32-bit word (one fp32 element, one or two bf16 elements, one bit
   anywhere, ``-0.0`` vs ``+0.0``, a different NaN payload) **always** changes the digest
@@ -26,14 +21,21 @@ position-weighted sum ``D = sum_k w_k * x_k`` with
   accidents (a missed update, a delta applied twice, the wrong base), not a cryptographic
   hash: it is not meant to resist someone crafting collisions.
 
-Why this one (measured in ``benchmarks/bench_delta.py``, one core): two SIMD ``einsum``
-multiply-adds per 512 KiB block and nothing else, faster than ``zlib.crc32`` and far faster
-than ``blake2b``; and because it is a sum over positions, the digest of the *result* of a
-delta is ``D(base) + sum over changed words of w_k * (new - old)``: it is computed and
-checked from the changed elements alone, before anything is written (:func:`changes_digest`).
+Fast evaluation: read the bytes as 64-bit words twice, ``X_q`` at byte ``8q`` and ``Y_q`` at
+byte ``8q + 4`` (the same memory 4 bytes on, no copy). ``X_q = x_2q + 2**32 x_2q+1`` and
+``Y_q = x_2q+1 + 2**32 x_2q+2``, so per block ``M * (sum A_j X_q + sum B_j Y_q)`` gives every
+word its weight -- each word sits once in a *low* half, which is what makes the high bits
+count fully -- with two SIMD ``einsum`` multiply-adds per 512 KiB block and a few scalar
+terms where the Y views cross a block or piece boundary. That is faster than ``zlib.crc32``
+and far faster than ``blake2b`` (``benchmarks/bench_delta.py``). And because ``D`` is a sum
+over positions, the digest of the *result* of a delta is ``D(base) + sum over changed words
+of w_k (new - old)``: computed and checked from the changed elements alone, before anything
+is written (:func:`changes_digest`).
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 import numpy as np
 import torch
@@ -57,6 +59,7 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 _A = splitmix64(np.arange(0, 2 * BLOCK, 2, dtype=_U64)) | _U64(1)
 _B = splitmix64(np.arange(1, 2 * BLOCK, 2, dtype=_U64)) | _U64(1)
+_BH = int(_B[-1]) << 32 & MASK  # the weight B_{H-1} gives the first word of the next block
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> int:
@@ -69,90 +72,59 @@ def block_weights(first: int, stop: int) -> np.ndarray:
     return splitmix64(np.arange(first, stop, dtype=_U64) + _U64(1 << 40)) | _U64(1)
 
 
-# w_k = M[k div 2H] * W[k mod 2H], except at the first word of a block (k = 2H c, c >= 1), whose
-# 2**32 * M B_{q-1} term uses the previous block's M: added by ``word_weights`` (W[0] = A_0 only)
-_W = np.empty(2 * BLOCK, dtype=_U64)
-_W[0::2] = _A + (np.r_[_U64(0), _B[:-1]] << _U64(32))
-_W[1::2] = (_A << _U64(32)) + _B
+@cache
+def element_weights(size: int) -> np.ndarray:
+    """``W`` spread over the elements of ``size`` (1, 2 or 4) bytes of one block: the weight
+    of element ``r`` within the block is ``W[r div per] * 2**(8 size (r mod per))``."""
+    w = np.empty(2 * BLOCK, dtype=_U64)
+    w[0::2] = _A + (np.roll(_B, 1) << _U64(32))
+    w[1::2] = (_A << _U64(32)) + _B
+    per = 4 // size
+    return (np.repeat(w, per) << np.tile(np.arange(0, 32, 8 * size, dtype=_U64), w.size)) if per > 1 else w
 
 
-def word_weights(k: np.ndarray) -> np.ndarray:
-    """``w_k`` for an array of 32-bit word numbers ``k`` (int64, >= 0)."""
-    if not k.size:
-        return np.zeros(0, dtype=_U64)
-    blocks = k >> (BLOCK_SHIFT + 1)
-    lo = int(blocks.min())
-    m = block_weights(lo, int(blocks.max()) + 1)
-    w = _W[k & (2 * BLOCK - 1)]
-    w *= m[blocks - lo]
-    starts = np.flatnonzero(((k & (2 * BLOCK - 1)) == 0) & (k > 0))
-    if starts.size:  # + 2**32 M B_{H-1} of the previous block (its last Y view's high half)
-        prev = splitmix64(blocks[starts].astype(_U64) - _U64(1) + _U64(1 << 40)) | _U64(1)
-        w[starts] += (prev * _B[-1]) << _U64(32)
-    return w
-
-
-def _terms(words: np.ndarray, values: np.ndarray) -> int:
-    """``sum(w_k * v)`` (mod 2**64) for uint64 values ``v`` (each a 32-bit word's worth, or a
-    wrapped difference of such) standing in the 32-bit words ``k`` (int64)."""
+def _terms(positions: np.ndarray, values: np.ndarray, size: int) -> int:
+    """``sum(weight * v)`` (mod 2**64) for uint64 values ``v`` (elements of ``size`` <= 4
+    bytes, or wrapped differences of such) at element ``positions`` (int64, >= 0)."""
     if not values.size:
         return 0
-    return _dot(values, word_weights(words)) & MASK
-
-
-def _mb(q: int) -> int:
-    """``M[q div H] * B[q mod H]`` for one 64-bit word ``q``."""
-    return int(block_weights(q >> BLOCK_SHIFT, (q >> BLOCK_SHIFT) + 1)[0]) * int(_B[q & (BLOCK - 1)]) & MASK
+    per_block = 8 * BLOCK // size
+    table = element_weights(size)
+    w = table[positions & (per_block - 1)]
+    blocks = positions >> (per_block.bit_length() - 1)
+    lo, hi = int(blocks.min()), int(blocks.max())
+    if hi > lo:
+        w *= block_weights(lo, hi + 1)[blocks - lo]
+    else:
+        w *= block_weights(lo, lo + 1)[0]
+    return _dot(values, w) & MASK
 
 
 def _aligned(buf: np.ndarray, first: int) -> int:
     """Digest terms of the bytes ``buf`` (uint8, a multiple of 8 long) that start at byte
-    ``8 * first`` of the tensor: the X views inside it, the Y views inside it, and the halves
-    of the two Y views that straddle its ends (a Y view's other half is another piece's)."""
+    ``8 * first`` of the tensor (pieces at any offsets add up to ``D``)."""
     n = buf.size // 8
     if not n:
         return 0
     x = buf.view(_U64)
-    y = buf[4 : 8 * n - 4].view(_U64)  # Y_q for q = first .. first + n - 2, unaligned, no copy
+    y = buf[4 : 8 * n - 4].view(_U64)  # Y_q for q = first .. first + n - 2: unaligned, no copy
+    last = first + n - 1
     c0 = first >> BLOCK_SHIFT
-    weights = block_weights(c0, ((first + n - 1) >> BLOCK_SHIFT) + 1).tolist()
-    total, pos = 0, 0
-    for c, m in enumerate(weights, start=c0):
-        j = first + pos - (c << BLOCK_SHIFT)
-        k = min(BLOCK - j, n - pos)
-        ky = min(k, y.size - pos)
-        s = _dot(x[pos : pos + k], _A[j : j + k]) + (_dot(y[pos : pos + ky], _B[j : j + ky]) if ky > 0 else 0)
-        total += s * m
-        pos += k
-    total += _mb(first + n - 1) * int(x[-1] >> _U64(32))  # low half of the last Y view
-    if first:
-        total += (_mb(first - 1) << 32) * int(x[0] & _LOW)  # high half of the Y view before
+    m = block_weights(c0, (last >> BLOCK_SHIFT) + 2).tolist()
+    total = 0
+    for i in range(len(m) - 1):
+        qa = max(first, (c0 + i) << BLOCK_SHIFT)
+        qb = min(last + 1, (c0 + i + 1) << BLOCK_SHIFT)
+        j = qa & (BLOCK - 1)
+        s = _dot(x[qa - first : qb - first], _A[j : j + qb - qa])
+        s += _dot(y[qa - first : min(qb, last) - first], _B[j : j + min(qb, last) - qa])
+        total += s * m[i]
+        if qb <= last:  # Y_{qb-1} weighted x_2qb with this block's M; it belongs to the next
+            total += (m[i + 1] - m[i]) * _BH * int(x[qb - first] & _LOW)
+    mf, ml = m[0], m[(last >> BLOCK_SHIFT) - c0]
+    total += mf * (int(_B[(first - 1) & (BLOCK - 1)]) << 32) * int(x[0] & _LOW)  # x_2first's B term
+    total += ml * int(_B[last & (BLOCK - 1)]) * int(x[-1] >> _U64(32))  # x_2last+1's B term
     return total & MASK
-
-
-def _placed(
-    positions: np.ndarray, values: np.ndarray, minus: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Elements (unsigned, 1 to 8 bytes) at element ``positions`` as (32-bit word numbers,
-    uint64 values shifted to their place in the word); 8-byte elements give two words each.
-    With ``minus``: the wrapped differences ``values - minus`` instead (the digest is linear)."""
-    size = values.dtype.itemsize
-    pos = positions.astype(np.int64, copy=False)
-    if size == 8:  # two words: split first, then subtract word by word
-        vals = [values.astype(_U64)] + ([] if minus is None else [minus.astype(_U64)])
-        lo, hi = ([v & _LOW for v in vals], [v >> _U64(32) for v in vals])
-        if minus is not None:
-            lo[0] -= lo[1]
-            hi[0] -= hi[1]
-        return np.concatenate([2 * pos, 2 * pos + 1]), np.concatenate([lo[0], hi[0]])
-    v = values.astype(_U64)
-    if minus is not None:
-        v -= minus.astype(_U64)  # wraps mod 2**64
-    if size == 4:
-        return pos, v
-    per = 4 // size  # elements per word
-    v <<= ((pos & (per - 1)) * (8 * size)).astype(_U64)
-    return pos >> (per.bit_length() - 1), v
 
 
 def bytes_digest(buf: np.ndarray, offset: int = 0) -> int:
@@ -161,8 +133,8 @@ def bytes_digest(buf: np.ndarray, offset: int = 0) -> int:
     buf = buf.reshape(-1)
     head = min(buf.size, -offset % 8)
     stop = head + (buf.size - head) // 8 * 8
-    ends = np.r_[np.arange(head), np.arange(stop, buf.size)] + offset
-    total = _terms(*_placed(ends, np.r_[buf[:head], buf[stop:]]))
+    ends = np.r_[np.arange(head), np.arange(stop, buf.size)]
+    total = _terms(ends + offset, np.r_[buf[:head], buf[stop:]].astype(_U64), 1)
     if stop > head:
         total += _aligned(buf[head:stop], (offset + head) // 8)
     return total & MASK
@@ -173,16 +145,29 @@ def tensor_digest(t: torch.Tensor) -> int:
     return bytes_digest(bits_view(t).reshape(-1).view(np.uint8))
 
 
+def _halves(positions: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-byte elements as their two 32-bit words (positions and uint64 values)."""
+    v = values.astype(_U64)
+    return np.concatenate([2 * positions, 2 * positions + 1]), np.concatenate([v & _LOW, v >> _U64(32)])
+
+
 def elements_digest(positions: np.ndarray, values: np.ndarray) -> int:
     """The digest terms of the elements ``values`` (an unsigned integer array, 1 to 8 bytes
     each) at element positions ``positions`` of a tensor of that element size."""
-    return _terms(*_placed(positions, values))
+    pos = positions.astype(np.int64, copy=False)
+    if values.dtype.itemsize == 8:
+        return _terms(*_halves(pos, values), 4)
+    return _terms(pos, values.astype(_U64), values.dtype.itemsize)
 
 
 def changes_digest(positions: np.ndarray, old: np.ndarray, new: np.ndarray) -> int:
     """``D(after) - D(before)`` (mod 2**64) when the elements at ``positions`` change from
     ``old`` to ``new`` (unsigned integer arrays of one element size): one weight per change."""
-    return _terms(*_placed(positions, new, minus=old))
+    pos = positions.astype(np.int64, copy=False)
+    if new.dtype.itemsize == 8:  # word by word: the digest is linear in 32-bit words
+        return (elements_digest(pos, new) - elements_digest(pos, old)) & MASK
+    diff = np.subtract(new, old, dtype=_U64)  # wraps mod 2**64, and the digest is linear
+    return _terms(pos, diff, new.dtype.itemsize)
 
 
 def digest_hex(value: int) -> str:
