@@ -9,6 +9,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sparsecraft.formats.delta import DeltaError, DeltaWarning, apply_delta, encode_delta
 from sparsecraft.formats.delta_wire import pack_bucket, parse_bucket
@@ -90,6 +92,7 @@ RECORD_CASES = {  # a change to the sparse record of "w" (record 0) -> the reaso
                                  "2000 varint indices need 2000 to 42000 bytes, the record declares 6"),
     "unknown mode": (lambda r: {**r, "m": "x"}, "unknown record mode 'x'"),
     "unknown dtype": (lambda r: {**r, "dt": "float8"}, "unknown dtype 'float8'"),
+    "dtype is a list": (lambda r: {**r, "dt": ["float32"]}, "unknown dtype \\['float32'\\]"),
     "shape not a list": (lambda r: {**r, "sh": "64x40"}, "shape must be a list of integers >= 0, got '64x40'"),
     "negative dim": (lambda r: {**r, "sh": [-64, -40]}, "shape must be a list of integers >= 0"),
     "other shape": (lambda r: {**r, "sh": [2560]}, "is for float32\\[2560\\]"),
@@ -136,6 +139,8 @@ HEADER_CASES = {  # a change to the format-2 header of bucket 0 -> the reason th
     "manifest missing": (lambda h: {k: v for k, v in h.items() if k != "man"}, "the manifest must be a list"),
     "manifest entry": (lambda h: {**h, "man": [["w", "float32"]] + h["man"][1:]},
                        "manifest entry 0: must be \\[name, dtype, shape, base digest, result digest\\]"),
+    "manifest dtype is a list": (lambda h: {**h, "man": [[h["man"][0][0], ["x"], *h["man"][0][2:]]] + h["man"][1:]},
+                                 "manifest entry 0 \\(tensor 'w'\\): unknown dtype \\['x'\\]"),
     "bad digest": (lambda h: {**h, "man": [[*h["man"][0][:4], "zz"]] + h["man"][1:]},
                    "manifest entry 0 \\(tensor 'w'\\): result digest must be 16 lowercase hex digits, got 'zz'"),
     "manifest edited": (lambda h: {**h, "man": [[*h["man"][0][:4], "0" * 16]] + h["man"][1:]},
@@ -178,3 +183,26 @@ def test_manifest_tensors_must_exist_in_the_receiving_state():
     p = encode_delta(old, new)
     refused({"w": old["w"].clone()}, p, "manifest tensor 'h': the receiving state has no tensor 'h'")
     refused({"w": old["w"].clone(), "h": old["h"].float()}, p, "manifest tensor 'h': delta is for bfloat16\\[30\\]")
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_crc_valid_mutation_is_applied_exactly_or_refused_cleanly(data):
+    """Fuzz: flip bytes of the header or the body of a valid bucket and fix the CRC. Applying
+    it either gives exactly the sender's new state or one DeltaError with nothing written."""
+    old, new = states()
+    raw = bytearray(encode_delta(old, new).buckets[0])
+    hlen = struct.unpack_from("<I", raw, 4)[0]
+    lo, hi = data.draw(st.sampled_from([(12, 12 + hlen), (12 + hlen, len(raw))]), label="part")
+    for _ in range(data.draw(st.integers(1, 3), label="flips")):
+        i = data.draw(st.integers(lo, hi - 1), label="byte")
+        raw[i] = data.draw(st.integers(0, 255), label="value")
+    header, body = bytes(raw[12 : 12 + hlen]), bytes(raw[12 + hlen :])
+    state = {k: v.clone() for k, v in old.items()}
+    try:
+        apply_delta(state, [raw_bucket(b"SCD2", header, body)])
+    except DeltaError as e:
+        assert "\n" not in str(e)
+        assert all(same_bits(old[k], state[k]) for k in old)
+    else:
+        assert all(same_bits(new[k], state[k]) for k in new)

@@ -97,7 +97,7 @@ def check_record(rec: Any, where: str) -> None:
     if not isinstance(name, str):
         raise DeltaError(f"{where}: field 'k' (tensor name) must be a string, got {name!r}")
     where = f"{where} (tensor {name!r})"
-    if rec.get("dt") not in _ITEMSIZE:
+    if not isinstance(rec.get("dt"), str) or rec["dt"] not in _ITEMSIZE:
         raise DeltaError(f"{where}: unknown dtype {rec.get('dt')!r}; allowed: {', '.join(_ITEMSIZE)}")
     numel, size = numel_of(rec.get("sh"), where), _ITEMSIZE[rec["dt"]]
     mode = rec.get("m")
@@ -184,7 +184,7 @@ def check_manifest(man: Any, where: str) -> list[tuple[str, str, list, int | Non
         if name in seen:
             raise DeltaError(f"{w}: tensor listed twice")
         seen.add(name)
-        if dt not in _ITEMSIZE:
+        if not isinstance(dt, str) or dt not in _ITEMSIZE:
             raise DeltaError(f"{w}: unknown dtype {dt!r}")
         numel_of(shape, w)
         digests = []
