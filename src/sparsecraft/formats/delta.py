@@ -27,7 +27,7 @@ receiver that missed an update.
 
 The reference cost is ~6 bytes per changed element (int32 index + bf16 value, ALGORITHMS.md
 "Communication"); with gap coding the index costs ~1.15 bytes at 1% changed; the manifest
-adds ~60 bytes per tensor.
+adds ~60 bytes plus the name per tensor.
 
 Speed (the goal is >= 1 GB/s of model size per core for encode + apply): every step is a
 vectorised numpy pass with no Python loop over elements or changes -- one ``!=`` on the
