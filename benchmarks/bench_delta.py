@@ -117,7 +117,7 @@ def real_case(model_name: str, steps: int, seq: int, reps: int) -> list[list[str
         torch.manual_seed(0)
         model = load_model(model_name).model.to(dtype)
         if sparsity:
-            sparsecraft.prune(model, sparsity, include=["model.layers"])
+            sparsecraft.prune(model, sparsity, targets=["model.layers"], progress=False)
         # weights only (mask buffers are not weights); tied tensors stay tied (sent once)
         live = {k: v for k, v in model.state_dict().items() if not k.endswith("_mask")}
         old = {k: v.detach().clone() for k, v in live.items()}

@@ -7,15 +7,16 @@ import torch
 from torch import nn
 
 from sparsecraft.kernels import SparseLinear, convert, extension
-from sparsecraft.kernels.calibrate import _warned, choose
+from sparsecraft.kernels.calibrate import _warned, choose_backend
 from tests.kernels.helpers import sparse_weight
 
 
 @pytest.fixture
 def broken_build(monkeypatch, tmp_path):
-    bad = tmp_path / "broken.cpp"
+    bad = tmp_path / "src" / "broken.cpp"
+    bad.parent.mkdir()
     bad.write_text("this is not C++ at all;\n")
-    monkeypatch.setattr(extension, "SOURCE", bad)
+    monkeypatch.setattr(extension, "SOURCE_DIR", bad.parent)
     monkeypatch.setenv("SPARSECRAFT_CACHE_DIR", str(tmp_path / "cache"))
     extension.reset_extension_state()
     _warned.clear()
@@ -64,7 +65,7 @@ def test_auto_warns_and_falls_back_to_torch_csr(monkeypatch):
 
     try:
         with pytest.warns(RuntimeWarning, match="C\\+\\+ kernels unavailable.*torch-csr"):
-            d = choose(sparse_weight(8, 32, 0.9), measure=measure)
+            d = choose_backend(sparse_weight(8, 32, 0.9), measure=measure)
         assert d.backend == "torch-csr"
         assert not {"csr16", "bitmap", "nm24"} & set(seen[0])
         lin = nn.Linear(32, 8)

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import sparsecraft
-from sparsecraft.oneshot import prune_model
 from sparsecraft.oneshot.recovery import recover, squarehead_loss
 
 from .tiny import calib_ids, tiny_llama
@@ -24,7 +23,7 @@ def test_recovery_keeps_masks_exact_and_reduces_loss(loss):
     teacher = tiny_llama(seed=2)
     student = copy.deepcopy(teacher)
     ids = calib_ids(4, 16)
-    prune_model(student, ids, method="magnitude", sparsity=0.6, pattern="2:4", progress=False)
+    sparsecraft.prune(student, 0.6, pattern="2:4", progress=False)
     before = sparsecraft.report(student)
     res = recover(student, ids, teacher=teacher, loss=loss, steps=25, lr=3e-3, batch_size=4, progress=False)
     after = sparsecraft.report(student)

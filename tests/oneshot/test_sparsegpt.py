@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from sparsecraft.oneshot.magnitude import magnitude_mask
 from sparsecraft.oneshot.sparsegpt import SparseGPT, inverse_hessian_factor, sparsegpt_prune
 from sparsecraft.oneshot.stats import InputStats
 from sparsecraft.patterns import NM, Unstructured
@@ -19,6 +18,10 @@ def planted(seed=0, rows=16, cols=64, n=512):
     return w, x, st
 
 
+def magnitude_mask(w, pattern, sparsity):
+    return pattern.mask(w.abs(), sparsity)
+
+
 def recon_error(w, w2, x):
     return float(torch.linalg.norm(x @ w.t() - x @ w2.t()))
 
@@ -27,7 +30,7 @@ def recon_error(w, w2, x):
 def test_sparsegpt_beats_magnitude_reconstruction(pattern):
     w, x, st = planted()
     new_w, keep = SparseGPT().prune(w, st, pattern, 0.5)
-    assert torch.equal(new_w == 0, ~keep) or bool((new_w[~keep] == 0).all())
+    assert bool((new_w[~keep] == 0).all())  # every pruned weight is zero (a kept one may be too)
     assert int((~keep).sum()) == w.numel() // 2
     if isinstance(pattern, NM):
         assert (keep.reshape(w.shape[0], -1, pattern.m).sum(-1) == pattern.n).all()

@@ -25,15 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sparsecraft.errors import RecipeError, SparsecraftError
-    from sparsecraft.recipe import read_recipe_text
-    from sparsecraft.runner import run_recipe
+    from sparsecraft.jobs.recipe import read_recipe_text, run_recipe
 
     doc = read_recipe_text(args.recipe)
     if doc.get("job", "train") != "train":
         raise RecipeError(f"sparsecraft train runs 'job: train' recipes; this one is {doc.get('job')!r} (use run)")
     doc["job"] = "train"
     if args.resume:
-        if not (args.out or (doc.get("output") or {}).get("dir")):
+        output = doc.get("output")
+        if not (args.out or (isinstance(output, dict) and output.get("dir"))):
             raise SparsecraftError("--resume needs the run folder: pass --out DIR (or set output.dir in the recipe)")
         doc["resume"] = True
     run_dir, result = run_recipe(doc, args.out)

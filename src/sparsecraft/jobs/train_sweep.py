@@ -2,10 +2,11 @@
 
 For every (sparsity, seed) the recipe dict gets top-level ``sparsity`` and ``seed`` keys (the
 convention every training job follows: ``sparsity`` is the target sparsity), runs through
-:func:`sparsecraft.runner.run_recipe` into ``OUT/s<sparsity>-seed<seed>/`` and is skipped when
+:func:`sparsecraft.jobs.recipe.run_recipe` into ``OUT/s<sparsity>-seed<seed>/`` and is skipped when
 that folder already has a ``report.json`` (so an interrupted sweep resumes). The flattened
 reports are written to ``OUT/runs.csv`` (dotted keys such as ``final.test_loss``), the table
-``sparsecraft fit`` reads. ``jobs > 1`` runs the grid in that many worker processes.
+``sparsecraft fit`` reads. A grid point interrupted mid-run (a ``checkpoint/`` but no report)
+continues with ``resume: true`` when its job can resume. ``jobs > 1`` runs the grid in that many worker processes.
 """
 
 from __future__ import annotations
@@ -31,14 +32,13 @@ def grid_docs(
     doc: dict[str, Any], sparsities: Sequence[float], seeds: Sequence[int]
 ) -> list[tuple[float, int, dict[str, Any]]]:
     """The recipe dict for every (sparsity, seed), validated once up front."""
-    from sparsecraft.recipe import JOBS, discover_jobs, parse_recipe
+    from sparsecraft.jobs.recipe import JOBS, parse_recipe
 
     if not sparsities or not seeds:
         raise SparsecraftError("give at least one sparsity and one seed")
     bad = [s for s in sparsities if not 0.0 <= s < 1.0]
     if bad:
         raise SparsecraftError(f"sparsities must be in [0, 1), got {bad}")
-    discover_jobs()
     name = doc.get("job")
     if name is None:
         raise RecipeError(f"recipe has no 'job' key; allowed jobs: {', '.join(JOBS.names())}")
@@ -70,7 +70,7 @@ def _run_one(doc: dict[str, Any], run_dir: str, job_module: str | None) -> dict[
     """Worker: run one recipe (importing the module that registered its job first)."""
     if job_module:
         importlib.import_module(job_module)
-    from sparsecraft.runner import run_recipe
+    from sparsecraft.jobs.recipe import run_recipe
 
     _, report = run_recipe(doc, run_dir)
     return report
@@ -87,7 +87,7 @@ def _row(
     return row
 
 
-def sweep_train(
+def train_sweep(
     recipe: str | Path | dict[str, Any],
     sparsities: Sequence[float],
     seeds: int | Sequence[int] = 1,
@@ -101,7 +101,7 @@ def sweep_train(
     """
     from tqdm import tqdm
 
-    from sparsecraft.recipe import JOBS, read_recipe_text
+    from sparsecraft.jobs.recipe import JOBS, read_recipe_text
 
     doc = recipe if isinstance(recipe, dict) else read_recipe_text(recipe)
     seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -111,12 +111,15 @@ def sweep_train(
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[tuple[float, int], dict[str, Any]] = {}
     todo = []
+    resumable = "resume" in getattr(JOBS.get(doc["job"]).Config, "model_fields", {})
     for s, seed, d in grid:
         run_dir = out / run_name(s, seed)
         rep_path = run_dir / "report.json"
         if rep_path.is_file():
-            rows[(s, seed)] = _row(s, seed, run_dir, "skipped", json.loads(rep_path.read_text()))
+            rows[(s, seed)] = _row(s, seed, run_dir, "skipped", _read_report(rep_path))
         else:
+            if resumable and (run_dir / "checkpoint").exists():  # interrupted mid-run: continue it
+                d = {**d, "resume": True}
             todo.append((s, seed, d, run_dir))
     bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="sweep-train", unit="run", disable=not progress)
 
@@ -144,6 +147,16 @@ def sweep_train(
     table = [rows[k] for k in sorted(rows)]
     write_csv(out / "runs.csv", table)
     return table
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SparsecraftError(f"{path} is not a readable report ({e}); delete it to rerun that grid point") from None
+    if not isinstance(report, dict):
+        raise SparsecraftError(f"{path} is not a report (a JSON object); delete it to rerun that grid point")
+    return report
 
 
 def _describe(e: BaseException) -> str:
