@@ -19,7 +19,8 @@ One round of :meth:`DeltaSync.sync` (every call is collective):
    digest and result digest before writing anything. On failure its state is unchanged, its
    version becomes ``-1`` (so the next round is a full resend) and ``sync`` raises the
    :class:`~sparsecraft.formats.delta.DeltaError`, after every collective of the round, so
-   the ranks stay in step.
+   the ranks stay in step. If ``src`` cannot encode (say ``new_state`` lost a tensor), it
+   broadcasts that instead of a payload and every rank raises, its state and version unchanged.
 
 A receiver holds the payload (plus 8 bytes per sparse change) besides its state. Works with
 any backend that broadcasts and all-reduces CPU uint8/int64 tensors (gloo; for NCCL move the
@@ -38,6 +39,7 @@ from sparsecraft.errors import SparsecraftError
 from sparsecraft.formats.delta import DEFAULT_BUCKET, DeltaError, DeltaPayload, apply_delta, encode_delta, encode_full
 
 UNKNOWN = -1  # the version of a receiver whose last apply failed
+_FAILED = -1  # bucket count ``src`` broadcasts when it could not encode the round
 
 
 def _rank(group: Any) -> int:
@@ -52,6 +54,8 @@ def broadcast_payload(
     is_src = _rank(group) == src
     count = torch.tensor([len(payload.buckets) if is_src else 0], dtype=torch.int64)
     dist.broadcast(count, src, group=group)
+    if int(count.item()) == _FAILED:
+        raise DeltaError(f"rank {src} could not encode this round's delta (it raised there); nothing was written")
     if int(count.item()) < 0:
         raise DeltaError(f"delta broadcast announced {int(count.item())} buckets")
     sizes = torch.zeros(int(count.item()), dtype=torch.int64)
@@ -108,11 +112,15 @@ class DeltaSync:
         full, to = lowest != highest or lowest < 0, max(highest, 0) + 1
         if self.is_src:
             new = {k: v.detach() for k, v in new_state.items()}
-            if full:
-                payload = encode_full(new, self.bucket_bytes, to_version=to)
-            else:
-                payload = encode_delta(self.state, new, self.bucket_bytes, from_version=self.version,
-                                       to_version=to, base_digests=self._digests)
+            try:
+                if full:
+                    payload = encode_full(new, self.bucket_bytes, to_version=to)
+                else:
+                    payload = encode_delta(self.state, new, self.bucket_bytes, from_version=self.version,
+                                           to_version=to, base_digests=self._digests)
+            except Exception:  # tell the receivers, so they raise instead of waiting forever
+                dist.broadcast(torch.tensor([_FAILED], dtype=torch.int64), self.src, group=self.group)
+                raise
             broadcast_payload(payload, src=self.src, group=self.group)
             with torch.no_grad():
                 for name in payload.touched:  # the snapshot becomes what the receivers now hold
