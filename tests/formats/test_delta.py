@@ -203,3 +203,9 @@ def test_versions_and_known_base_digests_are_explicit_arguments():
             encode_delta(old, mid, **bad)
     with pytest.raises(DeltaError, match="version must be an integer"):
         apply_delta(clone(old), p1, version="4")
+
+
+def test_a_tied_tensor_whose_old_copy_has_another_shape_is_an_error():
+    emb = torch.randn(20)
+    with pytest.raises(DeltaError, match="tensor 'head': old is torch.float32\\(21,\\), new is torch.float32\\(20,\\)"):
+        encode_delta({"emb": emb.clone(), "head": torch.randn(21)}, {"emb": emb, "head": emb})

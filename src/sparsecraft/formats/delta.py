@@ -120,14 +120,18 @@ def changed_indices(a: np.ndarray, b: np.ndarray, give_up: int | None = None) ->
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), count
 
 
-def _records(name: str, old: torch.Tensor | None, new: torch.Tensor, limit: int) -> tuple[list, int, int | None]:
-    """(header, [index bytes, value bytes]) records for one tensor, each <= ``limit`` bytes,
-    the number of changed elements, and ``D(new) - D(old)`` when it was cheaper to get from
-    the changes than from a pass over ``new`` (else None). ``old=None``: everything, dense."""
+def _same_kind(name: str, old: torch.Tensor | None, new: torch.Tensor) -> None:
     if old is not None and (old.shape != new.shape or old.dtype != new.dtype):
         raise DeltaError(
             f"tensor {name!r}: old is {old.dtype}{tuple(old.shape)}, new is {new.dtype}{tuple(new.shape)}"
         )
+
+
+def _records(name: str, old: torch.Tensor | None, new: torch.Tensor, limit: int) -> tuple[list, int, int | None]:
+    """(header, [index bytes, value bytes]) records for one tensor, each <= ``limit`` bytes,
+    the number of changed elements, and ``D(new) - D(old)`` when it was cheaper to get from
+    the changes than from a pass over ``new`` (else None). ``old=None``: everything, dense."""
+    _same_kind(name, old, new)
     b = bits_view(new).reshape(-1)
     vb = b.itemsize
     head = {"k": name, "dt": dtype_name(new.dtype), "sh": list(new.shape)}
@@ -204,6 +208,7 @@ def _encode(old_state: dict[str, torch.Tensor] | None, new_state: dict[str, torc
             base_d[name] = None
         first = seen.setdefault(storage_key(new), name)
         if first != name:  # tied to an earlier tensor: same memory, sent once
+            _same_kind(name, old, new)
             stats["tied"] += 1
             result_d[name] = result_d[first]
             records, changed = [], 0
