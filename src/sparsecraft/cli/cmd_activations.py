@@ -29,7 +29,8 @@ from sparsecraft.cli.common import add_data_arguments, add_run_arguments, print_
 from sparsecraft.errors import SparsecraftError
 
 NAME = "activations"
-HELP = "activation sparsity of a model's MLPs: natural, top-k, or PPL-p% (CETT thresholds)"
+# argparse formats help strings with %, so the percent sign is escaped
+HELP = "activation sparsity of a model's MLPs: natural, top-k, or PPL-p%% (CETT thresholds)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
