@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MaskMeta, set_mask
-from sparsecraft.oneshot.base import make_pruner
+from sparsecraft.oneshot.base import OneShotPruner, make_pruner
 from sparsecraft.oneshot.owl import outlier_ratio, owl_sparsities
 from sparsecraft.oneshot.runner import BlockInput, batched, block_forward, block_targets, find_blocks, run_sequential
 from sparsecraft.oneshot.stats import StatsCollector
 from sparsecraft.oneshot.wanda import wanda_scores
-from sparsecraft.patterns import NM, parse_pattern
+from sparsecraft.patterns import NM, Pattern, parse_pattern
 from sparsecraft.report import SparsityReport, report
 from sparsecraft.targets import Target
 
@@ -140,6 +140,29 @@ def prune_model(
     if owl:
         ratios = owl_ratios(model, batches, per_block, owl_m, progress)
         block_s = owl_sparsities(ratios, float(sparsity), owl_lambda)
+    prune_blocks(model, batches, pruner, pat, per_block, block_s, method, progress)
+    wall = time.perf_counter() - t0
+    names = [t.name for ts in per_block for t in ts]
+    rep = report(model, include=[f"^{re.escape(n)}$" for n in names])
+    return OneShotResult(method + ("+owl" if owl else ""), pat.spec(), float(sparsity), rep, wall,
+                         block_s, ratios)
+
+
+def prune_blocks(
+    model: nn.Module,
+    batches: list[Any],
+    pruner: OneShotPruner,
+    pattern: Pattern,
+    per_block: list[list[Target]],
+    block_sparsities: Sequence[float],
+    method: str,
+    progress: bool = True,
+) -> None:
+    """Prune the targets of every block ``i`` at ``block_sparsities[i]`` (the sequential
+    protocol for calibrated methods, block by block without data for magnitude)."""
+    if len(block_sparsities) != len(per_block):
+        raise SparsecraftError(f"{len(block_sparsities)} block sparsities for {len(per_block)} blocks")
+    stack = find_blocks(model)
 
     def prune_block(i: int, block: nn.Module, inputs: list[BlockInput]) -> None:
         ts = per_block[i]
@@ -149,34 +172,41 @@ def prune_model(
         if pruner.needs_calibration:
             stats = _collect(block, inputs, ts, pruner.needs_hessian).stats
         for t in ts:
-            _prune_target(pruner, t, stats.get(t.module_name), pat, block_s[i], method)
+            _prune_target(pruner, t, stats.get(t.module_name), pattern, float(block_sparsities[i]), method)
 
     if pruner.needs_calibration:
         run_sequential(model, stack, batches, prune_block, _progress(f"{method} blocks", progress))
     else:
         for i in _progress(f"{method} blocks", progress)(range(len(per_block))):
             prune_block(i, stack.blocks[i], [])
-    wall = time.perf_counter() - t0
-    names = [t.name for ts in per_block for t in ts]
-    rep = report(model, include=[f"^{re.escape(n)}$" for n in names])
-    return OneShotResult(method + ("+owl" if owl else ""), pat.spec(), float(sparsity), rep, wall,
-                         block_s, ratios)
 
 
 @torch.no_grad()
+def dense_input_norms(model: nn.Module, batches: list[Any], per_block: list[list[Target]],
+                      progress: bool = True) -> list[dict[str, torch.Tensor]]:
+    """Per block, ``{module name: ||X_j||_2}`` of every target's input on the *dense* model (the
+    statistics OWL's outlier ratios are computed from; the weights are not changed)."""
+    stack = find_blocks(model)
+    norms: list[dict[str, torch.Tensor]] = [{} for _ in per_block]
+
+    def measure(i: int, block: nn.Module, inputs: list[BlockInput]) -> None:
+        if per_block[i]:
+            stats = _collect(block, inputs, per_block[i], hessian=False).stats
+            norms[i] = {t.module_name: stats[t.module_name].col_norms.clone() for t in per_block[i]}
+
+    run_sequential(model, stack, batches, measure, _progress("OWL input norms", progress))
+    return norms
+
+
+def block_outlier_ratios(per_block: list[list[Target]], norms: list[dict[str, torch.Tensor]],
+                         m: float = 5.0) -> list[float]:
+    """OWL's outlier ratio of every block: Wanda scores of all its targets together, from the
+    input norms of :func:`dense_input_norms` (0 for a block without targets)."""
+    return [outlier_ratio([wanda_scores(t.layout.to_rows(t.param), nb[t.module_name]) for t in ts], m) if ts else 0.0
+            for ts, nb in zip(per_block, norms)]
+
+
 def owl_ratios(model: nn.Module, batches: list[Any], per_block: list[list[Target]], m: float = 5.0,
                progress: bool = True) -> list[float]:
     """OWL's outlier ratio of every block, from the dense model's calibration activations."""
-    stack = find_blocks(model)
-    ratios: list[float] = [0.0] * len(per_block)
-
-    def measure(i: int, block: nn.Module, inputs: list[BlockInput]) -> None:
-        ts = per_block[i]
-        if not ts:
-            return
-        stats = _collect(block, inputs, ts, hessian=False).stats
-        scores = [wanda_scores(t.layout.to_rows(t.param), stats[t.module_name].col_norms) for t in ts]
-        ratios[i] = outlier_ratio(scores, m)
-
-    run_sequential(model, stack, batches, measure, _progress("OWL outlier ratios", progress))
-    return ratios
+    return block_outlier_ratios(per_block, dense_input_norms(model, batches, per_block, progress), m)
