@@ -73,14 +73,16 @@ def test_prune_cli_owl_and_recovery(tiny, tmp_path, capsys):
     model_dir, text = tiny
     out = tmp_path / "run"
     rc = main(["prune", "--model", str(model_dir), "--method", "wanda", "--sparsity", "0.6", "--owl",
-               "--owl-lambda", "0.05", "--recover-steps", "3", "--recover-lr", "1e-3", "--calib", str(text),
+               "--owl-lambda", "0.05", "--recover-steps", "3", "--recover-lr", "1e-3", "--recover-loss",
+               "lm+squarehead", "--recover-feature-weight", "0.5", "--recover-kd-weight", "0.2", "--calib", str(text),
                "--out", str(out), "--no-save", "--json", *ARGS])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     row = doc["rows"][1]
     assert row["method"] == "wanda+owl" and len(row["owl_ratios"]) == 2
     assert sum(row["block_sparsities"]) / 2 == pytest.approx(0.6)
-    assert row["recovery"]["loss"] == "squarehead" and "perplexity_pruned" in row
+    assert row["recovery"]["loss"] == "lm+squarehead" and "perplexity_pruned" in row
+    assert set(row["recovery"]["first_parts"]) == {"task", "feature", "kd"}
     assert not (out / "model").exists()
 
 
