@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sections import write_section  # noqa: E402
 
 import sparsecraft  # noqa: E402
-from sparsecraft.checkpoint import read_checkpoint, save  # noqa: E402
 from sparsecraft.formats import pack, unpack  # noqa: E402
+from sparsecraft.formats.checkpoint import read_checkpoint, save  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

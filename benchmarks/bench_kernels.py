@@ -7,7 +7,7 @@ thread count of ``--threads`` (default ``2,1``; numpy's BLAS pool is limited to 
 Peers, all in one process and timed side by side in the same rounds: the dense calls (F.linear,
 torch.mm with W^T contiguous, torch.addmm, oneDNN linear; numpy as an extra column), torch CSR
 with int32 indices, scipy CSR; sparsecraft's csr16, bitmap, nm24 (2:4 only) and ``auto`` = the
-backend :func:`sparsecraft.kernels.choose` picks for that cell after its own measurement.
+backend :func:`sparsecraft.kernels.choose_backend` picks for that cell after its own measurement.
 
 Timing (:func:`sparsecraft.kernels.timing.time_blocks`): per round, every call in turn (order
 rotated each round) gets a ``--pause`` (the thread pool of the previous call -- OpenBLAS,
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from _env import header, load, load_line, write_atomic
 from threadpoolctl import threadpool_limits
 
-from sparsecraft.kernels import choose, get_backend
+from sparsecraft.kernels import choose_backend, get_backend
 from sparsecraft.kernels.timing import WAITS, block_median, time_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def run_cell(w: torch.Tensor, cell: str, batch: int, args: argparse.Namespace) -
             continue
         packs[name] = (b, b.pack(w))
         calls[name] = lambda b=b, p=packs[name][1]: b.matmul(p, x, n_out)
-    decision = choose(w, batch=batch)
+    decision = choose_backend(w, batch=batch)
     ab = get_backend(decision.backend)
     ap = packs[decision.backend][1] if decision.backend in packs else ab.pack(w)
     calls["auto"] = lambda: ab.matmul(ap, x, n_out)
@@ -185,7 +185,7 @@ METHOD = (
     "calls: the peers use different thread pools (numpy's OpenBLAS, torch's OpenMP shared by "
     "MKL/oneDNN/our kernels, scipy on the main thread) whose idle threads spin-wait after a call "
     "and steal one of the 2 cores from the next call; the pause lets them sleep, the warm-up "
-    "wakes the next call's pool. `auto` is the backend `sparsecraft.kernels.choose` picked after "
+    "wakes the next call's pool. `auto` is the backend `sparsecraft.kernels.choose_backend` picked after "
     "its own block-wise measurement (sparse only if <= 0.9x the fastest torch dense call). numpy "
     "is a peer column but not in the best-dense reference nor an auto candidate (its BLAS pool "
     "fights torch's inside a model); when it was faster, the goal line says by how much."

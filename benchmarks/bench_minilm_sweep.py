@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sparsecraft.jobs.sweep import SweepConfig, run_sweep_job
+from sparsecraft.jobs.sparsity_sweep import SweepConfig, run_sweep_job
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -68,7 +68,7 @@ def tie_fraction(m: int = 4, keep: int = 2) -> float:
     """Fraction of N:M groups of the pruned SmolLM2 weights whose |w| ties at the keep/prune cut
     (the GGUF Q4_1 source has few distinct values, so tie-breaking decides many groups)."""
     from sparsecraft.models import load_model
-    from sparsecraft.oneshot.runner import block_targets, find_blocks
+    from sparsecraft.oneshot.blockwise import block_targets, find_blocks
 
     model = load_model("smollm2-135m").model
     ties = total = 0

@@ -168,8 +168,8 @@ def main(argv=None) -> int:
     from sparsecraft.oneshot import prune_model
     from sparsecraft.oneshot.api import block_outlier_ratios, dense_input_norms, prune_blocks
     from sparsecraft.oneshot.base import make_pruner
+    from sparsecraft.oneshot.blockwise import batched, block_targets, find_blocks
     from sparsecraft.oneshot.owl import owl_sparsities
-    from sparsecraft.oneshot.runner import batched, block_targets, find_blocks
     from sparsecraft.patterns import Unstructured
     from sparsecraft.report import report
 

@@ -6,7 +6,7 @@
    relative parameter error.
 3. A Fashion-MNIST sparsity sweep: MLP 784-300-100-10 with static random ERK masks
    (``sparsecraft.prune(criterion="random", distribution="erk")``, masks re-applied after every
-   optimizer step), trained a few epochs at densities 1 .. 0.01 through ``sweep_train`` (resumable
+   optimizer step), trained a few epochs at densities 1 .. 0.01 through ``train_sweep`` (resumable
    run folders + runs.csv), then test error and test loss vs. density fitted with the two
    sparsest densities held out (extrapolation error).
 
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparsecraft.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.train_sweep import train_sweep
 from sparsecraft.scaling import fit, load_table, make_law, rmsle
 from sparsecraft.scaling.plot import plot_fit
 from sparsecraft.scaling.reference import (
@@ -38,7 +39,6 @@ from sparsecraft.scaling.reference import (
     BNSL_ADDITION_X,
     BNSL_ADDITION_Y,
 )
-from sparsecraft.scaling.sweep_train import sweep_train
 
 ROOT = Path(__file__).resolve().parents[1]
 DENSITIES = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01]
@@ -149,7 +149,7 @@ def fmnist_sweep(runs: Path, seeds: int, epochs: int, results: Path) -> str:
     torch.set_num_threads(2)
     recipe = {"job": "bench-fmnist-static-erk", "epochs": epochs}
     t0 = time.perf_counter()
-    sweep_train(recipe, [round(1 - d, 4) for d in DENSITIES], seeds, runs)
+    train_sweep(recipe, [round(1 - d, 4) for d in DENSITIES], seeds, runs)
     wall = time.perf_counter() - t0
     hold = 2 * seeds  # the two sparsest densities, every seed
     out = [f"{len(DENSITIES)} densities x {seeds} seeds, {epochs} epochs each, sweep wall time "
@@ -218,7 +218,7 @@ listed parameters (see `SYNTH` in the script), noise multiplicative log-normal.
 ## Fashion-MNIST sparsity sweep (static random ERK masks)
 
 MLP 784-300-100-10, Adam lr 1e-3, batch 128, masks re-applied after every step, full 60k/10k
-split; run through `sweep_train` (run folders and runs.csv under `{Path(args.runs).name}/`).
+split; run through `train_sweep` (run folders and runs.csv under `{Path(args.runs).name}/`).
 Fits of test error (1 - accuracy) and test loss against density, log-space loss, the sparsest
 densities held out to measure extrapolation; 90% bootstrap bands in the PNGs next to this file.
 

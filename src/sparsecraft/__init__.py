@@ -11,8 +11,8 @@ run it fast. The main entry points::
     sparsecraft.load("model.safetensors", fresh_model)
 """
 
-from sparsecraft.checkpoint import load, save
 from sparsecraft.errors import SparsecraftError
+from sparsecraft.formats.checkpoint import load, save
 from sparsecraft.masks import apply_masks, masked_params, remove_masks, set_mask
 from sparsecraft.pruning import prune
 from sparsecraft.report import SparsityReport, report

@@ -28,7 +28,7 @@ from sparsecraft.errors import SparsecraftError
 from sparsecraft.registry import Registry
 from sparsecraft.targets import Target
 
-CRITERIA: Registry[type[Criterion]] = Registry("criterion")
+CRITERIA: Registry[type[Criterion]] = Registry("criterion", title="criteria")
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 

@@ -58,7 +58,7 @@ def current_scores(criterion: Criterion, target: Target) -> torch.Tensor:
     return score
 
 
-def plan_masks(
+def decide_masks(
     targets: Sequence[Target],
     sparsity: float,
     pattern: Pattern,
@@ -136,7 +136,7 @@ def prune(
     if not targets:
         raise SparsecraftError("no prunable layer found (Linear, Conv1d/2d/3d or GPT-2 Conv1D)")
     crit.prepare(model, targets, data=data, loss_fn=loss_fn)
-    plan = plan_masks(targets, float(sparsity), pat, crit, dist, _overrides(overrides), skip_unfit)
+    plan = decide_masks(targets, float(sparsity), pat, crit, dist, _overrides(overrides), skip_unfit)
     items: Iterable = plan.values()
     if progress is not None:
         items = progress(list(items))

@@ -89,7 +89,7 @@ def test_prune_cli_owl_and_recovery(tiny, tmp_path, capsys):
 def test_per_run_save_flag_and_inspect_json(tiny, tmp_path, capsys):
     """The flagship recipe shape: several runs, only the one marked ``save`` writes a model,
     and ``sparsecraft inspect --json`` reads the true per-layer sparsity from its checkpoint."""
-    from sparsecraft.runner import run_recipe
+    from sparsecraft.jobs.recipe import run_recipe
 
     model_dir, text = tiny
     recipe = {

@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import sparsecraft
-from sparsecraft.checkpoint import read_checkpoint
 from sparsecraft.cli.main import main
+from sparsecraft.formats.checkpoint import read_checkpoint
 
 
 def plain_file(tmp_path):

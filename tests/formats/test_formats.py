@@ -140,12 +140,12 @@ def test_one_dimensional_tensors_use_bitmap_or_dense():
 @pytest.mark.parametrize("case", [(0.0, None), (0.5, None), (0.9, None), (0.999, None), (0.5, (2, 4)), (0.5, (1, 8))])
 def test_auto_sizes_equal_the_packed_bytes_and_auto_is_the_minimum(case):
     from sparsecraft.formats.base import bits_view
-    from sparsecraft.formats.select import candidates, choose
+    from sparsecraft.formats.select import candidates, choose_format
 
     s, nm = case
     t = nm_bits(32, 64, *nm, torch.float16, 9) if nm else random_bits((32, 64), torch.float16, s, 9)
     x, layout = bits_view(t), layout_for(None, t)
     sizes = [pack(t, fmt).nbytes for fmt in candidates(x, layout)]
     assert [fmt.size(x, layout) for fmt in candidates(x, layout)] == sizes
-    fmt, size = choose(x, layout)
+    fmt, size = choose_format(x, layout)
     assert size == min(sizes) == pack(t, "auto").nbytes

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from sparsecraft.cli.main import main
 from sparsecraft.errors import RecipeError
-from sparsecraft.runner import run_recipe
+from sparsecraft.jobs.recipe import run_recipe
 
 RECIPE = {"job": "train", "model": "mlp", "data": "digits", "method": {"name": "rigl", "update": {"every": 5}},
           "sparsity": 0.8, "seed": 1, "epochs": 3, "batch_size": 64, "progress": False}  # fmt: skip

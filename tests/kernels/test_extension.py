@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sparsecraft.kernels import SparseLinear, convert, extension
-from sparsecraft.kernels.calibrate import _warned, choose
+from sparsecraft.kernels.calibrate import _warned, choose_backend
 from tests.kernels.helpers import sparse_weight
 
 
@@ -64,7 +64,7 @@ def test_auto_warns_and_falls_back_to_torch_csr(monkeypatch):
 
     try:
         with pytest.warns(RuntimeWarning, match="C\\+\\+ kernels unavailable.*torch-csr"):
-            d = choose(sparse_weight(8, 32, 0.9), measure=measure)
+            d = choose_backend(sparse_weight(8, 32, 0.9), measure=measure)
         assert d.backend == "torch-csr"
         assert not {"csr16", "bitmap", "nm24"} & set(seen[0])
         lin = nn.Linear(32, 8)

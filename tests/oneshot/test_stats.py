@@ -1,6 +1,6 @@
 import torch
 
-from sparsecraft.oneshot.runner import block_targets, capture_inputs, find_blocks
+from sparsecraft.oneshot.blockwise import block_targets, capture_inputs, find_blocks
 from sparsecraft.oneshot.stats import InputStats, StatsCollector
 
 from .tiny import calib_ids, tiny_llama

@@ -78,7 +78,7 @@ def test_steplaw_command(capsys):
 
 
 def test_sweep_train_command(tmp_path, capsys):
-    from tests.scaling import test_sweep_train  # noqa: F401  (registers the tiny job)
+    from tests.jobs import test_train_sweep  # noqa: F401  (registers the tiny job)
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("job: scaling-test-tiny\nscale: 1.0\n")

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsecraft.checkpoint import load, read_checkpoint
 from sparsecraft.cli.common import print_json
 from sparsecraft.errors import SparsecraftError
+from sparsecraft.formats.checkpoint import load, read_checkpoint
 
 NAME = "bench"
 HELP = "per-layer and end-to-end latency of a model, dense vs. sparse kernels"

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def inspect_checkpoint(path: str, include_dense: bool = False) -> dict:
-    from sparsecraft.checkpoint import read_checkpoint
+    from sparsecraft.formats.checkpoint import read_checkpoint
 
     state, doc = read_checkpoint(path)
     masks = doc.get("masks", {})

@@ -4,59 +4,22 @@ methods, jobs, ...) with one-line docs."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 
 from sparsecraft.cli.common import print_json
 
 NAME = "list"
 HELP = "list registered patterns, criteria, distributions, schedules, methods and jobs"
 
-#: (title, module, attribute); modules that are absent in this install are skipped.
-REGISTRIES = [
-    ("patterns", "sparsecraft.patterns", "PATTERNS"),
-    ("criteria", "sparsecraft.criteria", "CRITERIA"),
-    ("distributions", "sparsecraft.distributions", "DISTRIBUTIONS"),
-    ("schedules", "sparsecraft.schedules", "SCHEDULES"),
-    ("methods", "sparsecraft.methods", "METHODS"),
-    ("one-shot methods", "sparsecraft.oneshot", "ONESHOT"),
-    ("formats", "sparsecraft.formats", "FORMATS"),
-    ("kernel backends", "sparsecraft.kernels", "BACKENDS"),
-    ("scaling laws", "sparsecraft.scaling", "LAWS"),
-    ("jobs", "sparsecraft.recipe", "JOBS"),
-]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("axis", nargs="?", default=None, help="only this axis (e.g. patterns)")
     p.add_argument("--json", action="store_true", help="print as JSON")
 
 
-def _import_submodules(mod) -> None:  # noqa: ANN001
-    """Registration happens at import: import a package's modules so every entry is listed."""
-    for info in pkgutil.iter_modules(getattr(mod, "__path__", [])):
-        if not info.name.startswith("_"):
-            try:
-                importlib.import_module(f"{mod.__name__}.{info.name}")
-            except ImportError:  # optional extras (e.g. transformers) that are not installed
-                continue
-
-
 def collect() -> dict[str, list[tuple[str, str]]]:
-    from sparsecraft.recipe import discover_jobs
+    """``{title: [(name, one-line doc)]}`` for every registry of the library."""
+    from sparsecraft.registry import all_registries
 
-    discover_jobs()
-    out = {}
-    for title, modname, attr in REGISTRIES:
-        try:
-            mod = importlib.import_module(modname)
-        except ImportError:
-            continue
-        _import_submodules(mod)
-        reg = getattr(mod, attr, None)
-        if reg is not None:
-            out[title] = reg.summary()
-    return out
+    return {reg.title: reg.summary() for reg in all_registries()}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsecraft.runner import run_recipe
+    from sparsecraft.jobs.recipe import run_recipe
 
     run_dir, result = run_recipe(recipe_from_args(args), args.out)
     if args.json:

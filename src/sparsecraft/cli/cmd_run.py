@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsecraft.runner import run_recipe
+    from sparsecraft.jobs.recipe import run_recipe
 
     recipe = args.recipe or DEFAULT_RECIPE
     run_dir, result = run_recipe(recipe, args.out)

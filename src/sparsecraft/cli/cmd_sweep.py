@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsecraft.runner import run_recipe
+    from sparsecraft.jobs.recipe import run_recipe
 
     recipe = {
         "job": "sparsity-sweep", "model": args.model, "method": args.method,

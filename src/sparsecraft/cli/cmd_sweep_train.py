@@ -45,11 +45,11 @@ def parse_seeds(text: str) -> int | list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from sparsecraft.errors import SparsecraftError
-    from sparsecraft.scaling.sweep_train import sweep_train
+    from sparsecraft.jobs.train_sweep import train_sweep
 
     if args.jobs < 1:
         raise SparsecraftError(f"--jobs must be >= 1, got {args.jobs}")
-    rows = sweep_train(
+    rows = train_sweep(
         args.recipe, float_list(args.sparsity, "sparsity"), parse_seeds(args.seeds), args.out, jobs=args.jobs
     )
     failed = [r for r in rows if r["status"] == "failed"]

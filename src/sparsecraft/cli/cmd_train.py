@@ -25,8 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sparsecraft.errors import RecipeError, SparsecraftError
-    from sparsecraft.recipe import read_recipe_text
-    from sparsecraft.runner import run_recipe
+    from sparsecraft.jobs.recipe import read_recipe_text, run_recipe
 
     doc = read_recipe_text(args.recipe)
     if doc.get("job", "train") != "train":

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsecraft.recipe import load_recipe
+    from sparsecraft.jobs.recipe import load_recipe
 
     job, config = load_recipe(args.recipe)
     name = job.registry_name  # type: ignore[attr-defined]

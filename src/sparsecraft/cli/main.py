@@ -1,8 +1,8 @@
 """Entry point of the ``sparsecraft`` command.
 
-Sub-commands are discovered: every module ``sparsecraft/cli/cmd_<name>.py`` defines
-``NAME`` (the sub-command), ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``. Adding a command is one new file, no edit here.
+Sub-commands are discovered by the :data:`COMMANDS` registry: every module of ``sparsecraft/cli``
+that defines ``NAME`` (the sub-command), ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int`` is a command. Adding a command is one new file, no edit here.
 
 User errors (:class:`sparsecraft.errors.SparsecraftError`) print ``error: <reason>`` on one line
 and exit 2; ``SPARSECRAFT_DEBUG=1`` shows the traceback instead.
@@ -11,23 +11,15 @@ and exit 2; ``SPARSECRAFT_DEBUG=1`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import pkgutil
 import sys
 from collections.abc import Sequence
 
 from sparsecraft.errors import SparsecraftError
+from sparsecraft.registry import Registry
 
-
-def _commands() -> list:
-    import sparsecraft.cli as pkg
-
-    mods = []
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("cmd_"):
-            mods.append(importlib.import_module(f"sparsecraft.cli.{info.name}"))
-    return sorted(mods, key=lambda m: m.NAME)
+#: sub-command name -> its module (see the module docstring)
+COMMANDS: Registry = Registry("command", package="sparsecraft.cli", module_attr="NAME")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sparsecraft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in _commands():
+    for _, mod in COMMANDS:
         p = sub.add_parser(
             mod.NAME,
             help=mod.HELP,
@@ -64,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

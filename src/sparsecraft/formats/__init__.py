@@ -7,10 +7,9 @@
 * Hugging Face directories: :mod:`.hf` (``save_pretrained_sparse``, ``load_pretrained_sparse``).
 """
 
-from sparsecraft.formats import bitmap, bsr, csr, dense, nm  # noqa: F401  (register formats)
 from sparsecraft.formats.base import FORMATS, Format, Packed
 from sparsecraft.formats.delta import DeltaError, DeltaPayload, apply_delta, encode_delta
-from sparsecraft.formats.select import FORMAT_CHOICES, choose, pack, unpack
+from sparsecraft.formats.select import FORMAT_CHOICES, choose_format, pack, unpack
 
 __all__ = [
     "FORMATS",
@@ -20,7 +19,7 @@ __all__ = [
     "Format",
     "Packed",
     "apply_delta",
-    "choose",
+    "choose_format",
     "encode_delta",
     "pack",
     "unpack",

@@ -22,7 +22,7 @@ from sparsecraft.errors import SparsecraftError
 from sparsecraft.layout import WeightLayout
 from sparsecraft.registry import Registry
 
-FORMATS: Registry[type[Format]] = Registry("format")
+FORMATS: Registry[type[Format]] = Registry("format", package="sparsecraft.formats")
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

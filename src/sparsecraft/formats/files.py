@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from sparsecraft.checkpoint import atomic_save_file, read_checkpoint, save_state
 from sparsecraft.errors import CheckpointError
+from sparsecraft.formats.checkpoint import atomic_save_file, read_checkpoint, save_state
 from sparsecraft.formats.container import probe
 from sparsecraft.layout import WeightLayout
 from sparsecraft.masks import MASK_SUFFIX

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsecraft.checkpoint import SIDECAR, model_layouts, save_state
 from sparsecraft.errors import CheckpointError, MissingDependencyError
+from sparsecraft.formats.checkpoint import SIDECAR, model_layouts, save_state
 from sparsecraft.formats.files import compress_file, decompress_file, read_any, summary
 from sparsecraft.layout import WeightLayout
 from sparsecraft.masks import MASK_SUFFIX, masked_params

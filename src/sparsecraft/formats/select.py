@@ -73,7 +73,7 @@ def candidates(x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None
     return out
 
 
-def choose(x: np.ndarray, layout: WeightLayout | None) -> tuple[Format, int]:
+def choose_format(x: np.ndarray, layout: WeightLayout | None) -> tuple[Format, int]:
     """The smallest applicable format for bit view ``x`` and its exact size."""
     best: tuple[Format, int] | None = None
     nz = x != 0
@@ -107,7 +107,7 @@ def pack(
     if isinstance(format, Format):
         fmt = format
     elif format == "auto":
-        fmt = choose(x, layout)[0]
+        fmt = choose_format(x, layout)[0]
     else:
         fmt = make_format(format, **params)
     if format != "auto" and fmt.size(x, layout) is None:

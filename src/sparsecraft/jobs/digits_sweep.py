@@ -18,13 +18,13 @@ from pydantic import field_validator
 from torch import nn
 from tqdm import tqdm
 
-from sparsecraft.checkpoint import save
+from sparsecraft.atomic import write_json
 from sparsecraft.criteria import CRITERIA
 from sparsecraft.data.digits import load_digits_split
-from sparsecraft.plan import SparsityPlan
+from sparsecraft.formats.checkpoint import save
+from sparsecraft.jobs.prune_config import PruneConfig
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
 from sparsecraft.pruning import prune
-from sparsecraft.recipe import JOBS, Job, OutputConfig, Strict
-from sparsecraft.runner import write_json
 
 
 class ModelConfig(Strict):
@@ -69,7 +69,7 @@ class DigitsSweepConfig(Strict):
     seed: int = 0
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    sparsity: SparsityPlan = SparsityPlan()
+    sparsity: PruneConfig = PruneConfig()
     sweep: SweepConfig = SweepConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     output: OutputConfig = OutputConfig()

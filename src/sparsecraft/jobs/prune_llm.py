@@ -26,10 +26,10 @@ import torch
 from pydantic import Field
 
 from sparsecraft import atomic
-from sparsecraft.checkpoint import save as save_sparse
 from sparsecraft.errors import SparsecraftError
+from sparsecraft.formats.checkpoint import save as save_sparse
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
 from sparsecraft.masks import MASK_SUFFIX, remove_masks
-from sparsecraft.recipe import JOBS, Job, OutputConfig, Strict
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 

@@ -27,10 +27,10 @@ from pydantic import field_validator
 from tqdm import tqdm
 
 import sparsecraft
+from sparsecraft.atomic import write_json
 from sparsecraft.errors import RecipeError, SparsecraftError
-from sparsecraft.methods import METHODS, discover_methods
-from sparsecraft.recipe import JOBS, Job, OutputConfig, Strict
-from sparsecraft.runner import write_json
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.methods import METHODS
 from sparsecraft.training.loop import OptimSettings, StepTimes, evaluate, lr_at, make_optimizer, train_epoch
 from sparsecraft.training.plots import plot_curves, plot_sparsity
 from sparsecraft.training.state import STATE_FILE, load_training_state, save_training_state
@@ -55,7 +55,7 @@ class CheckpointConfig(Strict):
 
 
 class SoupConfig(Strict):
-    """Sparse Model Soups after dense training (see sparsecraft.training.soup_runner)."""
+    """Sparse Model Soups after dense training (see sparsecraft.training.soup_training)."""
 
     phases: int = 3
     ingredients: list[dict[str, Any]] = [{"seed": 1}, {"seed": 2}, {"seed": 3}]  #: seed / weight_decay each
@@ -115,7 +115,6 @@ class TrainJobConfig(Strict):
     @field_validator("method")
     @classmethod
     def _method(cls, v: Any) -> Any:
-        discover_methods()
         name = v.get("name") if isinstance(v, dict) else v
         if name is None or name == "dense":
             return v
@@ -205,7 +204,7 @@ class TrainJob(Job):
                         "stopped_after_epoch": epoch + 1, "curves": curves, "final": None}  # fmt: skip
         result_extra: dict[str, Any] = {}
         if config.soup is not None:
-            from sparsecraft.training.soup_runner import run_soup
+            from sparsecraft.training.soup_training import run_soup
 
             sc = config.soup
             model, history = run_soup(

@@ -6,7 +6,7 @@ layers where a sparse kernel is measurably faster on this machine and reports ev
 """
 
 from sparsecraft.kernels.backends import BACKENDS, Backend, backend_names, get_backend
-from sparsecraft.kernels.calibrate import Decision, choose, measure_backends, time_calls
+from sparsecraft.kernels.calibrate import Decision, choose_backend, measure_backends, time_calls
 from sparsecraft.kernels.convert import ConvertReport, LayerReport, convert
 from sparsecraft.kernels.extension import ExtensionBuildError, extension_status
 from sparsecraft.kernels.sparse_linear import SparseLinear
@@ -20,7 +20,7 @@ __all__ = [
     "LayerReport",
     "SparseLinear",
     "backend_names",
-    "choose",
+    "choose_backend",
     "convert",
     "extension_status",
     "get_backend",

@@ -53,22 +53,15 @@ class Backend:
         return sum(t.numel() * t.element_size() for k, t in packed.items() if not k.startswith("_"))
 
 
-BACKENDS: Registry[type[Backend]] = Registry("kernel backend")
-
-
-def _register_all() -> None:
-    import sparsecraft.kernels.backend_native  # noqa: F401  (csr16, bitmap, nm24)
-    import sparsecraft.kernels.cuda_semi  # noqa: F401  (cuda-2:4)
+BACKENDS: Registry[type[Backend]] = Registry("kernel backend", package="sparsecraft.kernels")
 
 
 def get_backend(name: str) -> Backend:
     """An instance of the backend registered as ``name``."""
-    _register_all()
     return BACKENDS.get(name)()
 
 
 def backend_names() -> list[str]:
-    _register_all()
     return BACKENDS.names()
 
 

@@ -1,6 +1,6 @@
 """The per-layer choice of a backend ("auto").
 
-:func:`choose` decides, for one weight and one batch size, which backend a layer uses. Rule:
+:func:`choose_backend` decides, for one weight and one batch size, which backend a layer uses. Rule:
 
 1. Measure every usable candidate -- the dense calls (``dense`` = ``nn.Linear``, ``dense-t``,
    ``dense-addmm``, ``dense-mkldnn``) and the sparse kernels -- on a random input of ``batch``
@@ -42,7 +42,7 @@ DENSE_CANDIDATES = ("dense", "dense-t", "dense-addmm", "dense-mkldnn")
 SPARSE_CANDIDATES = ("torch-csr", "csr16", "bitmap", "nm24", "cuda-2:4")
 DENSE_MARGIN = 0.03
 MeasureFn = Callable[[torch.Tensor, int, Sequence[str]], Mapping[str, float]]
-__all__ = ["Decision", "choose", "measure_backends", "time_calls", "usable_candidates"]
+__all__ = ["Decision", "choose_backend", "measure_backends", "time_calls", "usable_candidates"]
 
 
 def usable_candidates(weight: torch.Tensor, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -139,7 +139,7 @@ def _best_dense(dense: Sequence[str], times: Mapping[str, float]) -> str:
     return best
 
 
-def choose(
+def choose_backend(
     weight: torch.Tensor,
     batch: int = 1,
     candidates: Sequence[str] | None = None,

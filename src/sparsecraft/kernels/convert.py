@@ -3,7 +3,7 @@ where it is faster on this machine.
 
 For every eligible ``nn.Linear`` (masked, or simply with zeros in its weight) the ``auto``
 backend measures the dense calls and the sparse kernels at the given batch size
-(:func:`sparsecraft.kernels.calibrate.choose`) and keeps the layer dense unless a sparse kernel
+(:func:`sparsecraft.kernels.calibrate.choose_backend`) and keeps the layer dense unless a sparse kernel
 is measurably faster. Layers with the same shape, sparsity (to 1%), 2:4-ness and dtype share
 one measurement. Every decision -- converted or kept dense, and why -- is in the returned
 :class:`ConvertReport` and logged on the ``sparsecraft.kernels`` logger; nothing is silent.
@@ -24,7 +24,7 @@ from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.kernels.backends import backend_names, get_backend
-from sparsecraft.kernels.calibrate import Decision, MeasureFn, choose
+from sparsecraft.kernels.calibrate import Decision, MeasureFn, choose_backend
 from sparsecraft.kernels.sparse_linear import SparseLinear, effective_weight
 from sparsecraft.targets import find_targets
 
@@ -142,7 +142,7 @@ def convert(
             key = (shape, weight.dtype, round(sparsity, 2), _is_24(weight), batch)
             if key not in memo:
                 bias = module.bias.detach() if module.bias is not None else None
-                memo[key] = (choose(weight, batch=batch, measure=measure, bias=bias), t.module_name)
+                memo[key] = (choose_backend(weight, batch=batch, measure=measure, bias=bias), t.module_name)
             decision, measured_on = memo[key]
             entry.backend, entry.reason = decision.backend, decision.reason
             if measured_on != t.module_name:

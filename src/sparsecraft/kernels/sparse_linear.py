@@ -8,7 +8,7 @@ bias or not), up to float summation order. The packed tensors are buffers, so ``
 packed weight.
 
 ``backend="auto"`` measures the candidates on this machine for ``batch`` rows
-(:func:`sparsecraft.kernels.calibrate.choose`) and keeps the decision in ``self.decision``.
+(:func:`sparsecraft.kernels.calibrate.choose_backend`) and keeps the decision in ``self.decision``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.kernels.backends import Backend, Packed, get_backend
-from sparsecraft.kernels.calibrate import Decision, MeasureFn, choose
+from sparsecraft.kernels.calibrate import Decision, MeasureFn, choose_backend
 from sparsecraft.masks import MASK_SUFFIX
 
 PREFIX = "packed_"
@@ -75,7 +75,7 @@ class SparseLinear(nn.Module):
         decision = None
         if backend == "auto":
             bias = linear.bias.detach() if linear.bias is not None else None
-            decision = choose(weight, batch=batch, measure=measure, bias=bias)
+            decision = choose_backend(weight, batch=batch, measure=measure, bias=bias)
             backend = decision.backend
         impl = get_backend(backend)
         avail, reason = impl.available()

@@ -34,9 +34,6 @@ def attach(
     ``config`` takes the :class:`SparseMethod` arguments (``total_steps`` is required;
     ``sparsity``, ``distribution``, ``update``, ``seed``, ...) plus the method's own ones.
     """
-    from sparsecraft.methods import discover_methods
-
-    discover_methods()
     cls = METHODS.get(method)
     if "total_steps" not in config:
         from sparsecraft.errors import SparsecraftError

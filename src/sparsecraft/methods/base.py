@@ -43,12 +43,12 @@ from sparsecraft.masks import MASK_SUFFIX, MaskMeta, set_mask
 from sparsecraft.methods.forward import patch_forward, unpatch_forward
 from sparsecraft.methods.optimizer_state import mask_state, reset_state
 from sparsecraft.patterns import parse_pattern
-from sparsecraft.pruning import plan_masks
+from sparsecraft.pruning import decide_masks
 from sparsecraft.registry import Registry
 from sparsecraft.schedules import UpdateRule, make_schedule
 from sparsecraft.targets import Target, find_targets
 
-METHODS: Registry[type[SparseMethod]] = Registry("method")
+METHODS: Registry[type[SparseMethod]] = Registry("method", package="sparsecraft.methods")
 
 #: optimizers whose update of a weight with zero gradient, zero state and zero value is exactly
 #: zero (element-wise rules, incl. coupled/decoupled weight decay): masking the gradient before
@@ -155,7 +155,7 @@ class SparseMethod:
         """Keep-masks for ``sparsity`` from a criterion + the distribution + the pattern."""
         crit = make_criterion(criterion) if criterion is not None else self.criterion
         crit.prepare(self.model, self.targets, data=self.data, loss_fn=self.loss_fn)
-        planned = plan_masks(self.targets, sparsity, self.pattern, crit, self.distribution)
+        planned = decide_masks(self.targets, sparsity, self.pattern, crit, self.distribution)
         return {name: keep for name, (_, _, _, keep) in planned.items()}
 
     # ----------------------------------------------------------------- hooks to override

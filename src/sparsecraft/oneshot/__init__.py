@@ -3,6 +3,6 @@ SparseGPT (unstructured and N:M), OWL budgets, and SquareHead recovery fine-tuni
 
 from sparsecraft.oneshot.api import OneShotResult, prune_model
 from sparsecraft.oneshot.base import ONESHOT, make_pruner
-from sparsecraft.oneshot.runner import find_blocks
+from sparsecraft.oneshot.blockwise import find_blocks
 
 __all__ = ["ONESHOT", "OneShotResult", "find_blocks", "make_pruner", "prune_model"]

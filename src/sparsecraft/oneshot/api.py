@@ -6,7 +6,7 @@
 
 Orchestration only: the maths of each method is in its own module (magnitude, wanda,
 sparsegpt, owl). Calibrated methods run the sequential protocol of
-:mod:`sparsecraft.oneshot.runner`; magnitude needs no data. Final masks are attached with
+:mod:`sparsecraft.oneshot.blockwise`; magnitude needs no data. Final masks are attached with
 :func:`sparsecraft.masks.set_mask`, so :func:`sparsecraft.report` and :func:`sparsecraft.save`
 see them.
 """
@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MaskMeta, set_mask
 from sparsecraft.oneshot.base import OneShotPruner, make_pruner
+from sparsecraft.oneshot.blockwise import BlockInput, batched, block_forward, block_targets, find_blocks, run_sequential
 from sparsecraft.oneshot.owl import outlier_ratio, owl_sparsities
-from sparsecraft.oneshot.runner import BlockInput, batched, block_forward, block_targets, find_blocks, run_sequential
 from sparsecraft.oneshot.stats import StatsCollector
 from sparsecraft.oneshot.wanda import wanda_scores
 from sparsecraft.patterns import NM, Pattern, parse_pattern

@@ -3,7 +3,7 @@
 A one-shot pruner turns one weight (its (out, in) row view, float32) plus the statistics of its
 input into a keep-mask and, for reconstruction methods, updated weights. The orchestration
 (which layers, in what order, with what calibration data) lives in
-:mod:`sparsecraft.oneshot.api` and :mod:`sparsecraft.oneshot.runner`; the maths of each method
+:mod:`sparsecraft.oneshot.api` and :mod:`sparsecraft.oneshot.blockwise`; the maths of each method
 lives in its own module.
 """
 
@@ -16,7 +16,7 @@ from sparsecraft.oneshot.stats import InputStats
 from sparsecraft.patterns import NM, Pattern, PerRow, Unstructured, parse_pattern
 from sparsecraft.registry import Registry
 
-ONESHOT: Registry[type[OneShotPruner]] = Registry("one-shot method")
+ONESHOT: Registry[type[OneShotPruner]] = Registry("one-shot method", package="sparsecraft.oneshot")
 
 
 class OneShotPruner:
@@ -62,10 +62,6 @@ def fast_lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def make_pruner(name: str, **kwargs) -> OneShotPruner:
-    import sparsecraft.oneshot.magnitude  # noqa: F401  (registration)
-    import sparsecraft.oneshot.sparsegpt  # noqa: F401
-    import sparsecraft.oneshot.wanda  # noqa: F401
-
     cls = ONESHOT.get(name)
     try:
         return cls(**kwargs)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import apply_masks, masked_params
-from sparsecraft.oneshot.runner import find_blocks
+from sparsecraft.oneshot.blockwise import find_blocks
 
 LOSSES = ("squarehead", "lm", "lm+squarehead")
 

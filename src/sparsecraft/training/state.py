@@ -20,8 +20,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from sparsecraft.checkpoint import atomic_save_file, load, save
 from sparsecraft.errors import CheckpointError
+from sparsecraft.formats.checkpoint import atomic_save_file, load, save
 from sparsecraft.methods.base import SparseMethod
 from sparsecraft.methods.optimizer_state import optimizer_from_tensors, optimizer_to_tensors
 

@@ -17,7 +17,7 @@ import numpy as np
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.registry import Registry
 
-LAWS: Registry[type[Law]] = Registry("law")
+LAWS: Registry[type[Law]] = Registry("law", package="sparsecraft.scaling.laws", title="scaling laws")
 
 #: loss spaces the fitter knows: residual = g(yhat) - g(y)
 LOSS_SPACES = ("log", "log1p", "linear")

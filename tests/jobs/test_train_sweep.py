@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from sparsecraft.errors import RecipeError, SparsecraftError
-from sparsecraft.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.train_sweep import train_sweep
 from sparsecraft.scaling.io import load_table
-from sparsecraft.scaling.sweep_train import sweep_train
 
 
 class TinyConfig(Strict):
@@ -41,7 +41,7 @@ RECIPE = {"job": "scaling-test-tiny", "scale": 2.0}
 
 def test_grid_resume_and_table(tmp_path):
     out = tmp_path / "sweep"
-    rows = sweep_train(RECIPE, [0.5, 0.75, 0.9, 0.95], 2, out, progress=False)
+    rows = train_sweep(RECIPE, [0.5, 0.75, 0.9, 0.95], 2, out, progress=False)
     assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
     assert (out / "s0.75-seed1" / "report.json").is_file()
     rep = json.loads((out / "s0.9-seed0" / "report.json").read_text())
@@ -50,7 +50,7 @@ def test_grid_resume_and_table(tmp_path):
     assert len(table.y) == 8
     # resumable: finished runs are skipped, a new sparsity is trained
     (out / "s0.5-seed0" / "marker.txt").unlink()
-    rows = sweep_train(RECIPE, [0.5, 0.75, 0.9, 0.95, 0.98], 2, out, progress=False)
+    rows = train_sweep(RECIPE, [0.5, 0.75, 0.9, 0.95, 0.98], 2, out, progress=False)
     assert sum(r["status"] == "skipped" for r in rows) == 8
     assert sum(r["status"] == "done" for r in rows) == 2
     assert not (out / "s0.5-seed0" / "marker.txt").exists()
@@ -59,7 +59,7 @@ def test_grid_resume_and_table(tmp_path):
 
 def test_parallel_jobs_and_failures(tmp_path):
     recipe = {**RECIPE, "fail_at": 0.9}
-    rows = sweep_train(recipe, [0.5, 0.9], [0, 3], tmp_path / "p", jobs=2, progress=False)
+    rows = train_sweep(recipe, [0.5, 0.9], [0, 3], tmp_path / "p", jobs=2, progress=False)
     status = {(r["sparsity"], r["seed"]): r["status"] for r in rows}
     assert status == {(0.5, 0): "done", (0.5, 3): "done", (0.9, 0): "failed", (0.9, 3): "failed"}
     assert "planned failure" in next(r for r in rows if r["status"] == "failed")["error"]
@@ -67,6 +67,6 @@ def test_parallel_jobs_and_failures(tmp_path):
 
 def test_job_without_sparsity_or_seed_is_rejected(tmp_path):
     with pytest.raises(RecipeError, match="does not accept top-level 'sparsity'|rejects a numeric"):
-        sweep_train({"job": "digits-sweep"}, [0.5], 1, tmp_path, progress=False)
+        train_sweep({"job": "digits-sweep"}, [0.5], 1, tmp_path, progress=False)
     with pytest.raises(SparsecraftError, match="sparsities must be in"):
-        sweep_train(RECIPE, [1.5], 1, tmp_path, progress=False)
+        train_sweep(RECIPE, [1.5], 1, tmp_path, progress=False)

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
 
 DEFAULT_SPARSITIES = [round(0.1 * i, 1) for i in range(10)]
 
@@ -73,7 +73,7 @@ def _pruner(cfg: SweepConfig, calib: torch.Tensor | None):
 
 
 def run_sweep_job(cfg: SweepConfig, run_dir: Path) -> dict[str, Any]:
-    from sparsecraft.analysis.sweep import run_sweep
+    from sparsecraft.analysis.sparsity_sweep import run_sweep
     from sparsecraft.data.text import build_protocol, sentences
     from sparsecraft.evaluation.embedding import embedding_similarity, encode_batches, sentence_embeddings
     from sparsecraft.evaluation.perplexity import perplexity

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sparsecraft
-from sparsecraft.analysis.sweep import run_sweep
+from sparsecraft.analysis.sparsity_sweep import run_sweep
 from sparsecraft.evaluation.perplexity import perplexity
 
 from ..cli.tiny_hf import TEXT
@@ -72,7 +72,7 @@ def test_sweep_cli_on_an_encoder(tmp_path, capsys):
 
 
 def test_sweep_job_on_a_causal_lm_with_wanda(tmp_path):
-    from sparsecraft.runner import run_recipe
+    from sparsecraft.jobs.recipe import run_recipe
 
     from ..cli.tiny_hf import make_tiny_hf
 

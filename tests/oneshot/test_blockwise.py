@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sparsecraft.masks import set_mask
-from sparsecraft.oneshot.runner import block_targets, capture_inputs, find_blocks, run_sequential
+from sparsecraft.oneshot.blockwise import block_targets, capture_inputs, find_blocks, run_sequential
 
 from .tiny import calib_ids, tiny_bert, tiny_gpt2, tiny_llama, tiny_opt
 

@@ -10,8 +10,8 @@ from pydantic import field_validator
 from sparsecraft.criteria import CRITERIA
 from sparsecraft.distributions import DISTRIBUTIONS
 from sparsecraft.errors import SparsecraftError
+from sparsecraft.jobs.recipe import Strict
 from sparsecraft.patterns import parse_pattern
-from sparsecraft.recipe import Strict
 
 
 def _check_named(registry, value: Any) -> Any:  # noqa: ANN001
@@ -27,7 +27,7 @@ class OverrideConfig(Strict):
     sparsity: float | None = None
 
 
-class SparsityPlan(Strict):
+class PruneConfig(Strict):
     """How to prune: maps one-to-one to ``sparsecraft.prune`` keyword arguments."""
 
     pattern: str | dict = "unstructured"

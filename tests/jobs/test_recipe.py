@@ -1,8 +1,7 @@
 import pytest
 
 from sparsecraft.errors import RecipeError
-from sparsecraft.recipe import builtin_recipes, load_recipe
-from sparsecraft.runner import run_recipe
+from sparsecraft.jobs.recipe import builtin_recipes, load_recipe, run_recipe
 
 TINY = {
     "job": "digits-sweep",

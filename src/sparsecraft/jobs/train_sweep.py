@@ -2,7 +2,7 @@
 
 For every (sparsity, seed) the recipe dict gets top-level ``sparsity`` and ``seed`` keys (the
 convention every training job follows: ``sparsity`` is the target sparsity), runs through
-:func:`sparsecraft.runner.run_recipe` into ``OUT/s<sparsity>-seed<seed>/`` and is skipped when
+:func:`sparsecraft.jobs.recipe.run_recipe` into ``OUT/s<sparsity>-seed<seed>/`` and is skipped when
 that folder already has a ``report.json`` (so an interrupted sweep resumes). The flattened
 reports are written to ``OUT/runs.csv`` (dotted keys such as ``final.test_loss``), the table
 ``sparsecraft fit`` reads. ``jobs > 1`` runs the grid in that many worker processes.
@@ -31,14 +31,13 @@ def grid_docs(
     doc: dict[str, Any], sparsities: Sequence[float], seeds: Sequence[int]
 ) -> list[tuple[float, int, dict[str, Any]]]:
     """The recipe dict for every (sparsity, seed), validated once up front."""
-    from sparsecraft.recipe import JOBS, discover_jobs, parse_recipe
+    from sparsecraft.jobs.recipe import JOBS, parse_recipe
 
     if not sparsities or not seeds:
         raise SparsecraftError("give at least one sparsity and one seed")
     bad = [s for s in sparsities if not 0.0 <= s < 1.0]
     if bad:
         raise SparsecraftError(f"sparsities must be in [0, 1), got {bad}")
-    discover_jobs()
     name = doc.get("job")
     if name is None:
         raise RecipeError(f"recipe has no 'job' key; allowed jobs: {', '.join(JOBS.names())}")
@@ -70,7 +69,7 @@ def _run_one(doc: dict[str, Any], run_dir: str, job_module: str | None) -> dict[
     """Worker: run one recipe (importing the module that registered its job first)."""
     if job_module:
         importlib.import_module(job_module)
-    from sparsecraft.runner import run_recipe
+    from sparsecraft.jobs.recipe import run_recipe
 
     _, report = run_recipe(doc, run_dir)
     return report
@@ -87,7 +86,7 @@ def _row(
     return row
 
 
-def sweep_train(
+def train_sweep(
     recipe: str | Path | dict[str, Any],
     sparsities: Sequence[float],
     seeds: int | Sequence[int] = 1,
@@ -101,7 +100,7 @@ def sweep_train(
     """
     from tqdm import tqdm
 
-    from sparsecraft.recipe import JOBS, read_recipe_text
+    from sparsecraft.jobs.recipe import JOBS, read_recipe_text
 
     doc = recipe if isinstance(recipe, dict) else read_recipe_text(recipe)
     seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]

@@ -70,7 +70,7 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("sparsecraft.checkpoint.save_file", boom)
+    monkeypatch.setattr("sparsecraft.formats.checkpoint.save_file", boom)
     with pytest.raises(OSError):
         sparsecraft.save(small_mlp(1), path)
     assert path.read_bytes() == before

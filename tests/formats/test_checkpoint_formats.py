@@ -11,8 +11,8 @@ from safetensors import safe_open
 from torch import nn
 
 import sparsecraft
-from sparsecraft.checkpoint import SIDECAR, read_checkpoint, save, save_state
 from sparsecraft.errors import CheckpointError
+from sparsecraft.formats.checkpoint import SIDECAR, read_checkpoint, save, save_state
 from tests.core.helpers import Conv1D
 from tests.formats.helpers import DTYPES, nm_bits, random_bits, same_bits
 

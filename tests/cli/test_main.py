@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from tests.core.test_recipe import TINY
+from tests.jobs.test_recipe import TINY
 
 
 def cli(*args, cwd=None):
@@ -70,11 +70,11 @@ def test_inspect_missing_file_is_a_one_line_error(tmp_path):
 
 
 def test_every_command_has_help(capsys):
-    from sparsecraft.cli.main import _commands, main
+    from sparsecraft.cli.main import COMMANDS, main
 
     res = cli("--help")  # once through a real process
     assert res.returncode == 0 and "usage: sparsecraft" in res.stdout
-    names = [m.NAME for m in _commands()]
+    names = COMMANDS.names()
     assert {"run", "inspect", "validate", "list"} <= set(names)
     for name in names:
         with pytest.raises(SystemExit) as e:

@@ -11,26 +11,26 @@ unknown registry names are rejected with a message naming the key path and the a
       criteria: [magnitude, random]
     output: {dir: runs/digits}
 
-A new job is one module in ``sparsecraft/jobs/`` with a ``@JOBS.register("name")`` class; jobs
-are discovered, no edit here. Built-in recipes live in ``sparsecraft/recipes/*.yaml`` and can
-be named without a path (``sparsecraft run digits``).
+A new job is one module in ``sparsecraft/jobs/`` with a ``@JOBS.register("name")`` class; ``JOBS``
+discovers the package's modules on first lookup, no edit here. Built-in recipes live in
+``sparsecraft/recipes/*.yaml`` and can be named without a path (``sparsecraft run digits``).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from sparsecraft import atomic
 from sparsecraft.errors import RecipeError, SparsecraftError
 from sparsecraft.registry import Registry
 
-JOBS: Registry[type[Job]] = Registry("job")
-BUILTIN_DIR = Path(__file__).parent / "recipes"
+JOBS: Registry[type[Job]] = Registry("job", package="sparsecraft.jobs")
+BUILTIN_DIR = Path(__file__).parent.parent / "recipes"
 
 
 class Strict(BaseModel):
@@ -62,13 +62,6 @@ class Job:
     def run(self, config: Any, run_dir: Path) -> dict[str, Any]:
         """Do the work, write outputs under ``run_dir``, return the report dict."""
         raise NotImplementedError
-
-
-def discover_jobs() -> None:
-    import sparsecraft.jobs as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"sparsecraft.jobs.{info.name}")
 
 
 def _format_error(e: ValidationError, prefix: str = "") -> str:
@@ -111,7 +104,6 @@ def read_recipe_text(source: str | Path) -> dict[str, Any]:
 
 def parse_recipe(doc: dict[str, Any]) -> tuple[Job, Strict]:
     """Validate a recipe dict; returns the job and its validated config."""
-    discover_jobs()
     doc = dict(doc)
     name = doc.pop("job", None)
     if name is None:
@@ -130,3 +122,33 @@ def parse_recipe(doc: dict[str, Any]) -> tuple[Job, Strict]:
 def load_recipe(source: str | Path | dict[str, Any]) -> tuple[Job, Strict]:
     doc = source if isinstance(source, dict) else read_recipe_text(source)
     return parse_recipe(doc)
+
+
+def make_run_dir(job_name: str, requested: str | Path | None) -> Path:
+    """``requested`` or ``runs/<job>-<YYYYmmdd-HHMMSS>`` (suffixed if it exists)."""
+    if requested:
+        path = Path(requested)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{job_name}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path("runs") / f"{job_name}-{stamp}-{n}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_recipe(source: str | Path | dict[str, Any], out_dir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Validate and run a recipe; returns (run folder, report dict)."""
+    doc = source if isinstance(source, dict) else read_recipe_text(source)
+    job, config = load_recipe(doc)
+    name = job.registry_name  # type: ignore[attr-defined]
+    requested = out_dir or getattr(getattr(config, "output", None), "dir", None)
+    run_dir = make_run_dir(name, requested)
+    atomic.write_text(run_dir / "recipe.yaml", yaml.safe_dump(doc, sort_keys=False))
+    t0 = time.perf_counter()
+    result = job.run(config, run_dir)
+    result = {"job": name, "wall_time_s": round(time.perf_counter() - t0, 3), **result}
+    atomic.write_json(run_dir / "report.json", result)
+    return run_dir, result
