@@ -87,10 +87,13 @@ def render(state: dict, target: float) -> str:
     lams = sorted({r["lambda"] for r in rows if r["kind"] in ("owl", "reversed")})
     cell = {(r["kind"], r["m"], r["lambda"]): r for r in rows if r["kind"] != "uniform"}
     uni = next((r for r in rows if r["kind"] == "uniform"), None)
-    n = state["n_calib"]
-    lines = [f"## OWL sweep: Wanda {round(target * 100)}% with OWL block budgets ({n} x 512 calibration windows)", "",
+    n, seed = state["n_calib"], state.get("seed", 0)
+    drawn = (f"the protocol's first {n} calibration windows" if seed == 0
+             else f"{n} calibration windows drawn with seed {seed} (the protocol's is 0)")
+    lines = [f"## OWL sweep: Wanda {round(target * 100)}% with OWL block budgets ({n} x 512 calibration windows"
+             + (f", seed {seed})" if seed else ")"), "",
              f"Command: `{state['command']}`  ", state["environment"] + "  ",
-             f"Calibration: the first {n} of the protocol's calibration windows; evaluation: {state['n_eval']} x 512 "
+             f"Calibration: {drawn}; evaluation: {state['n_eval']} x 512 "
              "evaluation windows (dense 56.48 on 16). Perplexity per (M, lambda)."]
     if uni:
         lines.append(f"Uniform Wanda (every block at the target): **{uni['perplexity']:.2f}**.")
@@ -136,6 +139,7 @@ def render(state: dict, target: float) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-calib", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0, help="calibration draw (0 = the protocol's)")
     ap.add_argument("--n-eval", type=int, default=16, help="evaluation windows (16 = the protocol)")
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--ms", default="3,5,7,10")
@@ -145,12 +149,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-public-check", action="store_true", help="skip the prune_model(owl=True) mask check")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--state", type=Path, default=None, help="rows JSON (default docs/results/oneshot_owl_<n>.json)")
+    ap.add_argument("--state", type=Path, default=None,
+                    help="rows JSON (default docs/results/oneshot_owl_<n>[_seed<s>].json)")
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    state_path = args.state or args.out.with_name(f"oneshot_owl_{args.n_calib}.json")
-    section = f"bench_owl_{args.n_calib}"
+    tag = f"{args.n_calib}" + (f"_seed{args.seed}" if args.seed else "")
+    state_path = args.state or args.out.with_name(f"oneshot_owl_{tag}.json")
+    section = f"bench_owl_{tag}"
     title = "One-shot pruning of SmolLM2-135M (Shakespeare protocol)"
     state = json.loads(state_path.read_text()) if state_path.is_file() else None
     if args.render_only:
@@ -175,12 +181,13 @@ def main(argv=None) -> int:
 
     lm = load_model("smollm2-135m")
     model = lm.model
-    proto = build_protocol(lm.tokenizer, "shakespeare", n_calib=args.n_calib, n_eval=args.n_eval)
+    proto = build_protocol(lm.tokenizer, "shakespeare", n_calib=args.n_calib, n_eval=args.n_eval,
+                           seed=args.seed)
     batches = batched(proto.calib, 8)
     per_block = block_targets(model, find_blocks(model))
     dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if state is None:
-        state = {"n_calib": args.n_calib, "n_eval": args.n_eval, "rows": [], "ratios": {}}
+        state = {"n_calib": args.n_calib, "n_eval": args.n_eval, "seed": args.seed, "rows": [], "ratios": {}}
     state["command"] = command("bench_owl.py")
     state["environment"] = environment(args.threads)
     t0 = time.perf_counter()
