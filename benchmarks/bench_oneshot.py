@@ -170,13 +170,14 @@ def main(argv=None) -> int:
                                                 done=len(doc["rows"]) == len(RUNS) + 1, ties=tie_fraction()), TITLE)
         print(args.out.read_text())
         return 0
-    runs = [{"method": r[0], "sparsity": r[1], "pattern": r[2], "owl": len(r) > 3 and r[3]} for r in RUNS]
+    runs = [{("method" if r[0] == "sparsegpt" else "criterion"): r[0], "sparsity": r[1], "pattern": r[2],
+             "distribution": "owl" if len(r) > 3 and r[3] else "uniform"} for r in RUNS]
     if args.only:
         keep = {x.strip() for x in args.only.split(",")}
         runs = [r for r in runs if RunConfig(**r).label() in keep]
     cfg = PruneLLMConfig.model_validate({
         "model": "smollm2-135m",
-        "data": {"calib": "shakespeare", "n_calib": 32, "n_eval": 16, "seqlen": 512, "seed": 0},
+        "data": {"calib": "shakespeare", "n_calib": 32, "n_eval": 16, "seq_len": 512, "seed": 0},
         "runs": runs, "save": False, "plot": not args.update, "progress": False, "dense": not args.update,
     })
     state = {}

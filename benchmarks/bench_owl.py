@@ -14,7 +14,8 @@ Checks written into the table:
   independent port of the reference formula (luuyin/OWL ``lib/prune_all.py``: outlier ratio in
   percent, min-max scaled by ``Lamda * 2``, minus its mean plus ``1 - sparsity`` = density,
   sparsity = 1 - density), on the same statistics;
-* the masks of the shared-work path against ``prune_model(..., owl=True)`` at M = 5,
+* the masks of the shared-work path (the block sparsities passed to ``sparsecraft.prune`` as an
+  explicit per-layer map) against ``sparsecraft.prune(..., distribution="owl")`` at M = 5,
   lambda = 0.08 (same masks = the sweep measures the library's own OWL);
 * ``reversed`` control rows: the same budgets mirrored around the target (outlier-rich blocks
   pruned *more*), to show which direction helps this model.
@@ -121,7 +122,8 @@ def render(state: dict, target: float) -> str:
                   f"largest |difference| {diff:.1e} over all {len(owl_rows)} OWL points."]
     if state.get("public_check"):
         c = state["public_check"]
-        lines.append(f"`prune_model(owl=True, owl_m={c['m']:g}, owl_lambda={c['lambda']:g})` gives "
+        lines.append(f"`sparsecraft.prune(criterion='wanda', distribution={{'type': 'owl', 'm': {c['m']:g}, "
+                     f"'lam': {c['lambda']:g}}})` gives "
                      f"{'the same masks as' if c['same'] else 'DIFFERENT masks from'} this sweep's shared-work path.")
     r5 = next((r for r in owl_rows if r["m"] == 5 and r["lambda"] == 0.08), None)
     d5 = state["ratios"].get("5.0")
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lambdas", default="0.02,0.04,0.08,0.12,0.2")
     ap.add_argument("--points", default=None, help="M:lambda,... instead of the M x lambda grid")
     ap.add_argument("--controls", default="5:0.08", help="M:lambda points also run reversed ('' = none)")
-    ap.add_argument("--no-public-check", action="store_true", help="skip the prune_model(owl=True) mask check")
+    ap.add_argument("--no-public-check", action="store_true", help="skip the distribution='owl' mask check")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--state", type=Path, default=None,
@@ -166,18 +168,15 @@ def main(argv=None) -> int:
         (float(m), float(lam)) for m in args.ms.split(",") for lam in args.lambdas.split(",")]
     controls = parse_points(args.controls) if args.controls else []
 
+    import sparsecraft
     from sparsecraft.atomic import write_json
     from sparsecraft.data.text import build_protocol
     from sparsecraft.evaluation.perplexity import perplexity
     from sparsecraft.masks import remove_masks
     from sparsecraft.models import load_model
-    from sparsecraft.oneshot import prune_model
-    from sparsecraft.oneshot.api import block_outlier_ratios, dense_input_norms, prune_blocks
-    from sparsecraft.oneshot.base import make_pruner
+    from sparsecraft.oneshot.api import block_outlier_ratios, dense_input_norms
     from sparsecraft.oneshot.blockwise import batched, block_targets, find_blocks
     from sparsecraft.oneshot.owl import owl_sparsities
-    from sparsecraft.patterns import Unstructured
-    from sparsecraft.report import report
 
     lm = load_model("smollm2-135m")
     model = lm.model
@@ -198,8 +197,6 @@ def main(argv=None) -> int:
     state["ratios"] = {str(m): r for m, r in ratios.items()}
     # the reference port reads the weights too: compute it now, while they are dense
     reference = {(m, lam): reference_owl_sparsities(per_block, norms, m, lam, args.sparsity) for m, lam in points}
-    wanda = make_pruner("wanda")
-    names = [f"^{re.escape(t.name)}$" for ts in per_block for t in ts]
 
     def save() -> None:
         write_json(state_path, state)
@@ -212,11 +209,14 @@ def main(argv=None) -> int:
         remove_masks(model)
         model.load_state_dict(dense)
         t = time.perf_counter()
-        prune_blocks(model, batches, wanda, Unstructured(), per_block, block_s, "wanda", progress=False)
+        # the block sparsities as an explicit per-layer map: exact names, so no key matches another layer
+        explicit = {f"^{re.escape(t.name)}$": block_s[i] for i, ts in enumerate(per_block) for t in ts}
+        rep = sparsecraft.prune(model, args.sparsity, criterion="wanda", calib=proto.calib, progress=False,
+                                distribution={"type": "explicit", "sparsities": explicit})
         wall = time.perf_counter() - t
         row = {"kind": kind, "m": m, "lambda": lam, "block_sparsities": block_s, "prune_s": round(wall, 1),
                "perplexity": perplexity(model, proto.eval, 2, False),
-               "true_sparsity": report(model, include=names).sparsity, "masks": mask_digest(per_block), **extra}
+               "true_sparsity": rep.sparsity, "masks": mask_digest(per_block), **extra}
         state["rows"].append(row)
         print(f"{kind:>8} M={m:<4g} lambda={lam:<5g} ppl {row['perplexity']:8.2f}  prune {wall:5.0f} s", flush=True)
         save()
@@ -237,7 +237,8 @@ def main(argv=None) -> int:
     if not args.no_public_check and done("owl", 5.0, 0.08) and "public_check" not in state:
         remove_masks(model)
         model.load_state_dict(dense)
-        prune_model(model, proto.calib, "wanda", args.sparsity, owl=True, owl_m=5.0, owl_lambda=0.08, progress=False)
+        sparsecraft.prune(model, args.sparsity, criterion="wanda", calib=proto.calib, progress=False,
+                          distribution={"type": "owl", "m": 5.0, "lam": 0.08})
         mine = next(r for r in state["rows"] if r["kind"] == "owl" and r["m"] == 5.0 and r["lambda"] == 0.08)
         state["public_check"] = {"m": 5.0, "lambda": 0.08, "same": mask_digest(per_block) == mine["masks"]}
         save()

@@ -20,7 +20,7 @@ print(sparsecraft.prune(model, 0.9, distribution="erk"))
 
 # 2. one global magnitude ranking, first layer kept dense
 model = make_mlp()
-print(sparsecraft.prune(model, 0.8, distribution="global", keep_dense=[r"^0$"]))
+print(sparsecraft.prune(model, 0.8, distribution="global", ignore=[r"^0$"]))
 
 # 3. 2:4 everywhere except a layer that cannot take it is skipped instead of raising
 model = make_mlp()
@@ -30,7 +30,7 @@ print(rep)
 # save (safetensors + JSON metadata, masks as bits, atomic) and reload into a fresh model
 sparsecraft.save(model, "/tmp/quickstart.safetensors")
 fresh = make_mlp()
-sparsecraft.load("/tmp/quickstart.safetensors", fresh)
+sparsecraft.load(fresh, "/tmp/quickstart.safetensors")
 x = torch.randn(4, 784)
 assert torch.equal(model(x), fresh(x))
 print("reloaded model gives bit-identical outputs")

@@ -5,16 +5,17 @@ run it fast. The main entry points::
 
     import sparsecraft
     rep = sparsecraft.prune(model, 0.9, pattern="unstructured", criterion="magnitude",
-                            distribution="erk", keep_dense=["classifier"])
+                            distribution="erk", ignore=["classifier"])
+    sparsecraft.prune(llm, 0.5, method="sparsegpt", calib=token_ids)   # block by block
     print(sparsecraft.report(model))
     sparsecraft.save(model, "model.safetensors")
-    sparsecraft.load("model.safetensors", fresh_model)
+    sparsecraft.load(fresh_model, "model.safetensors")
 """
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.formats.checkpoint import load, save
 from sparsecraft.masks import apply_masks, masked_params, remove_masks, set_mask
-from sparsecraft.pruning import prune
+from sparsecraft.oneshot.api import prune
 from sparsecraft.report import SparsityReport, report
 
 __version__ = "0.1.0"
@@ -23,7 +24,6 @@ __version__ = "0.1.0"
 #: stays light (no transformers, no kernel build, no scipy fit machinery until asked for).
 _LAZY = {
     "attach": "sparsecraft.methods",
-    "prune_model": "sparsecraft.oneshot",
     "convert": "sparsecraft.kernels",
     "SparseLinear": "sparsecraft.kernels",
     "encode_delta": "sparsecraft.formats",

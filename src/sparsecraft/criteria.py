@@ -8,6 +8,10 @@
   One-shot: the sum runs over the batches given; during training a method calls
   :meth:`Criterion.observe` after every backward.
 * ``gradient``: |sum_t g_t| (RigL's regrowth score, Evci et al. 2020).
+* ``wanda``: |W_ij| * ||X_j||_2 with X the layer's calibration inputs (Sun et al. 2024, Eq. 1),
+  compared within each output row. It needs activations, so :func:`sparsecraft.prune` runs it
+  block by block on calibration data (``calib=``) and hands each layer's input norms to
+  :meth:`Wanda.set_input_norms`.
 
 Criteria that need gradients require ``data`` (an iterable of batches) and use ``loss_fn``
 (default: cross-entropy of ``model(x)`` against ``y`` for ``(x, y)`` batches, or the ``loss``
@@ -49,9 +53,13 @@ def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 class Criterion:
-    """Base class: override :meth:`score`; gradient criteria also set ``needs_gradients``."""
+    """Base class: override :meth:`score`; gradient criteria also set ``needs_gradients``,
+    activation criteria ``needs_activations`` (and may set ``group = "row"``: the comparison
+    group an unstructured pattern uses, as Wanda's per-output-row ranking)."""
 
     needs_gradients = False
+    needs_activations = False
+    group: str | None = None
 
     def __init__(self) -> None:
         self.grad_sums: dict[str, torch.Tensor] = {}
@@ -166,6 +174,40 @@ class GradientMagnitude(Criterion):
 
     def score(self, target: Target) -> torch.Tensor:
         return self._grad(target).abs()
+
+
+def wanda_scores(w: torch.Tensor, col_norms: torch.Tensor) -> torch.Tensor:
+    """|W| * ||X_j||_2 broadcast over the rows of the (out, in) matrix (Wanda, Eq. 1)."""
+    return w.abs().float() * col_norms.float().reshape(1, -1)
+
+
+@CRITERIA.register("wanda")
+class Wanda(Criterion):
+    """|W_ij| * ||X_j||_2 over calibration inputs, ranked within each output row (Wanda)."""
+
+    needs_activations = True
+    group = "row"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_norms: dict[str, torch.Tensor] = {}
+
+    def set_input_norms(self, target: Target, norms: torch.Tensor) -> None:
+        """||X_j||_2 of every input feature j of ``target`` (from the calibration pass)."""
+        if norms.numel() != target.layout.cols:
+            raise SparsecraftError(
+                f"{target.name}: {norms.numel()} input norms for a weight with {target.layout.cols} inputs"
+            )
+        self.input_norms[target.name] = norms.detach().float().reshape(-1)
+
+    def score(self, target: Target) -> torch.Tensor:
+        if target.name not in self.input_norms:
+            raise SparsecraftError(
+                f"criterion 'wanda' has no calibration activations for {target.name!r}: "
+                "prune with calib=... (sparsecraft.prune runs it block by block)"
+            )
+        layout = target.layout
+        return layout.from_rows(wanda_scores(layout.to_rows(target.param.detach()), self.input_norms[target.name]))
 
 
 def make_criterion(spec: Any) -> Criterion:

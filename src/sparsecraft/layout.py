@@ -34,10 +34,12 @@ class WeightLayout:
 
     @property
     def cols(self) -> int:
+        if self.kind == "transposed":
+            return self.shape[0]
         n = 1
-        for d in self.shape:
+        for d in self.shape[1:]:  # (out, in) or conv (out, in, *k); no division: rows may be 0
             n *= d
-        return n // self.rows
+        return n
 
     def to_rows(self, t: torch.Tensor) -> torch.Tensor:
         if self.kind == "linear":

@@ -1,19 +1,23 @@
-"""One-shot pruning of any ``nn.Module``: criterion -> scores, distribution -> per-layer
-sparsity, pattern -> mask, then attach the masks (zeros in place) and report.
+"""Pruning by a criterion, the bottom layer of one-shot pruning: criterion -> scores,
+distribution -> per-layer sparsity, pattern -> mask, then attach the masks (zeros in place) and
+report. :func:`sparsecraft.prune` (in :mod:`sparsecraft.oneshot.api`) is the public door; the
+training methods use :func:`prune_by_criterion` and :func:`decide_masks` directly.
 
-Weights already masked stay pruned (their scores are set to -inf), so calling :func:`prune`
+Weights already masked stay pruned (their scores are set to -inf), so pruning
 again with a higher sparsity only removes more (the gradual/iterative methods rely on it).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from sparsecraft.criteria import Criterion, LossFn, make_criterion
 from sparsecraft.distributions import Distribution, make_distribution
@@ -37,7 +41,7 @@ class Override:
         return self.match in (target.name, target.module_name) or bool(re.search(self.match, target.name))
 
 
-def _overrides(items: Iterable[Any] | None) -> list[Override]:
+def parse_overrides(items: Iterable[Any] | None) -> list[Override]:
     out = []
     for item in items or []:
         if isinstance(item, Override):
@@ -58,16 +62,11 @@ def current_scores(criterion: Criterion, target: Target) -> torch.Tensor:
     return score
 
 
-def decide_masks(
-    targets: Sequence[Target],
-    sparsity: float,
-    pattern: Pattern,
-    criterion: Criterion,
-    distribution: Distribution,
-    overrides: Sequence[Override] = (),
-    skip_unfit: bool = False,
-) -> dict[str, tuple[Target, Pattern, float, torch.Tensor]]:
-    """Decide every target's (pattern, sparsity, keep-mask) without touching the model."""
+def layer_choices(
+    targets: Sequence[Target], pattern: Pattern, overrides: Sequence[Override] = (), skip_unfit: bool = False
+) -> list[tuple[Target, Pattern, float | None]]:
+    """Every target's pattern and override sparsity (``None``: the distribution decides); a
+    layer whose shape cannot take its pattern raises, or is left out with ``skip_unfit``."""
     chosen: list[tuple[Target, Pattern, float | None]] = []
     for t in targets:
         p, s = pattern, None
@@ -84,6 +83,20 @@ def decide_masks(
                 continue
             raise
         chosen.append((t, p, s))
+    return chosen
+
+
+def decide_masks(
+    targets: Sequence[Target],
+    sparsity: float,
+    pattern: Pattern,
+    criterion: Criterion,
+    distribution: Distribution,
+    overrides: Sequence[Override] = (),
+    skip_unfit: bool = False,
+) -> dict[str, tuple[Target, Pattern, float, torch.Tensor]]:
+    """Decide every target's (pattern, sparsity, keep-mask) without touching the model."""
+    chosen = layer_choices(targets, pattern, overrides, skip_unfit)
     scores = {t.name: current_scores(criterion, t) for t, _, _ in chosen}
     free = [t for t, _, s in chosen if s is None]
     alloc = distribution.allocate(free, sparsity, scores) if free else {}
@@ -96,51 +109,50 @@ def decide_masks(
     return plan
 
 
-def prune(
+def prune_by_criterion(
     model: nn.Module,
     sparsity: float,
     pattern: Any = "unstructured",
     criterion: Any = "magnitude",
     distribution: Any = "uniform",
     *,
-    include: Sequence[str] | None = None,
-    keep_dense: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
     overrides: Iterable[Any] | None = None,
     skip_unfit: bool = False,
-    data: Iterable[Any] | None = None,
+    calib: Iterable[Any] | None = None,
     loss_fn: LossFn | None = None,
-    method: str = "oneshot",
+    label: str | None = None,
     step: int = 0,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    progress: bool = False,
 ) -> SparsityReport:
-    """Prune ``model`` in place in one shot and return the exact :class:`SparsityReport`.
+    """Data-free (or gradient-scored) one-shot pruning of any ``nn.Module``, in place: the
+    criterion scores every target, the distribution splits ``sparsity`` over them, the pattern
+    turns scores into masks. The public door is :func:`sparsecraft.prune`, which also runs the
+    calibrated block-by-block methods; training methods call this function directly.
 
     Args:
-        sparsity: total fraction of zeros over the prunable weights (ignored by N:M).
-        pattern: ``"unstructured"``, ``"2:4"`` (any N:M), ``"block:4x4"``, ``"channel"``, ``"row"``.
-        criterion: ``"magnitude"``, ``"random"``, ``"saliency"``, ``"movement"``, ``"gradient"``.
-        distribution: ``"uniform"``, ``"er"``, ``"erk"``, ``"global"``, or
-            ``{"type": "explicit", "sparsities": {regex: s}}``.
-        include: regexes of the layers to consider (default: every Linear/Conv).
-        keep_dense: names/regexes of layers kept dense (e.g. ``["lm_head", "^0$"]``).
-        overrides: ``[{"match": regex, "pattern": ..., "sparsity": ...}]``.
-        skip_unfit: skip layers whose shape cannot take the pattern instead of raising.
-        data, loss_fn: batches (and loss) for gradient-based criteria.
+        calib, loss_fn: batches (and a loss) for gradient-based criteria (saliency, movement,
+            gradient).
+        label: the ``method`` recorded in each mask's metadata (default: the criterion's name).
     """
-    if not 0.0 <= float(sparsity) <= 1.0:
-        raise SparsecraftError(f"sparsity must be in [0, 1], got {sparsity}")
     pat = parse_pattern(pattern)
     crit = make_criterion(criterion)
     dist = make_distribution(distribution)
-    targets = find_targets(model, include=include, keep_dense=keep_dense)
-    if not targets:
-        raise SparsecraftError("no prunable layer found (Linear, Conv1d/2d/3d or GPT-2 Conv1D)")
-    crit.prepare(model, targets, data=data, loss_fn=loss_fn)
-    plan = decide_masks(targets, float(sparsity), pat, crit, dist, _overrides(overrides), skip_unfit)
+    found = find_targets(model, targets=targets, ignore=ignore)
+    if not found:
+        raise SparsecraftError(
+            "no prunable layer found (Linear, Conv1d/2d/3d or GPT-2 Conv1D)"
+            + (f" matching targets={list(targets)}" if targets else "")
+            + (f" outside ignore={list(ignore)}" if ignore else "")
+        )
+    crit.prepare(model, found, data=calib, loss_fn=loss_fn)
+    plan = decide_masks(found, float(sparsity), pat, crit, dist, parse_overrides(overrides), skip_unfit)
     items: Iterable = plan.values()
-    if progress is not None:
-        items = progress(list(items))
+    if progress:
+        items = tqdm(list(items), desc="prune", file=sys.stderr, leave=False)
+    name = label or crit.registry_name  # type: ignore[attr-defined]
     for t, p, s, keep in items:
         target_sparsity = p.achieved_sparsity(t.layout.rows, t.layout.cols, s)
-        set_mask(t.module, keep, t.param_name, MaskMeta(p.spec(), target_sparsity, method, step))
-    return report(model, include=include)
+        set_mask(t.module, keep, t.param_name, MaskMeta(p.spec(), target_sparsity, name, step))
+    return report(model, targets=targets)  # ignored layers are listed too, as dense rows

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import masked_params
-from sparsecraft.targets import find_targets, name_matches
+from sparsecraft.targets import check_regexes, find_targets, name_matches
 
 
 @dataclass
@@ -40,6 +41,9 @@ class SparsityReport:
     layers: list[LayerStats] = field(default_factory=list)
     model_numel: int = 0
     model_nonzeros: int = 0
+    #: what the producer adds (``prune``: method, criterion, pattern, requested sparsity, wall time,
+    #: per-layer sparsities, OWL outlier ratios, ...); JSON-serialisable
+    info: dict = field(default_factory=dict)
 
     @property
     def masked(self) -> list[LayerStats]:
@@ -79,6 +83,7 @@ class SparsityReport:
 
     def to_dict(self) -> dict:
         return {
+            **({"info": self.info} if self.info else {}),
             "layers": [{**asdict(l), "shape": list(l.shape)} for l in self.layers],
             "total": {"numel": self.numel, "nonzeros": self.nonzeros, "sparsity": self.sparsity},
             "listed": {
@@ -121,7 +126,17 @@ def forward_weight(module: nn.Module, param_name: str) -> torch.Tensor:
     return getattr(module, param_name)
 
 
-def _packed_rows(model: nn.Module, include: Sequence[str] | None) -> dict[str, LayerStats]:
+def _fraction_zero(nonzeros: int, numel: int) -> float:
+    return 1.0 - nonzeros / numel if numel else 0.0
+
+
+def _selected(targets: Sequence[str], ignore: Sequence[str], mname: str, name: str) -> bool:
+    if targets and not name_matches(targets, mname, name):
+        return False
+    return not name_matches(ignore, mname, name)
+
+
+def _packed_rows(model: nn.Module, targets: Sequence[str], ignore: Sequence[str]) -> dict[str, LayerStats]:
     """Rows for forward weights that are not parameters (e.g. SparseLinear's packed weight)."""
     rows: dict[str, LayerStats] = {}
     for mname, module in model.named_modules():
@@ -130,38 +145,56 @@ def _packed_rows(model: nn.Module, include: Sequence[str] | None) -> dict[str, L
             if isinstance(getattr(module, pname, None), nn.Parameter):
                 continue  # a parameter: handled by masked_params / find_targets
             name = f"{mname}.{pname}" if mname else pname
-            if include and not name_matches(include, mname, name):
+            if not _selected(targets, ignore, mname, name):
                 continue
             w = fn()
             nz = int(torch.count_nonzero(w))
             pattern = f"packed:{getattr(module, 'backend', type(module).__name__)}"
-            rows[name] = LayerStats(name, tuple(w.shape), pattern, 0.0, 1 - nz / w.numel(), nz, w.numel())
+            rows[name] = LayerStats(name, tuple(w.shape), pattern, 0.0, _fraction_zero(nz, w.numel()), nz, w.numel())
     return rows
 
 
 @torch.no_grad()
-def report(model: nn.Module, include_dense: bool = True, include: Sequence[str] | None = None) -> SparsityReport:
-    """Exact per-layer statistics of every masked weight (and, with ``include_dense``, of every
-    other prunable weight, shown with pattern ``dense``)."""
+def report(
+    model: nn.Module,
+    targets: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    unmasked: bool = True,
+) -> SparsityReport:
+    """Exact per-layer statistics of every masked weight (and, with ``unmasked``, of every other
+    prunable weight, shown with pattern ``dense``), restricted to the layers matching ``targets``
+    and not ``ignore`` (regexes, as in :func:`sparsecraft.prune`); the model totals always count
+    every parameter."""
+    if not isinstance(model, nn.Module):
+        raise SparsecraftError(f"report() expects a torch.nn.Module, got {type(model).__name__}")
+    targets = check_regexes(targets, "targets")
+    ignore = check_regexes(ignore, "ignore")
     rows: dict[str, LayerStats] = {}
-    order: list[str] = []
-    for mp in masked_params(model):
+    params: dict[str, torch.Tensor] = {}  # row name -> the parameter it describes
+    masked: set[int] = set()  # every masked tensor, listed or not
+    for mp in masked_params(model):  # one row per tensor, even when modules share it
+        masked.add(id(mp.param))
+        if not _selected(targets, ignore, mp.name.rsplit(".", 1)[0], mp.name):
+            continue
         w = forward_weight(mp.module, mp.param_name)
         nz = int(torch.count_nonzero(w))
         meta = mp.meta
         rows[mp.name] = LayerStats(
-            mp.name, tuple(w.shape), meta.pattern, meta.target, 1 - nz / w.numel(), nz, w.numel()
+            mp.name, tuple(w.shape), meta.pattern, meta.target, _fraction_zero(nz, w.numel()), nz, w.numel()
         )
-    if include_dense:
-        for t in find_targets(model, include=include):
-            if t.name in rows:
+        params[mp.name] = mp.param
+    if unmasked:
+        for t in find_targets(model, targets=targets, ignore=ignore):  # one target per tensor
+            if id(t.param) in masked:
                 continue
             w = forward_weight(t.module, t.param_name)
             nz = int(torch.count_nonzero(w))
-            rows[t.name] = LayerStats(t.name, t.shape, "dense", 0.0, 1 - nz / w.numel(), nz, w.numel())
-    packed = _packed_rows(model, include)  # always: these weights are not parameters
+            rows[t.name] = LayerStats(t.name, t.shape, "dense", 0.0, _fraction_zero(nz, w.numel()), nz, w.numel())
+            params[t.name] = t.param
+    packed = _packed_rows(model, targets, ignore)  # always: these weights are not parameters
     rows.update(packed)
     # keep module order
+    order: list[str] = []
     for mname, module in model.named_modules():
         names = [n for n, _ in module.named_parameters(recurse=False)]
         names += list(getattr(module, "sparsecraft_forward_weights", None) or {})
@@ -171,16 +204,16 @@ def report(model: nn.Module, include_dense: bool = True, include: Sequence[str] 
                 order.append(name)
     order += [n for n in rows if n not in order]
     total = nonzeros = 0
-    for _, p in model.named_parameters():
+    model_params = set()
+    for p in model.parameters():  # shared parameters once (storage, not uses)
         total += p.numel()
         nonzeros += int(torch.count_nonzero(p))
+        model_params.add(id(p))
     for s in packed.values():  # weights stored outside parameters
         total += s.numel
         nonzeros += s.nonzeros
     # soft (STE-style) forward weights: use their counts for the model total too
-    for name in order:
-        s = rows[name]
-        p = dict(model.named_parameters()).get(name)
-        if p is not None:
-            nonzeros += s.nonzeros - int(torch.count_nonzero(p))
+    for name, p in params.items():
+        if id(p) in model_params:
+            nonzeros += rows[name].nonzeros - int(torch.count_nonzero(p))
     return SparsityReport([rows[n] for n in order], total, nonzeros)

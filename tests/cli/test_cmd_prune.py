@@ -8,10 +8,12 @@ import torch
 
 import sparsecraft
 from sparsecraft.cli.main import main
+from sparsecraft.data.text import build_protocol
+from sparsecraft.evaluation.perplexity import perplexity
 
 from .tiny_hf import make_tiny_hf
 
-ARGS = ["--n-calib", "4", "--n-eval", "2", "--seqlen", "32", "--batch-size", "2"]
+ARGS = ["--n-calib", "4", "--n-eval", "2", "--seq-len", "32", "--batch-size", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def tiny(tmp_path_factory):
 def test_prune_cli_in_process(tiny, tmp_path, capsys):
     model_dir, text = tiny
     out = tmp_path / "run"
-    rc = main(["prune", "--model", str(model_dir), "--method", "wanda", "--pattern", "2:4",
+    rc = main(["prune", "--model", str(model_dir), "--criterion", "wanda", "--pattern", "2:4",
                "--calib", str(text), "--out", str(out), *ARGS])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -31,16 +33,21 @@ def test_prune_cli_in_process(tiny, tmp_path, capsys):
     assert report["job"] == "prune-llm"
     dense, pruned = report["rows"]
     assert dense["method"] == "dense" and pruned["true_sparsity"] == pytest.approx(0.5)
-    assert pruned["perplexity"] > 0 and dense["perplexity"] > 0
     # the HF copy loads with from_pretrained and keeps the N:M zeros
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    # the reported perplexities are those of the dense model and of the saved pruned copy on the
+    # protocol's evaluation windows, recomputed here
+    proto = build_protocol(AutoTokenizer.from_pretrained(str(model_dir)), str(text), n_calib=4, n_eval=2, seq_len=32)
+    dense_model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    assert dense["perplexity"] == pytest.approx(perplexity(dense_model, proto.eval, 2, progress=False), rel=1e-5)
+    assert pruned["perplexity"] == pytest.approx(perplexity(hf, proto.eval, 2, progress=False), rel=1e-5)
     w = hf.model.layers[0].mlp.up_proj.weight
     assert ((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all()
     # the sparse checkpoint loads into a fresh model with its masks
     fresh = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    sparsecraft.load(out / "sparse.safetensors", fresh)
+    sparsecraft.load(fresh, out / "sparse.safetensors")
     assert torch.equal(fresh.model.layers[0].mlp.up_proj.weight, w)
     assert sparsecraft.report(fresh).layer("model.layers.0.mlp.up_proj.weight").pattern == "2:4"
     assert "2:4" in (out / "sparsity.md").read_text()
@@ -72,14 +79,16 @@ def test_prune_cli_subprocess_json(tiny, tmp_path):
 def test_prune_cli_owl_and_recovery(tiny, tmp_path, capsys):
     model_dir, text = tiny
     out = tmp_path / "run"
-    rc = main(["prune", "--model", str(model_dir), "--method", "wanda", "--sparsity", "0.6", "--owl",
-               "--owl-lambda", "0.05", "--recover-steps", "3", "--recover-lr", "1e-3", "--recover-loss",
-               "lm+squarehead", "--recover-feature-weight", "0.5", "--recover-kd-weight", "0.2", "--calib", str(text),
+    rc = main(["prune", "--model", str(model_dir), "--criterion", "wanda", "--sparsity", "0.6",
+               "--distribution", '{"type": "owl", "lam": 0.05}', "--recover-steps", "3", "--recover-lr", "1e-3",
+               "--recover-loss", "lm+squarehead", "--recover-feature-weight", "0.5", "--recover-kd-weight", "0.2",
+               "--calib", str(text),
                "--out", str(out), "--no-save", "--json", *ARGS])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     row = doc["rows"][1]
-    assert row["method"] == "wanda+owl" and len(row["owl_ratios"]) == 2
+    assert row["criterion"] == "wanda" and row["distribution"] == "owl" and row["config"] == "wanda+owl 60%"
+    assert len(row["owl_ratios"]) == 2
     assert sum(row["block_sparsities"]) / 2 == pytest.approx(0.6)
     assert row["recovery"]["loss"] == "lm+squarehead" and "perplexity_pruned" in row
     assert set(row["recovery"]["first_parts"]) == {"task", "feature", "kd"}
@@ -94,8 +103,8 @@ def test_per_run_save_flag_and_inspect_json(tiny, tmp_path, capsys):
     model_dir, text = tiny
     recipe = {
         "job": "prune-llm", "model": str(model_dir), "save": False, "plot": False, "progress": False,
-        "data": {"calib": str(text), "n_calib": 4, "n_eval": 2, "seqlen": 32},
-        "runs": [{"method": "magnitude", "sparsity": 0.5}, {"method": "wanda", "pattern": "2:4", "save": True}],
+        "data": {"calib": str(text), "n_calib": 4, "n_eval": 2, "seq_len": 32},
+        "runs": [{"criterion": "magnitude", "sparsity": 0.5}, {"criterion": "wanda", "pattern": "2:4", "save": True}],
     }
     run_dir, _ = run_recipe(recipe, tmp_path / "run")
     saved = sorted(p.name for p in run_dir.iterdir() if p.is_dir())

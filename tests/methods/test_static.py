@@ -73,7 +73,7 @@ def test_from_model_keeps_existing_masks():
     model = tiny_mlp()
     keep = torch.rand(model[0].weight.shape) > 0.5
     set_mask(model[0], keep)
-    m = attach(model, None, method="static", total_steps=3, from_model=True, include=["^0$"])
+    m = attach(model, None, method="static", total_steps=3, from_model=True, targets=["^0$"])
     assert torch.equal(m.mask(m.targets[0]), keep)
 
 

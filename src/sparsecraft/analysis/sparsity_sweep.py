@@ -4,7 +4,7 @@ curve and mark the dense-tolerance point and the knee (definitions in
 
 The model is restored to its dense weights before every point, so each point is an
 independent one-shot prune of the dense model (Jaiswal et al. 2023 use global magnitude over
-all encoder Linear weights; any :func:`sparsecraft.oneshot.prune_model` method works too).
+all encoder Linear weights; any :func:`sparsecraft.prune` criterion or method works too).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Time a model dense vs. converted to sparse kernels: per layer and end to end.
 
-MODEL is one of:
+``--model`` is one of:
 
 * a sparsecraft checkpoint (``.safetensors`` written by ``sparsecraft.save``) of an
   ``nn.Sequential`` MLP -- the layer sizes are read from the checkpoint (Linear layers at
@@ -33,12 +33,13 @@ HELP = "per-layer and end-to-end latency of a model, dense vs. sparse kernels"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="sparsecraft checkpoint of a Sequential MLP, HF directory or built-in name")
+    p.add_argument("--model", required=True,
+                   help="sparsecraft checkpoint of a Sequential MLP, HF directory or built-in name")
     p.add_argument("--checkpoint", help="sparsecraft checkpoint to load into an HF model / --builder model")
     p.add_argument("--builder", help="'module:function' returning the nn.Module for a checkpoint")
     p.add_argument("--backend", default="auto", help="auto (default) or a backend name")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the input (default 1)")
-    p.add_argument("--seq", type=int, default=1, help="tokens per sequence for language models")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the input (default 1)")
+    p.add_argument("--seq-len", type=int, default=1, help="tokens per sequence for language models (default 1)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -83,19 +84,19 @@ def build(args: argparse.Namespace) -> tuple[nn.Module, Any, str]:
     if path.suffix == ".safetensors" or (args.builder and path.is_file()):
         state, _ = read_checkpoint(path)
         model = _builder(args.builder) if args.builder else mlp_from_state(state)
-        load(path, model)
+        load(model, path)
         first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
         if first is None:
             raise SparsecraftError(f"{path} builds a model without nn.Linear layers")
-        return model.eval(), torch.randn(args.batch, first.in_features), f"checkpoint {path}"
+        return model.eval(), torch.randn(args.batch_size, first.in_features), f"checkpoint {path}"
     from sparsecraft.models.loader import load_model
 
     loaded = load_model(args.model)
     model = loaded.model
     if args.checkpoint:
-        load(args.checkpoint, model, strict=False)
+        load(model, args.checkpoint, strict=False)
     vocab = int(getattr(model.config, "vocab_size", 1000))
-    ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=torch.Generator().manual_seed(0))
     return model.eval(), {"input_ids": ids}, f"{loaded.kind} {loaded.path}"
 
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"model": what, "threads": torch.get_num_threads(), **res.to_dict()})
         return 0
-    print(f"{what}: batch {args.batch}, {torch.get_num_threads()} threads, backend {args.backend}")
+    print(f"{what}: batch {args.batch_size}, {torch.get_num_threads()} threads, backend {args.backend}")
     print(res.table())
     kept = [x for x in res.convert.layers if not x.converted]
     if kept:

@@ -3,7 +3,7 @@
 Example::
 
     sparsecraft fit runs.csv --law sparse --x sparsity,params,tokens --y loss --out fit-sparse
-    sparsecraft plan --law fit-sparse/fit.json --budget-flops 1e18 --params-max 1e8
+    sparsecraft plan --fit fit-sparse/fit.json --budget-flops 1e18 --params-max 1e8
 
 Training FLOPs are 6 * N_eff * D; ``--compute`` says which parameters are paid for (see
 ``sparsecraft.scaling.planner``). The best sparse option is compared with the best dense one.
@@ -20,10 +20,10 @@ HELP = "recommend sparsity, model size and tokens for a FLOP budget from a fitte
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--law", required=True, help="fit.json written by 'sparsecraft fit'")
+    p.add_argument("--fit", required=True, help="fit.json written by 'sparsecraft fit' (a fitted law)")
     p.add_argument("--budget-flops", type=float, required=True, help="training FLOP budget")
     p.add_argument("--params-max", type=float, default=None, help="cap on non-zero (inference) params")
-    p.add_argument("--sparsities", default=None, help="comma-separated sparsities to consider")
+    p.add_argument("--sparsity", default=None, help="comma-separated sparsities to consider")
     p.add_argument(
         "--compute",
         default="gradual",
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from sparsecraft.scaling.planner import plan
     from sparsecraft.scaling.result import load_fit
 
-    res = load_fit(args.law)
-    sp = float_list(args.sparsities, "sparsity") if args.sparsities else None
+    res = load_fit(args.fit)
+    sp = float_list(args.sparsity, "sparsity") if args.sparsity else None
     pl = plan(res, args.budget_flops, args.params_max, sp, args.compute)
     if args.json:
         print_json(pl.to_dict())

@@ -1,10 +1,14 @@
-"""One-shot prune a language model with calibration data (magnitude, Wanda, SparseGPT; N:M;
-OWL budgets), report perplexity before/after, and save the pruned model.
+"""One-shot prune a language model with calibration data (criterion magnitude or Wanda, method
+SparseGPT; N:M; OWL budgets), report perplexity before/after, and save the pruned model.
 
 Example::
 
-    sparsecraft prune --model smollm2-135m --method sparsegpt --sparsity 0.5 --pattern 2:4 \\
-        --calib shakespeare --eval shakespeare --out runs/x
+    sparsecraft prune --model smollm2-135m --method sparsegpt --pattern 2:4 --calib shakespeare --out runs/x
+    sparsecraft prune --criterion wanda --sparsity 0.7 --distribution owl --n-calib 32 --seq-len 512
+
+Without ``--method`` or ``--criterion`` it runs SparseGPT. The flags are the ones every command uses
+(``--sparsity --pattern --distribution --targets --ignore --calib --n-calib --n-eval --seq-len
+--batch-size --threads --out --json``), with the words of ``sparsecraft.prune``.
 
 The run folder gets ``model/`` (loadable with ``from_pretrained``), ``sparse.safetensors``
 (masks as bits), ``sparsity.md`` (per-layer true sparsity), ``results.json``, ``table.md`` and
@@ -15,28 +19,16 @@ from __future__ import annotations
 
 import argparse
 
-from sparsecraft.cli.common import print_json
+from sparsecraft.cli.common import add_data_arguments, add_prune_arguments, add_run_arguments, one_float, print_json
 
 NAME = "prune"
-HELP = "one-shot prune a language model (magnitude / wanda / sparsegpt, N:M, OWL) and evaluate it"
+HELP = "one-shot prune a language model (criterion magnitude / wanda, method sparsegpt; N:M, OWL) and evaluate it"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="HF directory or built-in name (smollm2-135m)")
-    p.add_argument("--method", default="sparsegpt", choices=["magnitude", "wanda", "sparsegpt"])
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of zeros per layer (ignored by N:M)")
-    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, any N:M")
-    p.add_argument("--owl", action="store_true", help="OWL non-uniform block sparsities (unstructured)")
-    p.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (score > M * mean)")
-    p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL sparsity spread lambda")
-    p.add_argument("--calib", default="shakespeare", help="calibration text file or built-in name")
-    p.add_argument("--eval", default=None, help="evaluation text file or built-in name (default: --calib)")
-    p.add_argument("--n-calib", type=int, default=32, help="calibration windows (default 32)")
-    p.add_argument("--n-eval", type=int, default=16, help="evaluation windows (default 16)")
-    p.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--targets", action="append", default=None, help="regex of layers to prune (repeatable)")
-    p.add_argument("--ignore", action="append", default=None, help="regex of layers to keep dense (repeatable)")
+    add_prune_arguments(p)
+    add_data_arguments(p)
     p.add_argument("--recover-steps", type=int, default=0, help="SquareHead recovery fine-tune steps (0 = none)")
     p.add_argument("--recover-loss", default="squarehead", choices=["squarehead", "lm", "lm+squarehead"],
                    help="SquareHead features, next-token loss, or both (the paper's task + lambda x SquareHead)")
@@ -44,22 +36,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recover-feature-weight", type=float, default=1.0, help="lambda of the SquareHead term")
     p.add_argument("--recover-kd-weight", type=float, default=0.0, help="> 0 adds logit distillation")
     p.add_argument("--recover-kd-temperature", type=float, default=1.0, help="logit distillation temperature")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--no-save", action="store_true", help="do not write the pruned model")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
-    p.add_argument("--out", default=None, help="run folder (default runs/prune-llm-<time>)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_run_arguments(p, "run folder (default runs/prune-llm-<time>)")
 
 
 def recipe_from_args(args: argparse.Namespace) -> dict:
+    if args.method is None and args.criterion is None:
+        args.method = "sparsegpt"
     return {
         "job": "prune-llm",
         "model": args.model,
         "data": {"calib": args.calib, "eval": args.eval, "n_calib": args.n_calib, "n_eval": args.n_eval,
-                 "seqlen": args.seqlen, "seed": args.seed},
-        "runs": [{"method": args.method, "sparsity": args.sparsity, "pattern": args.pattern, "owl": args.owl,
-                  "owl_m": args.owl_m, "owl_lambda": args.owl_lambda}],
+                 "seq_len": args.seq_len, "seed": args.seed},
+        "runs": [{"method": args.method, "criterion": args.criterion, "sparsity": one_float(args.sparsity),
+                  "pattern": args.pattern, "distribution": args.distribution}],
         "dense": not args.no_dense,
         "targets": args.targets,
         "ignore": args.ignore,
@@ -85,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     dense = next((r for r in rows if r["method"] == "dense"), None)
     pruned = rows[-1]
     print(f"model           {result['model']}")
-    print(f"method          {pruned['method']} ({pruned['pattern']}, target {pruned['sparsity']})")
+    what = pruned["method"] or pruned["criterion"]
+    print(f"pruned with     {what} ({pruned['pattern']}, {pruned['distribution']}, target {pruned['sparsity']})")
     print(f"true sparsity   {pruned['true_sparsity']:.4f} over the pruned Linear layers")
     if dense:
         print(f"perplexity      {dense['perplexity']:.3f} dense -> {pruned['perplexity']:.3f} pruned")

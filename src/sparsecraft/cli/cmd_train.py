@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         raise RecipeError(f"sparsecraft train runs 'job: train' recipes; this one is {doc.get('job')!r} (use run)")
     doc["job"] = "train"
     if args.resume:
-        if not (args.out or (doc.get("output") or {}).get("dir")):
+        output = doc.get("output")
+        if not (args.out or (isinstance(output, dict) and output.get("dir"))):
             raise SparsecraftError("--resume needs the run folder: pass --out DIR (or set output.dir in the recipe)")
         doc["resume"] = True
     run_dir, result = run_recipe(doc, args.out)

@@ -10,10 +10,10 @@ The protocol (the one-shot issue; the reference numbers in ANCHORS.md use it):
 2. tokenize the whole text once, without special tokens;
 3. the first 90% of the tokens (``n * 9 // 10``) are the *calibration pool*, the last 10% the
    *evaluation pool*;
-4. calibration: ``n_calib`` windows of ``seqlen`` tokens starting at
-   ``random.Random(seed).randint(0, len(pool) - seqlen - 1)``, drawn in order (the Wanda /
+4. calibration: ``n_calib`` windows of ``seq_len`` tokens starting at
+   ``random.Random(seed).randint(0, len(pool) - seq_len - 1)``, drawn in order (the Wanda /
    SparseGPT reference loaders);
-5. evaluation: the first ``n_eval`` non-overlapping ``seqlen``-token windows of the
+5. evaluation: the first ``n_eval`` non-overlapping ``seq_len``-token windows of the
    evaluation pool (``n_eval=None``: all of them).
 """
 
@@ -99,40 +99,40 @@ def split_pools(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens[:cut], tokens[cut:]
 
 
-def calibration_offsets(pool_len: int, n: int, seqlen: int, seed: int = 0) -> list[int]:
-    """Window starts ``random.Random(seed).randint(0, pool_len - seqlen - 1)``, in order."""
-    if pool_len < seqlen + 1:
+def calibration_offsets(pool_len: int, n: int, seq_len: int, seed: int = 0) -> list[int]:
+    """Window starts ``random.Random(seed).randint(0, pool_len - seq_len - 1)``, in order."""
+    if pool_len < seq_len + 1:
         raise SparsecraftError(
-            f"the calibration pool has {pool_len} tokens; windows of {seqlen} need at least "
-            f"{seqlen + 1} (use a longer text or a smaller seqlen)"
+            f"the calibration pool has {pool_len} tokens; windows of {seq_len} need at least "
+            f"{seq_len + 1} (use a longer text or a smaller seq_len)"
         )
     rng = random.Random(seed)
-    return [rng.randint(0, pool_len - seqlen - 1) for _ in range(n)]
+    return [rng.randint(0, pool_len - seq_len - 1) for _ in range(n)]
 
 
-def calibration_windows(pool: torch.Tensor, n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """(n, seqlen) calibration windows at the protocol's random offsets."""
-    offsets = calibration_offsets(len(pool), n, seqlen, seed)
-    return torch.stack([pool[o : o + seqlen] for o in offsets]) if n else pool.new_zeros(0, seqlen)
+def calibration_windows(pool: torch.Tensor, n: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """(n, seq_len) calibration windows at the protocol's random offsets."""
+    offsets = calibration_offsets(len(pool), n, seq_len, seed)
+    return torch.stack([pool[o : o + seq_len] for o in offsets]) if n else pool.new_zeros(0, seq_len)
 
 
-def eval_windows(pool: torch.Tensor, seqlen: int, n: int | None = None) -> torch.Tensor:
-    """(k, seqlen): the first ``n`` non-overlapping windows of ``pool`` (all if ``n`` is None)."""
-    avail = len(pool) // seqlen
+def eval_windows(pool: torch.Tensor, seq_len: int, n: int | None = None) -> torch.Tensor:
+    """(k, seq_len): the first ``n`` non-overlapping windows of ``pool`` (all if ``n`` is None)."""
+    avail = len(pool) // seq_len
     if avail == 0:
         raise SparsecraftError(
-            f"the evaluation pool has {len(pool)} tokens, fewer than one window of {seqlen}"
+            f"the evaluation pool has {len(pool)} tokens, fewer than one window of {seq_len}"
         )
     k = avail if n is None else min(n, avail)
-    return pool[: k * seqlen].reshape(k, seqlen)
+    return pool[: k * seq_len].reshape(k, seq_len)
 
 
 @dataclass
 class TextProtocol:
     """Calibration and evaluation windows of the protocol, plus its fingerprints."""
 
-    calib: torch.Tensor  #: (n_calib, seqlen) token ids
-    eval: torch.Tensor  #: (n_eval, seqlen) token ids
+    calib: torch.Tensor  #: (n_calib, seq_len) token ids
+    eval: torch.Tensor  #: (n_eval, seq_len) token ids
     fingerprint: dict[str, Any]
 
 
@@ -142,7 +142,7 @@ def build_protocol(
     eval_source: str | Path | None = None,
     n_calib: int = 32,
     n_eval: int | None = 16,
-    seqlen: int = 512,
+    seq_len: int = 512,
     seed: int = 0,
 ) -> TextProtocol:
     """Windows for calibration (from ``calib_source``'s first 90%) and evaluation (from
@@ -160,9 +160,9 @@ def build_protocol(
 
     n_files, calib_pool, _ = pools(calib_source)
     _, _, eval_pool = pools(eval_source)
-    offsets = calibration_offsets(len(calib_pool), n_calib, seqlen, seed) if n_calib else []
-    calib = calibration_windows(calib_pool, n_calib, seqlen, seed)
-    evals = eval_windows(eval_pool, seqlen, n_eval)
+    offsets = calibration_offsets(len(calib_pool), n_calib, seq_len, seed) if n_calib else []
+    calib = calibration_windows(calib_pool, n_calib, seq_len, seed)
+    evals = eval_windows(eval_pool, seq_len, n_eval)
     fp = {
         "calib_source": str(calib_source),
         "eval_source": str(eval_source),
@@ -173,7 +173,7 @@ def build_protocol(
         "first_offsets": offsets[:4],
         "n_calib": int(calib.shape[0]),
         "n_eval": int(evals.shape[0]),
-        "seqlen": seqlen,
+        "seq_len": seq_len,
     }
     return TextProtocol(calib, evals, fp)
 

@@ -1,6 +1,6 @@
 """Perplexity of a causal language model on fixed token windows.
 
-The usual protocol (SparseGPT, Wanda): non-overlapping windows of ``seqlen`` tokens, each
+The usual protocol (SparseGPT, Wanda): non-overlapping windows of ``seq_len`` tokens, each
 scored on its own (no context carried over); inside a window token t+1 is predicted from
 tokens 1..t, so a window of L tokens contributes L - 1 predictions. Then
 

@@ -10,38 +10,38 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from torch import nn
 from tqdm import tqdm
 
-from sparsecraft.atomic import write_json
+from sparsecraft.atomic import write_json, write_text
 from sparsecraft.criteria import CRITERIA
 from sparsecraft.data.digits import load_digits_split
 from sparsecraft.formats.checkpoint import save
 from sparsecraft.jobs.prune_config import PruneConfig
-from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
-from sparsecraft.pruning import prune
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, registry_name_validator
+from sparsecraft.oneshot.api import prune
 
 
 class ModelConfig(Strict):
-    hidden: list[int] = [128, 64]
+    hidden: list[Annotated[int, Field(ge=1)]] = [128, 64]  #: hidden layer widths
 
 
 class TrainConfig(Strict):
-    epochs: int = 40
-    lr: float = 0.01
-    batch_size: int = 64
-    weight_decay: float = 0.0
+    epochs: int = Field(40, ge=1)
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
 
 
 class SweepConfig(Strict):
     sparsities: list[float] = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95]
     criteria: list[str] = ["magnitude", "random", "saliency"]
-    saliency_batches: int = 4
+    saliency_batches: int = Field(4, ge=1)  #: training batches the saliency criterion sees
 
     @field_validator("sparsities")
     @classmethod
@@ -62,11 +62,13 @@ class SweepConfig(Strict):
 
 class CheckpointConfig(Strict):
     criterion: str = "magnitude"
-    sparsity: float = 0.8
+    sparsity: float = Field(0.8, ge=0.0, le=1.0)
+
+    _criterion = registry_name_validator(CRITERIA, "criterion")
 
 
 class DigitsSweepConfig(Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  #: numpy's generators take 0 <= seed < 2**32
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     sparsity: PruneConfig = PruneConfig()
@@ -137,20 +139,21 @@ class DigitsSweep(Job):
         grid = [(c, s) for c in criteria for s in config.sweep.sparsities]
         for crit, s in tqdm(grid, desc="prune sweep", unit="model"):
             pruned = copy.deepcopy(model)
-            rep = prune(pruned, s, **{**plan, "criterion": crit}, data=calib)
+            rep = prune(pruned, s, **{**plan, "criterion": crit}, calib=calib, progress=False)
             acc[crit][s] = accuracy(pruned, x_te, y_te)
             rows.append(
                 {"criterion": crit, "sparsity": s, "true_sparsity": rep.sparsity, "test_accuracy": acc[crit][s]}
             )
             if crit == config.checkpoint.criterion.lower() and abs(s - config.checkpoint.sparsity) < 1e-9:
                 save(pruned, run_dir / "pruned.safetensors", extra={"test_accuracy": acc[crit][s]})
-                (run_dir / "pruned_layers.md").write_text(rep.to_markdown() + "\n")
+                write_text(run_dir / "pruned_layers.md", rep.to_markdown() + "\n")
         if not (run_dir / "pruned.safetensors").exists():
             pruned = copy.deepcopy(model)
-            prune(pruned, config.checkpoint.sparsity, **{**plan, "criterion": config.checkpoint.criterion}, data=calib)
+            prune(pruned, config.checkpoint.sparsity, **{**plan, "criterion": config.checkpoint.criterion}, calib=calib,
+                  progress=False)
             save(pruned, run_dir / "pruned.safetensors", extra={"test_accuracy": accuracy(pruned, x_te, y_te)})
         table = markdown_table(config.sweep.sparsities, criteria, acc, dense_acc)
-        (run_dir / "table.md").write_text(f"# Digits MLP: test accuracy (%) vs. one-shot sparsity\n\n{table}\n")
+        write_text(run_dir / "table.md", f"# Digits MLP: test accuracy (%) vs. one-shot sparsity\n\n{table}\n")
         result = {"dense_test_accuracy": dense_acc, "rows": rows, "table_markdown": table}
         write_json(run_dir / "results.json", result)
         return result

@@ -3,7 +3,7 @@ perplexity before/after, and write the pruned model, a table and a plot.
 
     job: prune-llm
     model: smollm2-135m            # built-in name or a local Hugging Face directory
-    data: {calib: shakespeare, n_calib: 32, n_eval: 16, seqlen: 512}
+    data: {calib: shakespeare, n_calib: 32, n_eval: 16, seq_len: 512}
     runs:
       - {method: sparsegpt, sparsity: 0.5, pattern: 2:4}
     save: true                     # pruned HF directory + sparse checkpoint per run
@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.formats.checkpoint import save as save_sparse
-from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
+from sparsecraft.jobs.prune_config import check_pattern_spec
+from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, regex_list_validator
 from sparsecraft.masks import MASK_SUFFIX, remove_masks
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+#: sparsecraft.oneshot.recovery.LOSSES (not imported: torch-heavy; a test keeps the two equal)
+RECOVERY_LOSSES = ("squarehead", "lm", "lm+squarehead")
 
 
 class DataConfig(Strict):
@@ -39,41 +41,99 @@ class DataConfig(Strict):
     eval: str | None = None  #: default: the calibration source (its last 10%)
     n_calib: int = Field(32, ge=0)
     n_eval: int | None = Field(16, ge=1)
-    seqlen: int = Field(512, ge=2)
-    seed: int = 0
+    seq_len: int = Field(512, ge=2)
+    seed: int = Field(0, ge=0, lt=2**32)
 
 
 class RunConfig(Strict):
-    method: str
+    """One row: the arguments of :func:`sparsecraft.prune` (calibration comes from ``data``)."""
+
+    method: str | None = None  #: a one-shot method (sparsegpt); None = prune by ``criterion``
+    criterion: str | None = None  #: magnitude (default), wanda, ...
     sparsity: float = Field(0.5, ge=0.0, le=1.0)
     pattern: str = "unstructured"
-    owl: bool = False
-    owl_m: float = 5.0
-    owl_lambda: float = 0.08
+    distribution: str | dict = "uniform"  #: uniform, erk, owl or {type: owl, m: 5, lam: 0.08}
     name: str | None = None
     save: bool | None = None  #: save this run's model (None = the job's ``save``)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RunConfig:
+        if self.method is not None and self.criterion is not None:
+            raise ValueError(f"give method {self.method!r} or criterion {self.criterion!r}, not both")
+        return self
+
+    @property
+    def algorithm(self) -> str:
+        return self.method or self.criterion or "magnitude"
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str | None) -> str | None:
+        from sparsecraft.oneshot.base import ONESHOT
+
+        if v is not None and v.lower() not in ONESHOT:
+            raise ValueError(f"unknown one-shot method {v!r}; allowed: {', '.join(ONESHOT.names())} "
+                             "(magnitude and wanda are criteria: criterion: wanda)")
+        return v
+
+    @field_validator("criterion")
+    @classmethod
+    def _criterion(cls, v: str | None) -> str | None:
+        from sparsecraft.criteria import CRITERIA
+
+        if v is not None and v.lower() not in CRITERIA:
+            raise ValueError(f"unknown criterion {v!r}; allowed: {', '.join(CRITERIA.names())}")
+        return v
+
+    @field_validator("distribution")
+    @classmethod
+    def _distribution(cls, v: str | dict) -> str | dict:
+        from sparsecraft.distributions import DISTRIBUTIONS, make_distribution
+        from sparsecraft.errors import SparsecraftError
+
+        name = v.get("type") if isinstance(v, dict) else v
+        if not isinstance(name, str) or name.lower() not in DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {name!r}; allowed: {', '.join(DISTRIBUTIONS.names())}")
+        try:
+            make_distribution(v)
+        except SparsecraftError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        return check_pattern_spec(v)
 
     def label(self) -> str:
         if self.name:
             return self.name
+        dist = self.distribution if isinstance(self.distribution, str) else self.distribution.get("type", "")
         amount = self.pattern if ":" in self.pattern else f"{round(self.sparsity * 100)}%"
-        return f"{self.method}{'+owl' if self.owl else ''} {amount}"
+        return f"{self.algorithm}{'+' + dist if dist != 'uniform' else ''} {amount}"
 
 
 class RecoveryConfig(Strict):
     steps: int = Field(0, ge=0)  #: 0 = no recovery fine-tune
     loss: str = "squarehead"  #: squarehead, lm, or lm+squarehead (task + feature_weight x SquareHead)
-    lr: float = 1e-5
+    lr: float = Field(1e-5, gt=0)
     batch_size: int = Field(1, ge=1)
     feature_weight: float = Field(1.0, ge=0.0)  #: lambda of the SquareHead term
     kd_weight: float = Field(0.0, ge=0.0)  #: > 0 adds logit distillation
     kd_temperature: float = Field(1.0, gt=0.0)
 
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        if v not in RECOVERY_LOSSES:
+            raise ValueError(f"unknown recovery loss {v!r}; allowed: {', '.join(RECOVERY_LOSSES)}")
+        return v
+
 
 class PruneLLMConfig(Strict):
     model: str = "smollm2-135m"
     data: DataConfig = DataConfig()
-    runs: list[RunConfig] = [RunConfig(method="sparsegpt")]
+    runs: list[RunConfig] = Field([RunConfig(method="sparsegpt")], min_length=1)
     dense: bool = True  #: evaluate the dense model first
     targets: list[str] | None = None
     ignore: list[str] | None = None
@@ -82,9 +142,20 @@ class PruneLLMConfig(Strict):
     recovery: RecoveryConfig = RecoveryConfig()
     save: bool = True
     plot: bool = True
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
     progress: bool = True
     output: OutputConfig = OutputConfig()
+
+    _layer_rules = regex_list_validator("targets", "ignore")
+
+    @model_validator(mode="after")
+    def _calibration(self) -> PruneLLMConfig:
+        needy = [r.label() for r in self.runs if r.algorithm != "magnitude" or r.label().split()[0].endswith("+owl")]
+        if needy and self.data.n_calib < 1:
+            raise ValueError(f"data.n_calib: {', '.join(needy)} need calibration windows; give n_calib >= 1")
+        if self.recovery.steps and self.data.n_calib < 1:
+            raise ValueError("data.n_calib: the recovery fine-tune trains on calibration windows; give n_calib >= 1")
+        return self
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -144,27 +215,24 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
     from sparsecraft.data.text import build_protocol
     from sparsecraft.evaluation.perplexity import perplexity
     from sparsecraft.models import load_model
-    from sparsecraft.oneshot import prune_model
+    from sparsecraft.oneshot.api import prune
     from sparsecraft.oneshot.memory import PeakRSS
     from sparsecraft.oneshot.recovery import recover
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    for r in cfg.runs:
-        if r.method not in METHODS:
-            raise SparsecraftError(f"runs: unknown method {r.method!r}; allowed: {', '.join(METHODS)}")
     lm = load_model(cfg.model, kind="causal-lm")
     if lm.tokenizer is None:
         raise SparsecraftError(f"model {cfg.model!r} has no tokenizer files")
     d = cfg.data
-    proto = build_protocol(lm.tokenizer, d.calib, d.eval, d.n_calib, d.n_eval, d.seqlen, d.seed)
+    proto = build_protocol(lm.tokenizer, d.calib, d.eval, d.n_calib, d.n_eval, d.seq_len, d.seed)
     dense_state = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
     rows: list[dict[str, Any]] = []
     out: dict[str, Any] = {"model": cfg.model, "model_dir": str(lm.path), "protocol": proto.fingerprint, "rows": rows}
 
     def emit() -> None:
         _atomic_json(run_dir / "results.json", out)
-        (run_dir / "table.md").write_text(table_markdown(rows) + "\n")
+        atomic.write_text(run_dir / "table.md", table_markdown(rows) + "\n")
         if on_row is not None:
             on_row(rows)
 
@@ -182,10 +250,10 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
             remove_masks(lm.model)
             lm.model.load_state_dict(dense_state)
         with PeakRSS() as mem:
-            res = prune_model(lm.model, proto.calib, r.method, r.sparsity, r.pattern, owl=r.owl, owl_m=r.owl_m,
-                              owl_lambda=r.owl_lambda, targets=cfg.targets, ignore=cfg.ignore,
-                              batch_size=cfg.batch_size, progress=cfg.progress)
-        row = {"config": r.label(), **res.to_dict(), "peak_rss_mb": round(mem.peak_mb, 1)}
+            rep = prune(lm.model, r.sparsity, method=r.method, criterion=r.criterion, pattern=r.pattern,
+                        distribution=r.distribution, targets=cfg.targets, ignore=cfg.ignore, calib=proto.calib,
+                        batch_size=cfg.batch_size, progress=cfg.progress)
+        row = {"config": r.label(), **rep.info, "true_sparsity": rep.sparsity, "peak_rss_mb": round(mem.peak_mb, 1)}
         t0 = time.perf_counter()
         row["perplexity"] = ppl()
         row["eval_time_s"] = round(time.perf_counter() - t0, 2)
@@ -205,9 +273,9 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
                                 if many else "")
             row["saved_hf"] = str(save_hf(lm.model, lm.tokenizer, folder / "model"))
             row["saved_sparse"] = str(save_sparse(lm.model, folder / "sparse.safetensors",
-                                                  extra={"method": r.method, "pattern": res.pattern}))
-            (folder / "sparsity.md").write_text(res.report.to_markdown() + "\n")
-        row["layers"] = res.report.to_dict()["layers"]
+                                                  extra={"method": r.algorithm, "pattern": r.pattern}))
+            atomic.write_text(folder / "sparsity.md", rep.to_markdown() + "\n")
+        row["layers"] = rep.to_dict()["layers"]
         rows.append(row)
         emit()
     if cfg.plot and rows:

@@ -5,7 +5,8 @@ convention every training job follows: ``sparsity`` is the target sparsity), run
 :func:`sparsecraft.jobs.recipe.run_recipe` into ``OUT/s<sparsity>-seed<seed>/`` and is skipped when
 that folder already has a ``report.json`` (so an interrupted sweep resumes). The flattened
 reports are written to ``OUT/runs.csv`` (dotted keys such as ``final.test_loss``), the table
-``sparsecraft fit`` reads. ``jobs > 1`` runs the grid in that many worker processes.
+``sparsecraft fit`` reads. A grid point interrupted mid-run (a ``checkpoint/`` but no report)
+continues with ``resume: true`` when its job can resume. ``jobs > 1`` runs the grid in that many worker processes.
 """
 
 from __future__ import annotations
@@ -110,12 +111,15 @@ def train_sweep(
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[tuple[float, int], dict[str, Any]] = {}
     todo = []
+    resumable = "resume" in getattr(JOBS.get(doc["job"]).Config, "model_fields", {})
     for s, seed, d in grid:
         run_dir = out / run_name(s, seed)
         rep_path = run_dir / "report.json"
         if rep_path.is_file():
-            rows[(s, seed)] = _row(s, seed, run_dir, "skipped", json.loads(rep_path.read_text()))
+            rows[(s, seed)] = _row(s, seed, run_dir, "skipped", _read_report(rep_path))
         else:
+            if resumable and (run_dir / "checkpoint").exists():  # interrupted mid-run: continue it
+                d = {**d, "resume": True}
             todo.append((s, seed, d, run_dir))
     bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc="sweep-train", unit="run", disable=not progress)
 
@@ -143,6 +147,16 @@ def train_sweep(
     table = [rows[k] for k in sorted(rows)]
     write_csv(out / "runs.csv", table)
     return table
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SparsecraftError(f"{path} is not a readable report ({e}); delete it to rerun that grid point") from None
+    if not isinstance(report, dict):
+        raise SparsecraftError(f"{path} is not a report (a JSON object); delete it to rerun that grid point")
+    return report
 
 
 def _describe(e: BaseException) -> str:

@@ -101,7 +101,7 @@ def bench_model(
     batch: int | None = None,
     repeats: int = 20,
     measure: MeasureFn | None = None,
-    include: list[str] | None = None,
+    targets: list[str] | None = None,
 ) -> ModelBench:
     """Time ``model`` dense vs. converted on ``inputs`` (a tensor, tuple or dict of kwargs).
 
@@ -114,7 +114,7 @@ def bench_model(
         rows = [a.reshape(-1, a.shape[-1]).shape[0] for a in acts.values()]
         batch = max(rows) if rows else 1
     sparse = copy.deepcopy(model)
-    rep = convert(sparse, backend=backend, batch=batch, measure=measure, include=include)
+    rep = convert(sparse, backend=backend, batch=batch, measure=measure, targets=targets)
     result = ModelBench(rep)
     dense_mods, sparse_mods = dict(model.named_modules()), dict(sparse.named_modules())
     for lr in rep.layers:

@@ -1,4 +1,9 @@
-"""JIT build of the C++ kernels (``csrc/sparse_kernels.cpp``) with the machine's compiler.
+"""JIT build of the C++ kernels (every ``csrc/*.cpp``, one library) with the machine's compiler.
+
+Each source file registers its ops in the one ``torch.ops.sparsecraft_kernels`` namespace: the
+weight-sparse kernels' file with ``TORCH_LIBRARY``, every other file with
+``TORCH_LIBRARY_FRAGMENT(sparsecraft_kernels, m)``, so a new kernel is a new ``.cpp`` file and no
+edit here.
 
 The extension is compiled on first use with :func:`torch.utils.cpp_extension.load` and cached
 in a user cache directory (``$SPARSECRAFT_CACHE_DIR`` or ``~/.cache/sparsecraft/torch_ext``)
@@ -26,7 +31,7 @@ import torch
 
 from sparsecraft.errors import SparsecraftError
 
-SOURCE = Path(__file__).with_name("csrc") / "sparse_kernels.cpp"
+SOURCE_DIR = Path(__file__).with_name("csrc")
 OPS_NAMESPACE = "sparsecraft_kernels"
 
 _lock = threading.Lock()
@@ -78,29 +83,38 @@ def build_flags() -> tuple[list[str], list[str]]:
     return cflags, ldflags
 
 
-def _tag(source: Path, cflags: list[str]) -> str:
-    h = hashlib.sha256(source.read_bytes())
+def sources() -> list[Path]:
+    """The C++ files compiled into the extension (sorted, so the tag is stable)."""
+    return sorted(SOURCE_DIR.glob("*.cpp"))
+
+
+def _tag(files: list[Path], cflags: list[str]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
     h.update(" ".join([torch.__version__, sys.version, _compiler(), *cflags]).encode())
     return h.hexdigest()[:16]
 
 
-def build(source: Path = SOURCE, verbose: bool = False) -> None:
+def build(files: list[Path] | None = None, verbose: bool = False) -> None:
     """Compile (or load from the cache) and register ``torch.ops.sparsecraft_kernels``."""
     if shutil.which(_compiler()) is None:
         raise ExtensionBuildError(
             f"no C++ compiler found ({_compiler()!r} is not on PATH; set CXX or install g++)"
         )
-    if not source.is_file():
-        raise ExtensionBuildError(f"kernel source {source} is missing")
+    files = sources() if files is None else files
+    if not files:
+        raise ExtensionBuildError(f"no kernel sources (*.cpp) in {SOURCE_DIR}")
     from torch.utils import cpp_extension
 
     cflags, ldflags = build_flags()
-    build_dir = cache_dir() / _tag(source, cflags)
+    build_dir = cache_dir() / _tag(files, cflags)
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         cpp_extension.load(
             name=f"sparsecraft_kernels_{build_dir.name}",
-            sources=[str(source)],
+            sources=[str(f) for f in files],
             extra_cflags=cflags,
             extra_ldflags=ldflags,
             build_directory=str(build_dir),
@@ -112,12 +126,12 @@ def build(source: Path = SOURCE, verbose: bool = False) -> None:
         errors = [ln for ln in lines if "error:" in ln] or [ln for ln in lines if "error" in ln.lower()]
         detail = errors[0] if errors else (lines[-1] if lines else type(e).__name__)
         raise ExtensionBuildError(
-            f"building {source.name} with {_compiler()} failed: {detail[:300]} "
+            f"building {', '.join(f.name for f in files)} with {_compiler()} failed: {detail[:300]} "
             f"(build dir {build_dir}; SPARSECRAFT_DEBUG_BUILD=1 shows the full log)"
         ) from e
 
 
-def extension_status(source: Path | None = None) -> tuple[bool, str]:
+def extension_status() -> tuple[bool, str]:
     """``(True, "ok ...")`` once the kernels are loaded, else ``(False, reason)``; builds at most
     once per process (a failure is remembered)."""
     with _lock:
@@ -126,7 +140,7 @@ def extension_status(source: Path | None = None) -> tuple[bool, str]:
                 _state.update(ok=False, reason="disabled by SPARSECRAFT_DISABLE_EXTENSION=1")
             else:
                 try:
-                    build(source or SOURCE)
+                    build()
                     avx = bool(getattr(torch.ops, OPS_NAMESPACE).has_avx512())
                     _state.update(ok=True, reason=f"ok (avx512={'yes' if avx else 'no'})")
                 except ExtensionBuildError as e:

@@ -33,6 +33,7 @@ from sparsecraft.masks import MaskMeta, set_mask
 from sparsecraft.methods.base import METHODS, SparseMethod, resolve_step
 from sparsecraft.methods.channel_surgery import remove_pruned_channels
 from sparsecraft.methods.optimizer_state import mask_state
+from sparsecraft.patterns import count_to_prune
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -96,7 +97,7 @@ class MaskSparsity(SparseMethod):
         if chosen is not None:
             sel[torch.as_tensor(chosen.get(name, []), dtype=torch.long)] = True
             return sel
-        k = int(self.ratio * bn.num_features + 1e-6)
+        k = count_to_prune(self.ratio, bn.num_features)
         sel[torch.argsort(bn.weight.detach().abs(), stable=True)[:k]] = True
         return sel
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MASK_SUFFIX, apply_masks
-from sparsecraft.pruning import prune
+from sparsecraft.pruning import prune_by_criterion
 
 TrainFn = Callable[..., Any]
 ValidateFn = Callable[[nn.Module], float]
@@ -129,8 +129,8 @@ def sparse_model_soups(
     mode: str = "uniform",
     validate: ValidateFn | None = None,
     bn_batches: Iterable[Any] | None = None,
-    include: Sequence[str] | None = None,
-    keep_dense: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Run SMS: P prune-retrain phases with m ingredients each; returns (soup, per-phase info).
 
@@ -144,8 +144,8 @@ def sparse_model_soups(
     current = model
     for i in range(1, phases + 1):
         s_i = 1.0 - (1.0 - sparsity) ** (i / phases)
-        prune(current, s_i, criterion="magnitude", distribution="global", include=include,
-              keep_dense=keep_dense, method="sms", step=i)  # fmt: skip
+        prune_by_criterion(current, s_i, criterion="magnitude", distribution="global", targets=targets,
+                           ignore=ignore, label="sms", step=i)
         copies = []
         for cfg in ingredients:
             c = copy.deepcopy(current)

@@ -11,7 +11,7 @@ dimension, recomputed at every forward (after ``W`` changed); backward passes th
 Usage::
 
     method = sparsecraft.attach(model, opt, method="ste", pattern="2:4",
-                                total_steps=T, keep_dense=["features.0"])
+                                total_steps=T, ignore=["features.0"])
     ...train...
     method.finalize()      # W <- W * E: plain weights exactly N:M
 

@@ -4,7 +4,7 @@
   small benchmarks; ReLU, no dropout.
 * ``cnn``: conv(1->32, 3) - ReLU - maxpool 2 - conv(32->64, 3) - ReLU - maxpool 2 -
   fc(64*5*5 -> 128) - ReLU - fc(128 -> 10). The first conv has 1 input channel (9 weights per
-  filter) so N:M cannot apply to it: keep it dense (``keep_dense=["features.0"]``). Every other
+  filter) so N:M cannot apply to it: keep it dense (``ignore=["features.0"]``). Every other
   layer has an input width divisible by 4 and 8 (conv2: 32 channels, fc1: 1600, fc2: 128), so
   2:4, 1:4 and 4:8 fit. Layer names: ``features.0``, ``features.3``, ``classifier.1``,
   ``classifier.3``.
@@ -49,7 +49,7 @@ class SmallCNN(nn.Module):
 
 
 #: default keep-dense rules per model (layers a training recipe should not sparsify)
-KEEP_DENSE = {"mlp": [], "cnn": ["features.0"]}
+DEFAULT_IGNORE = {"mlp": [], "cnn": ["features.0"]}
 
 
 def build_vision_model(name: str, classes: int = 10) -> nn.Module:

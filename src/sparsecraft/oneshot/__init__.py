@@ -1,8 +1,9 @@
-"""One-shot (post-training) pruning of transformers with calibration data: magnitude, Wanda,
-SparseGPT (unstructured and N:M), OWL budgets, and SquareHead recovery fine-tuning."""
+"""One-shot (post-training) pruning: :func:`prune` (the library's one door, also
+``sparsecraft.prune``), the block-by-block calibration engine, SparseGPT, OWL budgets and
+SquareHead recovery fine-tuning."""
 
-from sparsecraft.oneshot.api import OneShotResult, prune_model
+from sparsecraft.oneshot.api import prune
 from sparsecraft.oneshot.base import ONESHOT, make_pruner
 from sparsecraft.oneshot.blockwise import find_blocks
 
-__all__ = ["ONESHOT", "OneShotResult", "find_blocks", "make_pruner", "prune_model"]
+__all__ = ["ONESHOT", "find_blocks", "make_pruner", "prune"]

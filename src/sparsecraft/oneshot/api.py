@@ -1,70 +1,164 @@
-"""``prune_model``: one-shot pruning of a transformer with calibration data.
+"""``sparsecraft.prune``: the one door for one-shot pruning, with or without calibration data.
 
-    from sparsecraft.oneshot import prune_model
-    result = prune_model(model, calib_ids, method="sparsegpt", sparsity=0.5, pattern="2:4")
-    print(result.report)
+    import sparsecraft
+    sparsecraft.prune(model, 0.9, distribution="erk", ignore=["classifier"])        # |w|, data-free
+    sparsecraft.prune(llm, 0.5, criterion="wanda", calib=ids)                        # block by block
+    sparsecraft.prune(llm, 0.0, method="sparsegpt", pattern="2:4", calib=ids)        # OBS update
+    rep = sparsecraft.prune(llm, 0.7, criterion="wanda", distribution="owl", calib=ids)
+    print(rep)                       # exact per-layer table; rep.info has method, times, OWL ratios
 
-Orchestration only: the maths of each method is in its own module (magnitude, wanda,
-sparsegpt, owl). Calibrated methods run the sequential protocol of
-:mod:`sparsecraft.oneshot.blockwise`; magnitude needs no data. Final masks are attached with
-:func:`sparsecraft.masks.set_mask`, so :func:`sparsecraft.report` and :func:`sparsecraft.save`
-see them.
+The words are the library's: ``criterion`` scores the weights (which go), ``pattern`` shapes the
+mask, ``distribution`` splits ``sparsity`` (the fraction of zeros over the targeted weights)
+over the layers, ``method`` names an algorithm that also updates the kept weights (SparseGPT),
+``targets``/``ignore`` select layers, ``calib`` is calibration data.
+
+Two engines, chosen from what is asked for:
+
+* criterion scores that need nothing but the weights (or gradients over ``calib`` with
+  ``loss_fn``) run :func:`sparsecraft.pruning.prune_by_criterion` on any ``nn.Module``;
+* a criterion or distribution that needs *activations* (``wanda``, ``owl``) or a ``method``
+  runs the sequential protocol of :mod:`sparsecraft.oneshot.blockwise` (Frantar & Alistarh
+  2023; Sun et al. 2024): capture the first block's inputs, then for each block collect its
+  layers' input statistics, prune them, recompute the block's output with the pruned weights
+  and feed it to the next block.
+
+For a model with a block stack (a transformer) the default targets are the Linear layers inside
+the blocks (embeddings and the LM head are never pruned by default); otherwise every Linear /
+Conv. The maths of each method lives in its own module (``sparsegpt``, ``owl``, ...).
 """
 
 from __future__ import annotations
 
+import numbers
 import re
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsecraft.criteria import CRITERIA, Criterion, LossFn, make_criterion, wanda_scores
+from sparsecraft.distributions import OWL, Distribution, make_distribution
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MaskMeta, set_mask
-from sparsecraft.oneshot.base import OneShotPruner, make_pruner
+from sparsecraft.oneshot.base import ONESHOT, OneShotPruner, make_pruner
 from sparsecraft.oneshot.blockwise import BlockInput, batched, block_forward, block_targets, find_blocks, run_sequential
 from sparsecraft.oneshot.owl import outlier_ratio, owl_sparsities
 from sparsecraft.oneshot.stats import StatsCollector
-from sparsecraft.oneshot.wanda import wanda_scores
-from sparsecraft.patterns import NM, Pattern, parse_pattern
+from sparsecraft.patterns import Pattern, PerRow, Unstructured, parse_pattern
+from sparsecraft.pruning import Override, current_scores, layer_choices, parse_overrides, prune_by_criterion
 from sparsecraft.report import SparsityReport, report
-from sparsecraft.targets import Target
+from sparsecraft.targets import Target, check_regexes
 
 
-@dataclass
-class OneShotResult:
-    """What :func:`prune_model` did."""
-
-    method: str
-    pattern: str
-    sparsity: float
-    report: SparsityReport
-    wall_time_s: float
-    block_sparsities: list[float] = field(default_factory=list)
-    owl_ratios: list[float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "pattern": self.pattern,
-            "sparsity": self.sparsity,
-            "true_sparsity": self.report.sparsity,
-            "wall_time_s": round(self.wall_time_s, 3),
-            "block_sparsities": self.block_sparsities,
-            "owl_ratios": self.owl_ratios,
-        }
-
-
-def _progress(desc: str, enabled: bool):
+def _bar(desc: str, enabled: bool):
     def wrap(it):
         return tqdm(it, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
 
     return wrap
+
+
+def check_sparsity(sparsity: Any) -> float:
+    """``sparsity`` as a float in [0, 1], or a one-line error naming the value."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= float(sparsity) <= 1.0:
+        raise SparsecraftError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
+    return float(sparsity)
+
+
+def default_targets(model: nn.Module) -> list[str] | None:
+    """The Linear layers inside the block stack of a transformer, else ``None`` (every layer)."""
+    try:
+        stack = find_blocks(model)
+    except SparsecraftError:
+        return None
+    return [rf"^{re.escape(stack.prefix)}\.\d+\."] if stack.prefix else None
+
+
+def prune(
+    model: nn.Module,
+    sparsity: float = 0.5,
+    *,
+    method: str | None = None,
+    criterion: Any = None,
+    pattern: Any = "unstructured",
+    distribution: Any = "uniform",
+    targets: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    overrides: Iterable[Any] | None = None,
+    calib: torch.Tensor | Sequence[Any] | None = None,
+    loss_fn: LossFn | None = None,
+    skip_unfit: bool = False,
+    batch_size: int = 8,
+    step: int = 0,
+    progress: bool = True,
+    **options: Any,
+) -> SparsityReport:
+    """Prune ``model`` in place in one shot and return the exact :class:`SparsityReport`.
+
+    Args:
+        sparsity: fraction of zeros over the targeted weights (N:M patterns fix it themselves).
+        method: ``None`` (mask by ``criterion``) or a one-shot method that also updates the kept
+            weights: ``"sparsegpt"`` (options ``blocksize=128``, ``percdamp=0.01``).
+        criterion: ``"magnitude"`` (default), ``"random"``, ``"saliency"``/``"movement"``/
+            ``"gradient"`` (gradients over ``calib`` with ``loss_fn``), ``"wanda"`` (activations).
+        pattern: ``"unstructured"``, ``"2:4"`` (any N:M), ``"row"``, ``"block:4x4"``, ``"channel"``.
+        distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"``, ``"owl"`` (or
+            ``{"type": "owl", "m": 5, "lam": 0.08}``), ``{"type": "explicit", "sparsities": {...}}``.
+        targets / ignore: regexes (or exact names) of the layers to prune / to leave dense.
+        overrides: ``[{"match": regex, "pattern": ..., "sparsity": ...}]`` per-layer exceptions.
+        calib: calibration data: an ``(n, seq_len)`` token-id tensor or a list of batches (id
+            tensors, dicts of model inputs, or ``(x, y)`` pairs for gradient criteria).
+        skip_unfit: leave layers whose shape cannot take the pattern dense instead of raising.
+        batch_size: calibration windows per forward (block-by-block engine).
+        step: the training step recorded in the masks' metadata (training methods use it).
+        progress: show a progress bar on stderr.
+    """
+    if not isinstance(model, nn.Module):
+        raise SparsecraftError(f"prune() expects a torch.nn.Module, got {type(model).__name__}")
+    sparsity = check_sparsity(sparsity)
+    if method is not None and criterion is not None:
+        raise SparsecraftError(
+            f"method {method!r} chooses its own weights to prune; leave criterion unset (got {criterion!r})"
+        )
+    if isinstance(method, str) and method.lower() in CRITERIA:
+        raise SparsecraftError(
+            f"{method!r} is a criterion (which weights go), not a method: use criterion={method!r} "
+            f"(methods: {', '.join(ONESHOT.names())})"
+        )
+    crit = make_criterion("magnitude" if criterion is None else criterion)
+    dist = make_distribution(distribution)
+    pat = parse_pattern(pattern)
+    targets = check_regexes(targets, "targets") or None
+    ignore = check_regexes(ignore, "ignore")
+    ovs = parse_overrides(overrides)
+    for ov in ovs:
+        check_regexes([ov.match], "overrides.match")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SparsecraftError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    pruner = make_pruner(method, **options) if method is not None else None
+    if pruner is None and options:
+        raise SparsecraftError(f"unknown option(s) {', '.join(sorted(options))} (options belong to a method)")
+    if pruner is None and not crit.needs_activations and not dist.needs_activations:
+        rep = prune_by_criterion(model, sparsity, pat, crit, dist, targets=targets or default_targets(model),
+                                 ignore=ignore, overrides=ovs, skip_unfit=skip_unfit, calib=calib, loss_fn=loss_fn,
+                                 step=step, progress=progress)
+        rep.info.update(_info(None, crit, pat, dist, sparsity))
+        return rep
+    return _prune_blockwise(model, sparsity, pruner, crit, pat, dist, targets, ignore, ovs, calib, batch_size,
+                            skip_unfit, step, progress)
+
+
+def _info(pruner: OneShotPruner | None, crit: Criterion, pat: Pattern, dist: Distribution, sparsity: float) -> dict:
+    return {
+        "method": pruner.registry_name if pruner is not None else None,  # type: ignore[attr-defined]
+        "criterion": None if pruner is not None else crit.registry_name,  # type: ignore[attr-defined]
+        "pattern": pat.spec(),
+        "distribution": dist.registry_name,  # type: ignore[attr-defined]
+        "sparsity": sparsity,
+    }
 
 
 def _collect(block: nn.Module, inputs: list[BlockInput], targets: list[Target], hessian: bool) -> StatsCollector:
@@ -77,108 +171,85 @@ def _collect(block: nn.Module, inputs: list[BlockInput], targets: list[Target], 
     return collector
 
 
-@torch.no_grad()
-def _prune_target(pruner, t: Target, stats, pattern, sparsity: float, method: str) -> None:
-    layout = t.layout
-    w = layout.to_rows(t.param.detach()).to(torch.float32)
-    new_w, keep = pruner.prune(w, stats, pattern, sparsity)
-    if new_w is not None:
-        t.param.data.copy_(layout.from_rows(new_w).to(t.param.dtype))
-    achieved = 1.0 - float(keep.sum()) / keep.numel()
-    set_mask(t.module, layout.from_rows(keep), t.param_name, MaskMeta(pattern.spec(), achieved, method))
+def _layer_plan(per_block: list[list[Target]], pat: Pattern, dist: Distribution, ovs: list[Override],
+                sparsity: float, skip_unfit: bool) -> dict[str, tuple[Pattern, float | None]]:
+    """Every target's pattern and (override or distribution) sparsity; OWL's come later."""
+    chosen = layer_choices([t for ts in per_block for t in ts], pat, ovs, skip_unfit)
+    plan: dict[str, tuple[Pattern, float | None]] = {t.name: (p, s) for t, p, s in chosen}
+    if not isinstance(dist, OWL):
+        if dist.needs_scores:
+            raise SparsecraftError(
+                f"distribution {dist.registry_name!r} ranks every layer at once, which block-by-block "  # type: ignore[attr-defined]
+                "pruning cannot do (later blocks see the pruned earlier ones); use uniform, erk, er, owl or explicit"
+            )
+        free = [t for ts in per_block for t in ts if t.name in plan and plan[t.name][1] is None]
+        alloc = dist.allocate(free, sparsity, None) if free else {}
+        plan = {n: (p, alloc[n] if s is None else s) for n, (p, s) in plan.items()}
+    return plan
 
 
-def prune_model(
-    model: nn.Module,
-    calib: torch.Tensor | Sequence[Any] | None = None,
-    method: str = "wanda",
-    sparsity: float = 0.5,
-    pattern: Any = "unstructured",
-    *,
-    owl: bool = False,
-    owl_m: float = 5.0,
-    owl_lambda: float = 0.08,
-    targets: Sequence[str] | None = None,
-    ignore: Sequence[str] | None = None,
-    batch_size: int = 8,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
-    progress: bool = True,
-) -> OneShotResult:
-    """Prune every Linear of ``model``'s block stack in one shot, in place.
-
-    Args:
-        calib: (n, seqlen) token ids, or a list of batches (id tensors or dicts of model
-            inputs). Needed by wanda, sparsegpt and OWL.
-        method: ``magnitude``, ``wanda`` or ``sparsegpt``.
-        sparsity: fraction of zeros per layer (mean over blocks with OWL; ignored by N:M).
-        pattern: ``unstructured`` or N:M (``"2:4"``, ``"4:8"``); magnitude/wanda also ``row``.
-        owl: non-uniform block sparsities from outlier ratios (unstructured only).
-        targets / ignore: regexes on weight names selecting / excluding layers (default: every
-            Linear inside the blocks; embeddings and the LM head are never touched).
-        blocksize, percdamp: SparseGPT's column block and dampening.
-    """
-    if not 0.0 <= float(sparsity) <= 1.0:
-        raise SparsecraftError(f"sparsity must be in [0, 1], got {sparsity}")
-    kwargs = {"blocksize": blocksize, "percdamp": percdamp} if method == "sparsegpt" else {}
-    pruner = make_pruner(method, **kwargs)
-    pat = pruner.check_pattern(parse_pattern(pattern))
-    if owl and isinstance(pat, NM):
-        raise SparsecraftError("OWL sets per-block unstructured sparsities; it cannot be combined with N:M")
+def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | None, crit: Criterion,
+                     pat: Pattern, dist: Distribution, targets: list[str] | None, ignore: list[str],
+                     ovs: list[Override], calib: Any, batch_size: int, skip_unfit: bool, step: int,
+                     progress: bool) -> SparsityReport:
+    if pruner is not None:
+        pat = pruner.check_pattern(pat)
+    if isinstance(dist, OWL) and pat.fixed_sparsity:
+        raise SparsecraftError(f"distribution 'owl' sets per-block sparsities; pattern {pat.spec()!r} fixes its own")
     stack = find_blocks(model)
     per_block = block_targets(model, stack, targets, ignore)
-    for ts in per_block:
-        for t in ts:
-            pat.check(t.layout.rows, t.layout.cols, t.name)
-    needs_data = pruner.needs_calibration or owl
+    plan = _layer_plan(per_block, pat, dist, ovs, sparsity, skip_unfit)
+    what = pruner.registry_name if pruner is not None else crit.registry_name  # type: ignore[attr-defined]
     batches = batched(calib, batch_size) if calib is not None else []
-    if needs_data and not batches:
-        raise SparsecraftError(f"{method}{' + OWL' if owl else ''} needs calibration data")
+    if not batches:
+        raise SparsecraftError(
+            f"{what}{' with distribution ' + repr(dist.registry_name) if dist.needs_activations else ''} "  # type: ignore[attr-defined]
+            "needs calibration data: pass calib= (token ids or batches)"
+        )
     t0 = time.perf_counter()
-    block_s = [float(sparsity)] * len(per_block)
-    ratios = None
-    if owl:
-        ratios = owl_ratios(model, batches, per_block, owl_m, progress)
-        block_s = owl_sparsities(ratios, float(sparsity), owl_lambda)
-    prune_blocks(model, batches, pruner, pat, per_block, block_s, method, progress)
-    wall = time.perf_counter() - t0
-    names = [t.name for ts in per_block for t in ts]
-    rep = report(model, include=[f"^{re.escape(n)}$" for n in names])
-    return OneShotResult(method + ("+owl" if owl else ""), pat.spec(), float(sparsity), rep, wall,
-                         block_s, ratios)
-
-
-def prune_blocks(
-    model: nn.Module,
-    batches: list[Any],
-    pruner: OneShotPruner,
-    pattern: Pattern,
-    per_block: list[list[Target]],
-    block_sparsities: Sequence[float],
-    method: str,
-    progress: bool = True,
-) -> None:
-    """Prune the targets of every block ``i`` at ``block_sparsities[i]`` (the sequential
-    protocol for calibrated methods, block by block without data for magnitude)."""
-    if len(block_sparsities) != len(per_block):
-        raise SparsecraftError(f"{len(block_sparsities)} block sparsities for {len(per_block)} blocks")
-    stack = find_blocks(model)
+    info = _info(pruner, crit, pat, dist, sparsity)
+    if isinstance(dist, OWL):
+        ratios = owl_ratios(model, batches, per_block, dist.m, progress)
+        block_s = owl_sparsities(ratios, sparsity, dist.lam)
+        plan = {t.name: (plan[t.name][0], block_s[i] if plan[t.name][1] is None else plan[t.name][1])
+                for i, ts in enumerate(per_block) for t in ts if t.name in plan}
+        info.update(owl_ratios=ratios, block_sparsities=block_s)
+    needs_hessian = pruner is not None and pruner.needs_hessian
 
     def prune_block(i: int, block: nn.Module, inputs: list[BlockInput]) -> None:
-        ts = per_block[i]
+        ts = [t for t in per_block[i] if t.name in plan]
         if not ts:
             return
-        stats = {}
-        if pruner.needs_calibration:
-            stats = _collect(block, inputs, ts, pruner.needs_hessian).stats
+        stats = _collect(block, inputs, ts, needs_hessian).stats
         for t in ts:
-            _prune_target(pruner, t, stats.get(t.module_name), pattern, float(block_sparsities[i]), method)
+            p, s = plan[t.name]
+            _prune_target(t, stats.get(t.module_name), p, float(s), pruner, crit, what, step)
 
-    if pruner.needs_calibration:
-        run_sequential(model, stack, batches, prune_block, _progress(f"{method} blocks", progress))
+    run_sequential(model, stack, batches, prune_block, _bar(f"{what} blocks", progress))
+    info["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    names = list(plan)
+    rep = report(model, targets=[f"^{re.escape(n)}$" for n in names])
+    rep.info.update(info)
+    return rep
+
+
+@torch.no_grad()
+def _prune_target(t: Target, stats: Any, pattern: Pattern, sparsity: float, pruner: OneShotPruner | None,
+                  crit: Criterion, label: str, step: int) -> None:
+    layout = t.layout
+    if pruner is not None:
+        w = layout.to_rows(t.param.detach()).to(torch.float32)
+        new_w, keep = pruner.prune(w, stats, pattern, sparsity)
+        if new_w is not None:
+            t.param.data.copy_(layout.from_rows(new_w).to(t.param.dtype))
     else:
-        for i in _progress(f"{method} blocks", progress)(range(len(per_block))):
-            prune_block(i, stack.blocks[i], [])
+        if crit.needs_activations:
+            crit.set_input_norms(t, stats.col_norms)  # type: ignore[attr-defined]
+        scores = layout.to_rows(current_scores(crit, t))
+        group = PerRow() if crit.group == "row" and type(pattern) is Unstructured else pattern
+        keep = group.mask(scores, sparsity)
+    achieved = 1.0 - float(keep.sum()) / keep.numel() if keep.numel() else 0.0
+    set_mask(t.module, layout.from_rows(keep), t.param_name, MaskMeta(pattern.spec(), achieved, label, step))
 
 
 @torch.no_grad()
@@ -194,14 +265,15 @@ def dense_input_norms(model: nn.Module, batches: list[Any], per_block: list[list
             stats = _collect(block, inputs, per_block[i], hessian=False).stats
             norms[i] = {t.module_name: stats[t.module_name].col_norms.clone() for t in per_block[i]}
 
-    run_sequential(model, stack, batches, measure, _progress("OWL input norms", progress))
+    run_sequential(model, stack, batches, measure, _bar("OWL input norms", progress))
     return norms
 
 
 def block_outlier_ratios(per_block: list[list[Target]], norms: list[dict[str, torch.Tensor]],
                          m: float = 5.0) -> list[float]:
-    """OWL's outlier ratio of every block: Wanda scores of all its targets together, from the
-    input norms of :func:`dense_input_norms` (0 for a block without targets)."""
+    """OWL's outlier ratio of every block: the Wanda scores of all its targets together, from the
+    input norms of :func:`dense_input_norms` (0 for a block without targets). One dense pass
+    serves every M (an OWL sweep shares it)."""
     return [outlier_ratio([wanda_scores(t.layout.to_rows(t.param), nb[t.module_name]) for t in ts], m) if ts else 0.0
             for ts, nb in zip(per_block, norms)]
 

@@ -13,7 +13,7 @@ import torch
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.oneshot.stats import InputStats
-from sparsecraft.patterns import NM, Pattern, PerRow, Unstructured, parse_pattern
+from sparsecraft.patterns import NM, Pattern, PerRow, Unstructured, fast_lowest_k_mask, parse_pattern
 from sparsecraft.registry import Registry
 
 ONESHOT: Registry[type[OneShotPruner]] = Registry("one-shot method", package="sparsecraft.oneshot")
@@ -43,24 +43,6 @@ class OneShotPruner:
         raise NotImplementedError
 
 
-def fast_lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep-mask with exactly the ``k`` lowest scores pruned, ties broken by position: the same
-    result as :func:`sparsecraft.patterns.lowest_k_mask` (a stable argsort) in O(n) with
-    ``kthvalue`` instead of a full sort."""
-    flat = scores.reshape(-1).float()
-    n = flat.numel()
-    if k <= 0:
-        return torch.ones_like(scores, dtype=torch.bool)
-    if k >= n:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    v = torch.kthvalue(flat, k).values
-    pruned = flat < v
-    need = k - int(pruned.sum())
-    if need > 0:
-        pruned[torch.nonzero(flat == v).reshape(-1)[:need]] = True
-    return (~pruned).reshape(scores.shape)
-
-
 def make_pruner(name: str, **kwargs) -> OneShotPruner:
     cls = ONESHOT.get(name)
     try:
@@ -69,4 +51,4 @@ def make_pruner(name: str, **kwargs) -> OneShotPruner:
         raise SparsecraftError(f"bad options for one-shot method {name!r}: {e}") from None
 
 
-__all__ = ["ONESHOT", "NM", "OneShotPruner", "PerRow", "Unstructured", "make_pruner"]
+__all__ = ["ONESHOT", "NM", "OneShotPruner", "PerRow", "Unstructured", "fast_lowest_k_mask", "make_pruner"]

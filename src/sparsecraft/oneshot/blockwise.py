@@ -3,7 +3,7 @@
 SparseGPT (Frantar & Alistarh 2023) and Wanda (Sun et al. 2024) prune one block at a time:
 collect the inputs of every Linear of block ``l`` from the calibration data, prune the block,
 re-run the *pruned* block on the same inputs and feed its outputs to block ``l + 1``. Only one
-block's inputs (n_samples x seqlen x hidden) are held at a time, plus that block's statistics.
+block's inputs (n_samples x seq_len x hidden) are held at a time, plus that block's statistics.
 
 Block discovery is generic: the stack is the ``nn.ModuleList`` at one of the known paths
 (``model.layers`` for Llama / Mistral / Qwen2, ``decoder.layers`` for OPT, ``transformer.h``
@@ -71,7 +71,7 @@ def block_targets(
     and not ``ignore``. A target regex that selects a weight outside the blocks is an error
     (calibrated methods only see the blocks' inputs)."""
     include = list(targets) if targets else [rf"^{re.escape(stack.prefix)}\.\d+\."]
-    found = find_targets(model, include=include, keep_dense=ignore)
+    found = find_targets(model, targets=include, ignore=ignore)
     per_block: list[list[Target]] = [[] for _ in stack.blocks]
     rx = re.compile(rf"^{re.escape(stack.prefix)}\.(\d+)\." if stack.prefix else r"^(\d+)\.")
     outside = []
@@ -181,7 +181,7 @@ def run_sequential(
 
 
 def batched(windows: torch.Tensor | Sequence[Any], batch_size: int) -> list[Any]:
-    """Split an (n, seqlen) id tensor into batches; lists of batches pass through."""
+    """Split an (n, seq_len) id tensor into batches; lists of batches pass through."""
     if isinstance(windows, torch.Tensor):
         if windows.dim() == 1:
             windows = windows[None]

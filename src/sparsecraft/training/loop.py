@@ -11,6 +11,7 @@ masks on that step (for overhead measurements).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.methods.base import SparseMethod
@@ -92,13 +94,15 @@ def train_epoch(
     step0: int,
     lr_fn: Callable[[int], float],
     times: StepTimes | None = None,
-    progress: Callable | None = None,
+    progress: bool = False,
+    desc: str = "epoch",
 ) -> tuple[float, float, int]:
-    """One epoch; returns (mean loss, accuracy, global step after the epoch)."""
+    """One epoch; returns (mean loss, accuracy, global step after the epoch). ``progress`` shows a
+    bar (titled ``desc``) on stderr."""
     model.train()
     step, total_loss, correct, seen = step0, 0.0, 0, 0
     batches = shuffled_batches(len(x), batch_size, seed, epoch)
-    it = progress(batches) if progress else batches
+    it = tqdm(batches, desc=desc, file=sys.stderr, leave=False) if progress else batches
     for idx in it:
         for group in optimizer.param_groups:
             group["lr"] = lr_fn(step)

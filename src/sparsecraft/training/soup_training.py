@@ -11,7 +11,6 @@ examples), BatchNorm recalibrated on a few training batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,7 +33,7 @@ def run_soup(
     batch_size: int,
     optim: OptimSettings,
     validation: int,
-    progress: Callable | None = None,
+    progress: bool = False,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Run SMS on an already trained ``model``; ``data`` = (x_train, y_train) minus validation."""
     x, y = data[0], data[1]
