@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -141,7 +143,8 @@ def update_rows(section: str, rows, command: str) -> str:
             raise SystemExit(f"--update: no row {r['config']!r} in the existing table")
         lines[hits[0]] = new
     note = (f"Re-run rows ({datetime.date.today().isoformat()}, after the one-shot fixes of issue 10): "
-            f"{', '.join(r['config'] for r in rows)}, by `{command}`.")
+            f"{', '.join(r['config'] for r in rows)}, by `{command}` (load average {os.getloadavg()[0]:.0f} "
+            "at the end: their times are not comparable with the other rows').")
     lines = [line for line in lines if not line.startswith("Re-run rows")]
     table_end = max(i for i, line in enumerate(lines) if line.startswith("|"))
     return "\n".join(lines[: table_end + 1] + ["", note] + lines[table_end + 1 :])
@@ -160,7 +163,7 @@ def main(argv=None) -> int:
     if args.update and not (args.only and section_text(args.out)):
         ap.error(f"--update needs --only and an existing {SECTION} section in {args.out}")
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/bench_oneshot.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "benchmarks/bench_oneshot.py", *(sys.argv[1:] if argv is None else argv)])
     if args.render_from:  # re-render the table of a finished or stopped run
         doc = json.loads(Path(args.render_from).read_text())
         plot = Path(args.render_from).with_name("perplexity.png")
