@@ -77,7 +77,8 @@ def nextline_docs(items: list[Speech], n: int, seed: int = 0, context_lines: int
             break
         gold_line = items[si].lines[k]
         words = len(gold_line.split())
-        near = [ln for w in range(words - 2, words + 3) for s2, ln in by_words.get(w, []) if s2 != si and ln != gold_line]
+        near = [ln for w in range(words - 2, words + 3) for s2, ln in by_words.get(w, [])
+                if s2 != si and ln != gold_line]
         near = sorted(set(near))
         if len(near) < 3:
             continue

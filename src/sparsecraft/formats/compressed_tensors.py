@@ -57,7 +57,8 @@ _QUANT_KEYS = ("config_groups", "kv_cache_scheme", "transform_config")
 def _wrapper(config: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     for key in CONFIG_KEYS:
         value = config.get(key)
-        if isinstance(value, dict) and (value.get("quant_method") == "compressed-tensors" or "sparsity_config" in value):
+        ours = isinstance(value, dict) and value.get("quant_method") == "compressed-tensors"
+        if isinstance(value, dict) and (ours or "sparsity_config" in value):
             return key, value
     return None
 
@@ -119,7 +120,9 @@ def _dense_name(prefix: str) -> str:
     return prefix if prefix.rsplit(".", 1)[-1] in ("weight", "bias") else f"{prefix}.weight"
 
 
-def group_parts(path: Path, stored: dict[str, torch.Tensor], fmt: str) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
+def group_parts(
+    path: Path, stored: dict[str, torch.Tensor], fmt: str
+) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
     """(compressed prefix -> its parts, plain tensors) after checking that every prefix has exactly
     the parts of ``fmt`` and that no decoded name collides with a stored tensor."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
@@ -212,10 +215,10 @@ def decompress_ct_dir(src: str | os.PathLike, dst: str | os.PathLike) -> dict[st
 
 def _select(model: nn.Module, state: dict[str, torch.Tensor], targets: Any, ignore: Any) -> list[str]:
     """Names of the Linear modules whose weights are compressed (see :func:`save_compressed_tensors`)."""
+    import re
+
     from sparsecraft.masks import masked_params
     from sparsecraft.targets import check_regexes
-
-    import re
 
     given = targets is not None
     targets, ignore = check_regexes(targets, "targets"), check_regexes(ignore, "ignore")

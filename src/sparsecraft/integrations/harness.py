@@ -237,7 +237,8 @@ def evaluate(
                                   log_samples=False, bootstrap_iters=bootstrap_iters)
         except (ConnectionError, OSError) as e:
             raise SparsecraftError(f"a task's data set is not available offline ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0][:200]}); see docs/eval.md for the standard tasks") from None
+                                   f"{str(e).splitlines()[0][:200]}); see docs/eval.md for the standard tasks"
+                                   ) from None
         finally:
             model.train(was_training)
     return {"results": {t: _metrics(out["results"][t]) for t in names if t in out["results"]},
