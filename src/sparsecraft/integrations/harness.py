@@ -202,11 +202,13 @@ def evaluate(
     num_fewshot: int | None = None,
     max_length: int | None = None,
     n_docs: int = 400,
+    n_rolling: int = 16,
     bootstrap_iters: int = 1000,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run ``tasks`` on ``model`` (in memory) with the harness; returns ``{"results": {task:
-    {metric: value}}, "n_samples": {task: n}, "versions": {...}, "tasks": [...]}``."""
+    {metric: value}}, "n_samples": {task: n}, "versions": {...}, "tasks": [...]}``. ``n_docs`` /
+    ``n_rolling``: documents of the generated multiple-choice and cloze / rolling tasks."""
     require_lm_eval()
     import tempfile
 
@@ -222,7 +224,7 @@ def evaluate(
     if not progress:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="sparsecraft-lm-eval-") as work:
-        names, folders, defaults = resolve_tasks(tasks, tokenizer, Path(work), n=n_docs)
+        names, folders, defaults = resolve_tasks(tasks, tokenizer, Path(work), n=n_docs, n_rolling=n_rolling)
         manager = TaskManager(include_path=[str(f) for f in folders], include_defaults=defaults)
         unknown = [t for t in names if t not in manager.all_tasks]
         if unknown:
