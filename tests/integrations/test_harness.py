@@ -133,3 +133,17 @@ def test_unknown_task_name(model_and_tok):
     model, tok = model_and_tok
     with pytest.raises(SparsecraftError, match="unknown task"):
         evaluate(model, tok, ["no_such_task_anywhere"])
+
+
+def test_converted_model_is_evaluated_as_it_is(tmp_path, model_and_tok):
+    import copy
+
+    model, tok = model_and_tok
+    f = tmp_path / "mc.jsonl"
+    f.write_text("".join(json.dumps(d) + "\n" for d in mc_docs()))
+    converted = copy.deepcopy(model)
+    rep = sparsecraft.convert(converted, backend="torch-csr", min_sparsity=0.0)
+    assert any(layer.converted for layer in rep.layers)
+    a = evaluate(model, tok, [str(f)])["results"]["local_mc"]
+    b = evaluate(converted, tok, [str(f)])["results"]["local_mc"]
+    assert a["acc"] == b["acc"] and a["acc_norm"] == b["acc_norm"]
