@@ -47,13 +47,17 @@ def prune_kwargs(algo: str, pattern: str) -> dict[str, Any]:
     return {"criterion": algo, "pattern": pattern}
 
 
-def pruned(algo: str, pattern: str, cache: Path, calib: torch.Tensor) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(SmolLM2-135M pruned with ``algo``/``pattern``, info); from the cache when it is there."""
+def pruned(algo: str, pattern: str, cache: Path, calib: torch.Tensor,
+           wait: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(SmolLM2-135M pruned with ``algo``/``pattern``, info); from the cache when it is there.
+    ``wait``: another process (``python benchmarks/_pruned.py``) is filling the cache: wait for it."""
     import sparsecraft
     from sparsecraft.models import load_model
 
-    model = load_model("smollm2-135m").model
     ckpt, info_file = cache / f"{slug(algo, pattern)}.safetensors", cache / f"{slug(algo, pattern)}.json"
+    while wait and not info_file.is_file():  # the info file is written last
+        time.sleep(20)
+    model = load_model("smollm2-135m").model
     if ckpt.is_file() and info_file.is_file():
         sparsecraft.load(model, ckpt)
         return model, json.loads(info_file.read_text())

@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache", type=Path, default=_pruned.DEFAULT_CACHE)
+    p.add_argument("--wait", action="store_true", help="wait for `python benchmarks/_pruned.py` to fill the cache")
     p.add_argument("--only", default=None, help="comma list of configs to run (e.g. 'dense,wanda 50%%')")
     args = p.parse_args()
     if args.threads:
@@ -106,7 +107,7 @@ def main() -> None:
         if cfg is None:
             model, info = load_model("smollm2-135m").model, {"config": "dense", "true_sparsity": 0.0}
         else:
-            model, info = _pruned.pruned(*cfg, args.cache, proto.calib)
+            model, info = _pruned.pruned(*cfg, args.cache, proto.calib, wait=args.wait)
         t0 = time.perf_counter()
         ppl = perplexity(model, proto.eval, batch_size=4, progress=False)
         out = evaluate(model, tok, TASKS, batch_size=args.batch_size, n_docs=args.n_docs, n_rolling=args.n_rolling)

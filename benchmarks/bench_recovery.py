@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--full-lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache", type=Path, default=_pruned.DEFAULT_CACHE)
+    p.add_argument("--wait", action="store_true", help="wait for `python benchmarks/_pruned.py` to fill the cache")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,7 +93,7 @@ def main() -> None:
     args.dense_ppl = perplexity(teacher, proto.eval, progress=False)
     rows: list[dict] = []
     for algo, pattern in CONFIGS:
-        pruned, info = _pruned.pruned(algo, pattern, args.cache, proto.calib)
+        pruned, info = _pruned.pruned(algo, pattern, args.cache, proto.calib, wait=args.wait)
         row = {"config": info["config"], "before": perplexity(pruned, proto.eval, progress=False)}
         layers = per_layer(pruned)
         student = lora_model(copy.deepcopy(pruned), r=args.rank, lora_alpha=2 * args.rank)

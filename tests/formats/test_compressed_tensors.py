@@ -219,3 +219,11 @@ def test_cross_check_with_compressed_tensors(tmp_path):
         state, info = read_state(folder)
         assert info["format"] == fmt and info["compressed"] == 14 and info["version"] == ct.__version__
         assert all(torch.equal(state[k], dense[k]) for k in state)
+
+
+def test_save_needs_a_transformers_model(tmp_path):
+    with pytest.raises(SparsecraftError, match="needs a transformers config"):
+        sparsecraft.save(torch.nn.Linear(4, 4), tmp_path / "x", format="compressed-tensors")
+    with pytest.raises(SparsecraftError, match="no place for extra"):
+        sparsecraft.save(tiny_llama(), tmp_path / "x", format="sparse-bitmask", extra={"a": 1})
+    assert not (tmp_path / "x").exists()

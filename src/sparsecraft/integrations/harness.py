@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ _ROLLING_TEMPLATE = {
     "output_type": "loglikelihood_rolling", "test_split": "test", "doc_to_text": "", "doc_to_target": "{{text}}",
     "metric_list": [{"metric": "word_perplexity"}, {"metric": "byte_perplexity"}, {"metric": "bits_per_byte"}],
 }
+_TEXTS: dict[tuple[int, str], tuple[Any, str]] = {}  # (id, source) -> (weak ref to the tokenizer, text)
 TEMPLATES = {"nextline": _MC_TEMPLATE, "cloze": _CLOZE_TEMPLATE, "rolling": _ROLLING_TEMPLATE}
 
 
@@ -109,7 +111,11 @@ def local_task_folder(tokenizer: Any, n: int = 400, n_rolling: int = 16, seed: i
     from sparsecraft.evaluation.text_tasks import build_docs, evaluation_text
     from sparsecraft.models.sources import cache_dir
 
-    text = evaluation_text(tokenizer, TASK_SOURCE)
+    key = (id(tokenizer), TASK_SOURCE)
+    ref, text = _TEXTS.get(key, (None, None))
+    if ref is None or ref() is not tokenizer:  # tokenizing the whole source takes seconds: once per tokenizer
+        text = evaluation_text(tokenizer, TASK_SOURCE)
+        _TEXTS[key] = (weakref.ref(tokenizer), text)
     key = hashlib.sha256(f"{GENERATOR_VERSION}|{n}|{n_rolling}|{seed}|".encode() + text.encode()).hexdigest()[:16]
     folder = Path(cache) if cache is not None else cache_dir() / "lm_eval_tasks" / f"{TASK_SOURCE}-{key}"
     if all((folder / f"{TASK_SOURCE}_{k}.yaml").is_file() for k in LOCAL_KINDS):
