@@ -148,7 +148,7 @@ def _declared_bytes(path: Path, groups: dict[str, dict], plain: dict[str, torch.
     total = sum(t.numel() * t.element_size() for t in plain.values())
     for prefix, parts in groups.items():
         try:
-            shape = ct_codec._shape(parts["shape"], prefix, expect_24=fmt == "sparse-24-bitmask")
+            shape = ct_codec.declared_shape(parts["shape"], prefix, expect_24=fmt == "sparse-24-bitmask")
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
         total += math.prod(shape) * parts["compressed"].element_size()

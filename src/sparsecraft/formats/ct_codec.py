@@ -39,7 +39,7 @@ from sparsecraft.errors import CheckpointError
 MAX_DIM = 1 << 40
 
 
-def _shape(t: torch.Tensor, name: str, expect_24: bool) -> list[int]:
+def declared_shape(t: torch.Tensor, name: str, expect_24: bool) -> list[int]:
     """The dense shape stored in ``P.shape`` (``[R, C]``; ``[C]`` for the 1-D tensors of the
     first releases)."""
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
@@ -74,7 +74,7 @@ def _bits(bitmask: torch.Tensor, name: str, shape: list[int]) -> np.ndarray:
 
 def decode_bitmask(name: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
     """The dense tensor of a ``sparse-bitmask`` weight ``name`` from its four parts."""
-    shape = _shape(parts["shape"], name, expect_24=False)
+    shape = declared_shape(parts["shape"], name, expect_24=False)
     values, offsets = parts["compressed"], parts["row_offsets"]
     if values.dim() != 1 or not values.dtype.is_floating_point:
         raise CheckpointError(f"{name}.compressed is {values.dtype} {list(values.shape)}; expected 1-D float values")
@@ -93,7 +93,7 @@ def decode_bitmask(name: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def decode_24(name: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
     """The dense tensor of a ``sparse-24-bitmask`` weight ``name`` from its three parts."""
-    shape = _shape(parts["shape"], name, expect_24=True)
+    shape = declared_shape(parts["shape"], name, expect_24=True)
     rows, cols = shape
     values = parts["compressed"]
     if (rows * cols) % 4 or cols % 2:
