@@ -11,7 +11,9 @@ the object in memory (``sparsecraft.integrations.harness.evaluate``). Columns:
   documents, exp(total NLL / number of words);
 * next-line acc / acc_norm (4 choices, chance 25%) and cloze acc / ppl of the last word of a speech.
 
-Run::
+Rows are kept as JSON beside the pruned checkpoints (``<cache>/eval-rows``), so a rerun resumes and
+several ``--only`` processes can share the work; the table lists every stored row made with the
+same settings. Run::
 
     python benchmarks/bench_eval.py [--n-docs 100] [--n-rolling 4] [--threads 1]
 """
@@ -19,6 +21,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -40,7 +43,8 @@ def fmt(v: float | None, digits: int = 4) -> str:
 
 
 def render(rows: list[dict], args: argparse.Namespace, threads: int, load0: float, done: bool, n: dict) -> str:
-    status = "complete" if done else f"PARTIAL ({len(rows)} of {len(_pruned.CONFIGS) + 1} models so far)"
+    status = "complete" if done else (f"PARTIAL: {len(rows)} of {len(_pruned.CONFIGS) + 1} models; the others did not "
+                                      "finish in the time this run had (see the note below the table)")
     lines = _env.header("Zero-shot tasks next to perplexity: SmolLM2-135M, dense and one-shot pruned",
                         "bench_eval.py", threads, note=f"Status: {status}.")
     lines += [_env.load_line(load0, _env.load()), "",
@@ -89,6 +93,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import importlib.metadata
 
+    from sparsecraft import atomic
     from sparsecraft.evaluation.perplexity import perplexity
     from sparsecraft.integrations.harness import evaluate
     from sparsecraft.models import load_model
@@ -97,12 +102,23 @@ def main() -> None:
     load0 = _env.load()
     tok = load_model("smollm2-135m").tokenizer
     proto = _pruned.protocol(tok)
-    rows: list[dict] = []
-    n_docs: dict = {}
     todo = [("dense", None)] + [(_pruned.label(a, pt), (a, pt)) for a, pt in _pruned.CONFIGS]
     only = set(args.only.split(",")) if args.only else None
+    settings = {"n_docs": args.n_docs, "n_rolling": args.n_rolling, "n_calib": _pruned.N_CALIB}
+    store = args.cache / "eval-rows"  # one JSON per model: parallel --only runs and reruns share them
+
+    def saved(name: str) -> dict | None:
+        f = store / f"{name.replace(' ', '_').replace(':', 'of').replace('%', 'pct')}.json"
+        row = json.loads(f.read_text()) if f.is_file() else None
+        return row if row and row.get("settings") == settings else None
+
+    def write() -> None:
+        rows = [r for r in (saved(name) for name, _ in todo) if r]
+        n_docs = rows[0]["n_samples"] if rows else {}
+        _env.write_atomic(OUT, render(rows, args, torch.get_num_threads(), load0, len(rows) == len(todo), n_docs))
+
     for name, cfg in todo:
-        if only and name not in only:
+        if (only and name not in only) or saved(name):
             continue
         if cfg is None:
             model, info = load_model("smollm2-135m").model, {"config": "dense", "true_sparsity": 0.0}
@@ -111,12 +127,13 @@ def main() -> None:
         t0 = time.perf_counter()
         ppl = perplexity(model, proto.eval, batch_size=4, progress=False)
         out = evaluate(model, tok, TASKS, batch_size=args.batch_size, n_docs=args.n_docs, n_rolling=args.n_rolling)
-        n_docs.update(out["n_samples"])
-        rows.append({**info, "perplexity": ppl, "results": out["results"], "eval_s": time.perf_counter() - t0})
-        print(rows[-1]["config"], f"ppl {ppl:.2f}", out["results"], flush=True)
-        _env.write_atomic(OUT, render(rows, args, torch.get_num_threads(), load0, len(rows) == len(todo), n_docs))
+        row = {**info, "perplexity": ppl, "results": out["results"], "n_samples": out["n_samples"],
+               "eval_s": time.perf_counter() - t0, "settings": settings}
+        atomic.write_json(store / f"{name.replace(' ', '_').replace(':', 'of').replace('%', 'pct')}.json", row)
+        print(name, f"ppl {ppl:.2f}", out["results"], flush=True)
+        write()
         del model
-
+    write()
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
