@@ -87,7 +87,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache", type=Path, default=_pruned.DEFAULT_CACHE)
     p.add_argument("--wait", action="store_true", help="wait for `python benchmarks/_pruned.py` to fill the cache")
-    p.add_argument("--only", default=None, help="comma list of configs to run (e.g. 'dense,wanda 50%%')")
+    p.add_argument("--only", default=None, help="comma list of configs to run (e.g. 'dense,wanda 50%%'; 'none' only "
+                   "rewrites the table from the stored rows)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +102,7 @@ def main() -> None:
     args.harness_version = importlib.metadata.version("lm_eval")
     load0 = _env.load()
     tok = load_model("smollm2-135m").tokenizer
-    proto = _pruned.protocol(tok)
+    protos: list = []  # built on first use (tokenizing the plays takes a while): not when only re-rendering
     todo = [("dense", None)] + [(_pruned.label(a, pt), (a, pt)) for a, pt in _pruned.CONFIGS]
     only = set(args.only.split(",")) if args.only else None
     settings = {"n_docs": args.n_docs, "n_rolling": args.n_rolling, "n_calib": _pruned.N_CALIB}
@@ -120,6 +121,7 @@ def main() -> None:
     for name, cfg in todo:
         if (only and name not in only) or saved(name):
             continue
+        proto = protos[0] if protos else protos.append(_pruned.protocol(tok)) or protos[0]
         if cfg is None:
             model, info = load_model("smollm2-135m").model, {"config": "dense", "true_sparsity": 0.0}
         else:
