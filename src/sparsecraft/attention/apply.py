@@ -8,9 +8,9 @@ Registers the ``"sparsecraft_sparse"`` attention with transformers for the durat
 (SDPA's mask; modules without a context run plain SDPA). Phases (The Sparse Frontier): ``prefill``
 = every multi-token forward is sparse and one-token decode steps are dense; ``decode`` = the
 prompt is processed densely (the method may :meth:`observe` it) and every one-token step is
-sparse; ``both``. This is an accuracy emulation: the full score matrix is computed and the dropped
-pairs are masked to -inf before the softmax, so it measures what the selection costs in quality,
-not speed.
+sparse; ``both``. Sparsity 0 is dense attention for every method. This is an accuracy emulation:
+the full score matrix is computed and the dropped pairs are masked to -inf before the softmax, so
+it measures what the selection costs in quality, not speed.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def sparse_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
         allowed = allowed & (attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0)
     state = ctx.states.setdefault(int(getattr(module, "layer_idx", 0)), {})
     if ctx.is_sparse(n_q):
-        keep = ctx.method.select(query, k, q_pos, state) & allowed
+        keep = ctx.method.select(query, k, q_pos, state) & allowed if ctx.method.sparsity > 0 else allowed
         ctx.kept += int(keep.sum())
         ctx.causal += int(allowed.expand_as(keep).sum())
     else:
