@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0.5,0.8,0.95")
     ap.add_argument("--tasks", default="needle,multikey,vartrack")
     ap.add_argument("--seq-len", type=int, default=1024)
-    ap.add_argument("--depths", default="0.25,0.75")
+    ap.add_argument("--depths", default="0.2,0.5,0.8")
     ap.add_argument("--per-depth", type=int, default=1)
     ap.add_argument("--n-eval", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)

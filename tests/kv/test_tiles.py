@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.kv.tiles import (
@@ -85,3 +87,30 @@ def test_format_bound_by_hand():
     ratio = format_bound_bytes(2048, 128, 3, 64, 0.7, 2, layers=30) / dense_cache_bytes(2048, 3, 64, 2, layers=30)
     assert ratio == pytest.approx(108544 / 262144)  # 0.414: the ~41% of the issue
     assert format_bound_bytes(100, 128, 1, 64, 0.7, 4) == dense_cache_bytes(100, 1, 64, 4)
+
+
+@given(head_dim=st.integers(1, 200), sparsity=st.floats(0.0, 0.999), seed=st.integers(0, 2**16),
+       levels=st.integers(1, 6))
+@example(head_dim=64, sparsity=0.7, seed=0, levels=1)  # every magnitude tied
+def test_pack_property(head_dim, sparsity, seed, levels):
+    """Any width, sparsity and tie structure: exactly floor(s * D) zeros' worth of dropped entries,
+    kept magnitudes >= dropped ones, ties kept by lower index, lossless round trip."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-levels, levels + 1, (3, head_dim), generator=g).float()
+    k = keep_count(sparsity, head_dim)
+    bits, vals = pack(x, k)
+    dense = unpack(bits, vals, head_dim)
+    kept = torch.zeros_like(x, dtype=torch.bool)
+    for i in range(head_dim):  # the bitmaps, read bit by bit
+        kept[:, i] = ((bits[:, i // 64] >> (i % 64)) & 1).bool()
+    assert (kept.sum(1) == k).all() and k == head_dim - int(sparsity * head_dim + 1e-6)
+    assert torch.equal(dense, torch.where(kept, x, 0.0))
+    mags = x.abs()
+    lo_kept = torch.where(kept, mags, torch.inf).amin(1)
+    hi_dropped = torch.where(kept, -torch.inf, mags).amax(1)
+    assert (lo_kept >= hi_dropped).all()  # kept magnitudes beat dropped ones
+    idx = torch.arange(head_dim).expand(3, -1)
+    tie = mags == lo_kept[:, None]  # at the boundary magnitude, every kept index precedes every dropped one
+    last_kept = torch.where(tie & kept, idx, -1).amax(1)
+    first_dropped = torch.where(tie & ~kept, idx, head_dim).amin(1)
+    assert (last_kept < first_dropped).all()
