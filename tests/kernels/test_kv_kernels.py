@@ -54,7 +54,8 @@ def _dense_attention(q, k, v, mask, scale):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("n_comp,w,d,keep,hq,hkv", [(300, 17, 64, 20, 9, 3), (5, 0, 64, 7, 2, 2),
-                                                      (0, 6, 32, 10, 4, 1), (129, 128, 128, 40, 4, 2)])
+                                                      (0, 6, 32, 10, 4, 1), (129, 128, 128, 40, 4, 2),
+                                                      (40, 9, 48, 11, 4, 2)])  # 48: the generic path
 def test_kv_decode_attention_equals_dense_over_pruned(native_ok, dtype, n_comp, w, d, keep, hq, hkv):
     g = torch.Generator().manual_seed(n_comp + w)
     b = 2

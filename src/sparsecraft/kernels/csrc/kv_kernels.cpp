@@ -14,7 +14,8 @@
 //       followed by the W dense window tokens; q[B, Hq, D] (Hq = G * Hkv, grouped-query heads
 //       share their KV head), output [B, Hq, D] float32. Each compressed vector is expanded
 //       into a D-float stack buffer (AVX-512: one masked expand-load per 16 lanes) and used at
-//       once; the cache is never materialised densely. Work is split over (batch, KV head,
+//       once (for float storage and head_dim 32/64/128 with few query heads per KV head, straight
+//       into registers); the cache is never materialised densely. Work is split over (batch, KV head,
 //       chunk of tokens) with per-chunk softmax partials (max, sum, accumulator) merged at the end.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -164,6 +165,99 @@ inline const float* token_vec(int64_t t, int64_t n_comp, const int64_t* bits, co
   }
 }
 
+#if KV_AVX512
+// Register-resident fast path (float storage, D = 16 * NV, G query heads per KV head): the G query
+// vectors (pre-scaled), one expanded key / value and the G accumulators stay in zmm registers.
+template <int NV>
+inline void load_vec(int64_t t, int64_t n_comp, const int64_t* bits, const float* vals, int64_t K,
+                     const float* win, __m512* out) {
+  constexpr int64_t D = 16 * NV, NT = (D + kTile - 1) / kTile;
+  if (t < n_comp) {
+    const int64_t* b = bits + t * NT;
+    const float* p = vals + t * K;
+    for (int j = 0; j < NV; ++j) {
+      const uint64_t w = static_cast<uint64_t>(b[j / 4]);
+      const __mmask16 mk = static_cast<__mmask16>((w >> (16 * (j % 4))) & 0xFFFFu);
+      out[j] = _mm512_maskz_expandloadu_ps(mk, p);
+      p += __builtin_popcount(static_cast<unsigned>(mk));
+    }
+  } else {
+    const float* r = win + (t - n_comp) * D;
+    for (int j = 0; j < NV; ++j) out[j] = _mm512_loadu_ps(r + 16 * j);
+  }
+}
+
+template <int NV, int G>
+void chunk_fast(const float* qh, const int64_t* kbh, const float* kvh, const int64_t* vbh, const float* vvh,
+                const float* kwh, const float* vwh, const float* maskb, int64_t n_comp, int64_t K, int64_t t0,
+                int64_t len, float scale, float* sc, float* m, float* l, float* acc) {
+  constexpr int64_t D = 16 * NV;
+  __m512 qv[G][NV];
+  const __m512 sv = _mm512_set1_ps(scale);
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < NV; ++j) qv[g][j] = _mm512_mul_ps(_mm512_loadu_ps(qh + g * D + 16 * j), sv);
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t t = t0 + i;
+    __m512 kv[NV];
+    load_vec<NV>(t, n_comp, kbh, kvh, K, kwh, kv);
+    const float add = maskb ? maskb[t] : 0.f;
+    for (int g = 0; g < G; ++g) {
+      __m512 a = _mm512_mul_ps(qv[g][0], kv[0]);
+      for (int j = 1; j < NV; ++j) a = _mm512_fmadd_ps(qv[g][j], kv[j], a);
+      sc[g * kChunk + i] = _mm512_reduce_add_ps(a) + add;
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < len; ++i) mx = std::max(mx, sc[g * kChunk + i]);
+    float sum = 0.f;
+    for (int64_t i = 0; i < len; ++i) {
+      const float p = std::isinf(mx) && mx < 0 ? 0.f : std::exp(sc[g * kChunk + i] - mx);
+      sc[g * kChunk + i] = p;
+      sum += p;
+    }
+    m[g] = mx;
+    l[g] = sum;
+  }
+  __m512 ac[G][NV];
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < NV; ++j) ac[g][j] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < len; ++i) {
+    __m512 vv[NV];
+    load_vec<NV>(t0 + i, n_comp, vbh, vvh, K, vwh, vv);
+    for (int g = 0; g < G; ++g) {
+      const __m512 p = _mm512_set1_ps(sc[g * kChunk + i]);
+      for (int j = 0; j < NV; ++j) ac[g][j] = _mm512_fmadd_ps(p, vv[j], ac[g][j]);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(acc + g * D + 16 * j, ac[g][j]);
+}
+
+using FastChunk = void (*)(const float*, const int64_t*, const float*, const int64_t*, const float*, const float*,
+                           const float*, const float*, int64_t, int64_t, int64_t, int64_t, float, float*, float*,
+                           float*, float*);
+
+// The instantiated (head_dim, group) pairs: NV * G <= 16 keeps everything in registers.
+FastChunk fast_chunk_for(int64_t D, int64_t G) {
+  if (D == 64) {
+    if (G == 1) return &chunk_fast<4, 1>;
+    if (G == 2) return &chunk_fast<4, 2>;
+    if (G == 3) return &chunk_fast<4, 3>;
+    if (G == 4) return &chunk_fast<4, 4>;
+  } else if (D == 32) {
+    if (G == 1) return &chunk_fast<2, 1>;
+    if (G == 2) return &chunk_fast<2, 2>;
+    if (G == 3) return &chunk_fast<2, 3>;
+    if (G == 4) return &chunk_fast<2, 4>;
+  } else if (D == 128) {
+    if (G == 1) return &chunk_fast<8, 1>;
+    if (G == 2) return &chunk_fast<8, 2>;
+  }
+  return nullptr;
+}
+#endif
+
 template <typename T>
 void decode_impl(const float* q, const int64_t* kb, const T* kv, const int64_t* vb, const T* vv,
                  const T* kw, const T* vw, const float* mask, float* out, int64_t B, int64_t Hkv,
@@ -172,6 +266,9 @@ void decode_impl(const float* q, const int64_t* kb, const T* kv, const int64_t* 
   const int64_t nchunks = std::max<int64_t>(1, (T_all + kChunk - 1) / kChunk);
   const int64_t tasks = B * Hkv * nchunks;
   std::vector<float> pm(tasks * G), pl(tasks * G), pacc(tasks * G * D);
+#if KV_AVX512
+  FastChunk fast = std::is_same<T, float>::value ? fast_chunk_for(D, G) : nullptr;
+#endif
   at::parallel_for(0, tasks, 1, [&](int64_t a0, int64_t a1) {
     std::vector<float> buf(nt * kTile + D), sc(G * kChunk);
     for (int64_t task = a0; task < a1; ++task) {
@@ -184,6 +281,15 @@ void decode_impl(const float* q, const int64_t* kb, const T* kv, const int64_t* 
       const T* kwh = kw + bh * W * D;
       const T* vwh = vw + bh * W * D;
       const float* qh = q + bh * G * D;  // the G query heads of KV head h are consecutive
+#if KV_AVX512
+      if (fast) {
+        fast(qh, kbh, reinterpret_cast<const float*>(kvh), vbh, reinterpret_cast<const float*>(vvh),
+             reinterpret_cast<const float*>(kwh), reinterpret_cast<const float*>(vwh),
+             mask ? mask + b * T_all : nullptr, n_comp, K, t0, len, scale, sc.data(), pm.data() + task * G,
+             pl.data() + task * G, pacc.data() + task * G * D);
+        continue;
+      }
+#endif
       for (int64_t i = 0; i < len; ++i) {
         const int64_t t = t0 + i;
         const float* k = token_vec<T>(t, n_comp, kbh, kvh, nt, K, kwh, D, buf.data());
