@@ -175,3 +175,13 @@ def test_crop_is_refused_and_reset_empties():
         cache.crop(-2)
     cache.reset()
     assert cache.get_seq_length() == 0 and cache.nbytes() == 0
+
+
+def test_beam_search_reorders_the_compressed_store():
+    model = tiny_llama(seed=6)
+    ids = IDS[:, :20]
+    with torch.no_grad():
+        dense = model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False)
+        sparse = model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False,
+                                cache=SparseKVCache(0.0, 4, model=model))  # tokens leave the window: store used
+    assert torch.equal(dense, sparse)
