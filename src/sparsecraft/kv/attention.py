@@ -143,5 +143,5 @@ def sparse_kv_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     if mask is None:
         mask = additive_mask(None, n_q, total, query.shape[0], query.device)
     kp, vp = view.pruned()
-    out = exact_attention(query, kp, vp, view.keys, view.values, view.c0, layer.window, mask, scale)
+    out = exact_attention(query, kp, vp, key, value, view.c0, layer.window, mask, scale)
     return out, None

@@ -92,14 +92,13 @@ def use_cpp(kernel: str, device: torch.device) -> bool:
 
 
 class KVView:
-    """What one ``update`` hands the ``sparsecraft_kv`` attention: the dense keys/values of tokens
-    ``[c0, total)`` (window before the update + new tokens) and the layer whose compressed store
-    holds the pruned tokens ``[0, c1)``."""
+    """What one ``update`` tells the ``sparsecraft_kv`` attention, attached to the keys it returns
+    (the dense keys/values of tokens ``[c0, total)``: window before the update + new tokens): the
+    layer whose compressed store holds the pruned tokens ``[0, c1)``. It holds no tensor, so the
+    attribute makes no reference cycle."""
 
-    def __init__(self, layer: SparseKVLayer, c0: int, c1: int, total: int, keys: torch.Tensor,
-                 values: torch.Tensor) -> None:
+    def __init__(self, layer: SparseKVLayer, c0: int, c1: int, total: int) -> None:
         self.layer, self.c0, self.c1, self.total = layer, c0, c1, total
-        self.keys, self.values = keys, values
 
     def pruned(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense copies (compute dtype) of the pruned keys/values ``[0, c1)``."""
@@ -203,7 +202,7 @@ class SparseKVLayer(CacheLayerMixin):
         self.length = total
         if self.exact_attention():
             keys, values = live_k.to(self.compute_dtype), live_v.to(self.compute_dtype)
-            keys._sparsecraft_kv = KVView(self, c0, c1, total, live_k, live_v)
+            keys._sparsecraft_kv = KVView(self, c0, c1, total)
             return keys, values
         if n_new > 1 and c1 > c0 and self.n_keep < self.head_dim:
             raise SparsecraftError(
