@@ -42,3 +42,39 @@ def test_sink_and_local_are_always_in():
     assert keep[:, :2].tril().sum() == 2 * 40 - 1  # columns 0, 1 wherever causal
     for t in range(40):
         assert keep[t, max(0, t - 2) : t + 1].all()  # offsets 0, 1, 2
+
+
+def test_pattern_size_covers_the_causal_pairs_of_a_prefill():
+    # 4 queries at positions 0..3: column c reaches the queries at positions >= c -> 4, 3, 2, 1
+    # pairs; diagonal o likewise -> 4, 3, 2, 1; 10 causal pairs in all.
+    vertical = torch.tensor([[[0.1, 0.9, 0.5, 0.2]]])  # columns in score order 1, 2, 3, 0 -> 3, 2, 1, 4
+    slash = torch.tensor([[[0.0, 0.3, 0.7, 0.1]]])  # diagonals in score order 2, 1, 3, 0 -> 2, 3, 1, 4
+    pos = torch.arange(4)
+    # one of each covers 3 + 2 = 5 pairs, two of each 5 + 5 = 10
+    assert VerticalSlashAttention(0.5).pattern_size(vertical, slash, pos, 4).item() == 1  # target 5
+    assert VerticalSlashAttention(0.4).pattern_size(vertical, slash, pos, 4).item() == 2  # target 6
+    assert VerticalSlashAttention(0.0).pattern_size(vertical, slash, pos, 4).item() == 2  # target 10
+
+
+def test_pattern_size_of_one_decode_query_is_half_the_kept_keys():
+    # a single query at position 9 reaches every one of the 10 columns and diagonals once
+    scores = torch.rand(2, 3, 10, generator=torch.Generator().manual_seed(0))
+    n = VerticalSlashAttention(0.6).pattern_size(scores, scores, torch.tensor([9]), 10)
+    assert n.shape == (2, 3) and (n == 2).all()  # 0.4 * 10 = 4 keys -> 2 columns + 2 diagonals
+
+
+def test_pattern_size_counts_reach_not_keys_when_early_columns_win():
+    # sink/local-like scores: early columns and short diagonals on top. 64 queries at 0..63, 2080
+    # causal pairs, target 0.2 * 2080 = 416; column / diagonal i reaches 64 - i queries, so n of
+    # each cover 2 * (64 + 63 + ...) -> n = 3: 378, n = 4: 500. (A T/2 budget would take 7 of each.)
+    decreasing = torch.linspace(1.0, 0.0, 64).reshape(1, 1, 64)
+    assert VerticalSlashAttention(0.8).pattern_size(decreasing, decreasing, torch.arange(64), 64).item() == 4
+
+
+def test_prefill_keeps_about_the_target_share_of_causal_pairs():
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 2, 64, 8, generator=g), torch.randn(1, 2, 64, 8, generator=g)
+    keep = VerticalSlashAttention(0.8, last_q=16, sink=0, local=0).select(q, k, torch.arange(64), {})
+    kept = keep.sum((-1, -2)).double() / (64 * 65 / 2)
+    # overlaps only lower the share; the last column + diagonal taken add at most 2 * 64 pairs
+    assert ((kept > 0.1) & (kept <= 0.2 + 2 * 64 / 2080)).all(), kept

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from sparsecraft.attention.base import SPARSE_ATTENTION, SparseAttention, budget, causal_mask, top_per_row
+from sparsecraft.attention.base import SPARSE_ATTENTION, SparseAttention, causal_mask, top_per_row
 from sparsecraft.errors import SparsecraftError
 
 
@@ -30,9 +30,11 @@ def estimate(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, last_q: int)
 class VerticalSlashAttention(SparseAttention):
     """MInference's vertical-slash pattern (Jiang et al., 2024), as compared in The Sparse Frontier:
     the attention of the last ``last_q`` prompt queries scores every key column (vertical) and
-    every diagonal offset (slash); each head keeps the top ``ceil((1 - sparsity) T / 2)`` columns
-    and as many diagonals (T = keys), the first ``sink`` columns and the ``local`` nearest
-    diagonals counting as top. A query keeps the selected columns and the keys on the selected
+    every diagonal offset (slash); each head keeps its top columns and as many top diagonals, the
+    count chosen so that they cover about ``1 - sparsity`` of the causal pairs of the queries at
+    hand (:meth:`pattern_size`; one decode query: ``(1 - sparsity) T / 2`` each), the first
+    ``sink`` columns and the ``local`` nearest diagonals counting as top.
+    A query keeps the selected columns and the keys on the selected
     diagonals (causal part only).
 
     Prefill: the pattern comes from the forward's own last queries. Decode: from the prompt's last
@@ -49,6 +51,22 @@ class VerticalSlashAttention(SparseAttention):
                 raise SparsecraftError(f"vertical_slash {name} must be an integer >= {low}, got {v!r}")
         self.last_q, self.sink, self.local = last_q, sink, local
 
+    def pattern_size(self, vertical: torch.Tensor, slash: torch.Tensor, q_pos: torch.Tensor,
+                     total: int) -> torch.Tensor:
+        """Columns (= diagonals) per head so the pattern covers about ``1 - sparsity`` of the causal
+        pairs of these queries: column c reaches the queries at positions >= c, diagonal o those at
+        positions >= o; taking both in score order, the smallest count whose pairs reach the target
+        (overlaps ignored, so the realised sparsity is a little higher). One decode query: half the
+        kept keys each."""
+        idx = torch.arange(total, device=vertical.device)
+        reach = (q_pos[None, :] >= idx[:, None]).sum(1).double()  # queries a column / diagonal reaches
+        target = (1.0 - self.sparsity) * float(reach.sum())
+        order_c = torch.sort(vertical, dim=-1, descending=True, stable=True).indices
+        order_s = torch.sort(slash, dim=-1, descending=True, stable=True).indices
+        covered = reach[order_c].cumsum(-1) + reach[order_s].cumsum(-1)  # [B, H, T] pairs with n+1 of each
+        n = (covered < target).sum(-1) + 1
+        return n.clamp(1, total)
+
     def observe(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, state: dict) -> None:
         state["vertical"], state["slash"] = estimate(q, k, q_pos, self.last_q)
 
@@ -63,8 +81,7 @@ class VerticalSlashAttention(SparseAttention):
         slash = torch.nn.functional.pad(slash, (0, pad)).clone()
         vertical[..., : self.sink] = float("inf")
         slash[..., : self.local] = float("inf")
-        n = budget(self.sparsity, torch.tensor(total), minimum=1)
-        half = torch.clamp((n + 1) // 2, min=1)
+        half = self.pattern_size(vertical, slash, q_pos, total)
         cols = top_per_row(vertical, half)  # [B, H, T]
         diags = top_per_row(slash, half)
         offsets = (q_pos[:, None] - torch.arange(total, device=q.device)[None, :]).clamp(min=0)  # [Lq, T]
