@@ -3,7 +3,8 @@
 A target is the ``weight`` of a ``nn.Linear``, ``nn.Conv1d/2d/3d`` or Hugging Face GPT-2
 ``Conv1D``, or a fused 3-D expert weight of a mixture-of-experts module (``gate_up_proj`` /
 ``down_proj`` of transformers' Qwen2-MoE, Qwen3-MoE, Mixtral, OLMoE experts and of
-:class:`sparsecraft.moe.FusedExperts`; see :func:`sparsecraft.layout.expert_param_names`). 1-D parameters (biases, norm scales) and empty weights are never targets. The same two words select
+:class:`sparsecraft.moe.FusedExperts`; see :func:`sparsecraft.layout.expert_param_names`).
+1-D parameters (biases, norm scales) and empty weights are never targets. The same two words select
 layers everywhere (API, recipes, CLI): ``targets`` (names or regexes) narrows the search, e.g.
 to the decoder layers of a language model, and layers matching ``ignore`` stay untouched
 (dense). Regexes are matched with ``re.search`` against the module name

@@ -65,7 +65,8 @@ class Engram(nn.Module):
         if compression is None:
             compression = torch.arange(vocab_size)
         if compression.shape != (vocab_size,):
-            raise SparsecraftError(f"engram compression lookup must have {vocab_size} entries, got {tuple(compression.shape)}")
+            raise SparsecraftError(f"engram compression lookup must have {vocab_size} entries, "
+                                   f"got shape {tuple(compression.shape)}")
         if not 0 <= pad_id < vocab_size:
             raise SparsecraftError(f"engram pad_id must be a token id in [0, {vocab_size}), got {pad_id!r}")
         self.register_buffer("compression", compression.to(torch.long).clone())

@@ -219,7 +219,8 @@ def prune_experts(model: nn.Module, stats: list[RouterStats], fraction: float | 
     by_name = {s.name: s for s in stats}
     missing = [b.name for b in blocks if b.name not in by_name]
     if missing:
-        raise SparsecraftError(f"no router statistics for MoE layer(s) {', '.join(missing[:3])}; run router_statistics first")
+        raise SparsecraftError(f"no router statistics for MoE layer(s) {', '.join(missing[:3])}; "
+                               "run router_statistics first")
     sizes = {b.n_experts for b in blocks}
     if len(sizes) != 1:
         raise SparsecraftError(f"MoE layers have different expert counts {sorted(sizes)}; expert pruning needs one")

@@ -106,7 +106,8 @@ class SparseLMConfig:
                 raise SparsecraftError(f"engram must be a mapping of options, got {self.engram!r}")
             unknown = sorted(set(self.engram) - set(ENGRAM_OPTIONS))
             if unknown:
-                raise SparsecraftError(f"unknown engram option(s) {', '.join(unknown)}; allowed: {', '.join(ENGRAM_OPTIONS)}")
+                raise SparsecraftError(f"unknown engram option(s) {', '.join(unknown)}; "
+                                       f"allowed: {', '.join(ENGRAM_OPTIONS)}")
             self.engram_layers()
 
 
@@ -182,7 +183,8 @@ class SparseLM(nn.Module):
         if input_ids.dim() != 2:
             raise SparsecraftError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_seq_len:
-            raise SparsecraftError(f"sequence of {input_ids.shape[1]} tokens exceeds max_seq_len={self.config.max_seq_len}")
+            raise SparsecraftError(f"sequence of {input_ids.shape[1]} tokens exceeds "
+                                   f"max_seq_len={self.config.max_seq_len}")
         x = self.embed_tokens(input_ids)
         for block in self.layers:
             x = block(x, input_ids)

@@ -87,13 +87,13 @@ class TopKSchedule:
 
     def _validate(self) -> None:
         stride = max(1, self.total_steps // MAX_CHECKS)
-        steps = sorted({*range(0, self.total_steps + 1, stride), self.total_steps})
+        steps = [self.total_steps, *range(0, self.total_steps, stride)]  # the end first: "ends below k=1"
         for i, sched in enumerate(self.schedules):
             for t in steps:
                 v = sched(t)
                 k = _round(v) if math.isfinite(v) else 0
                 if not 1 <= k <= self.n_experts:
-                    where = "ends" if t == self.total_steps else f"is at step {t}"
+                    where = f"ends (step {t}) at" if t == self.total_steps else f"is at step {t}"
                     raise SparsecraftError(
                         f"top-k schedule of MoE layer {i} {where} {v:g}, which rounds to k={k}; k must stay in "
                         f"[1, n_experts={self.n_experts}]"

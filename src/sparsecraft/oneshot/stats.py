@@ -156,7 +156,7 @@ def expert_intermediate(module: nn.Module, e: int, x: torch.Tensor) -> torch.Ten
         w = module.up_proj
     w = w[e].t() if transposed else w[e]
     h = F.linear(x, w.to(x.dtype))
-    bias = getattr(module, "gate_up_proj_bias", None) if hasattr(module, "gate_up_proj") else getattr(module, "up_proj_bias", None)
+    bias = getattr(module, "gate_up_proj_bias" if hasattr(module, "gate_up_proj") else "up_proj_bias", None)
     if getattr(module, "has_bias", False) and bias is not None:
         h = h + bias[e]
     if not getattr(module, "has_gate", True):
