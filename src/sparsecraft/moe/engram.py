@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,21 @@ from sparsecraft.errors import SparsecraftError
 from sparsecraft.moe.engram_hash import check_engram_shape, hash_ngrams, head_primes, layer_multipliers
 
 ENGRAM_OPTIONS = ("layers", "ngram_sizes", "heads", "table_size", "embed_dim", "kernel_size", "seed", "pad_id")
+
+
+def check_engram_options(vocab_size: int, ngram_sizes: Any = (2, 3), heads: Any = 4, table_size: Any = 4096,
+                         embed_dim: Any = 64, kernel_size: Any = 4, pad_id: Any = 0, seed: Any = 0) -> tuple[int, ...]:
+    """Validate Engram's options (one-line errors naming the value); returns the n-gram orders."""
+    sizes = check_engram_shape(ngram_sizes, heads, table_size)
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < heads or embed_dim % heads:
+        raise SparsecraftError(f"engram embed_dim must be a positive multiple of heads={heads}, got {embed_dim!r}")
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+        raise SparsecraftError(f"engram kernel_size must be an integer >= 1, got {kernel_size!r}")
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int) or not 0 <= pad_id < vocab_size:
+        raise SparsecraftError(f"engram pad_id must be a token id in [0, {vocab_size}), got {pad_id!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SparsecraftError(f"engram seed must be an integer >= 0, got {seed!r}")
+    return sizes
 
 
 class Engram(nn.Module):
@@ -56,19 +72,14 @@ class Engram(nn.Module):
         norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.ngram_sizes = check_engram_shape(ngram_sizes, heads, table_size)
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < heads or embed_dim % heads:
-            raise SparsecraftError(f"engram embed_dim must be a positive multiple of heads={heads}, got {embed_dim!r}")
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
-            raise SparsecraftError(f"engram kernel_size must be an integer >= 1, got {kernel_size!r}")
+        self.ngram_sizes = check_engram_options(vocab_size, ngram_sizes, heads, table_size, embed_dim, kernel_size,
+                                                pad_id)
         self.heads, self.d_model, self.layer_id = heads, d_model, layer_id
         if compression is None:
             compression = torch.arange(vocab_size)
         if compression.shape != (vocab_size,):
             raise SparsecraftError(f"engram compression lookup must have {vocab_size} entries, "
                                    f"got shape {tuple(compression.shape)}")
-        if not 0 <= pad_id < vocab_size:
-            raise SparsecraftError(f"engram pad_id must be a token id in [0, {vocab_size}), got {pad_id!r}")
         self.register_buffer("compression", compression.to(torch.long).clone())
         self.pad_id = int(compression[pad_id])
         primes = head_primes(self.ngram_sizes, heads, table_size, taken_primes if taken_primes is not None else set())

@@ -41,6 +41,23 @@ def fine_grained(d_ff: int, n_experts: int, top_k: int, granularity: int) -> dic
     return {"n_experts": n_experts * m, "expert_dim": d_ff // m, "top_k": top_k * m}
 
 
+def moe_options(opts: Any) -> dict[str, Any]:
+    """The ``moe`` section of a model config, checked (one-line errors) without building a layer."""
+    if not isinstance(opts, dict):
+        raise SparsecraftError(f"moe must be a mapping of options, got {opts!r}")
+    unknown = sorted(set(opts) - set(MOE_OPTIONS))
+    if unknown:
+        raise SparsecraftError(f"unknown moe option(s) {', '.join(unknown)}; allowed: {', '.join(MOE_OPTIONS)}")
+    for key in ("n_experts", "expert_dim"):
+        if key not in opts:
+            raise SparsecraftError(f"ffn 'moe' needs moe.{key}")
+    check_positive("expert_dim", opts["expert_dim"])
+    check_positive("n_shared", opts.get("n_shared", 0), allow_zero=True)
+    router = {k: v for k, v in opts.items() if k not in ("expert_dim", "n_shared")}
+    TopKRouter(1, **router)  # validates n_experts, top_k, score and the coefficients (a 1 x E weight)
+    return dict(opts)
+
+
 @FFN.register("moe")
 class MoEFFN(nn.Module):
     """Routed experts (top-k, dropless) plus optional shared experts; see the module docstring."""
@@ -69,14 +86,7 @@ class MoEFFN(nn.Module):
 
     @classmethod
     def from_config(cls, config: Any, layer: int) -> MoEFFN:
-        opts = dict(config.moe)
-        unknown = sorted(set(opts) - set(MOE_OPTIONS))
-        if unknown:
-            raise SparsecraftError(f"unknown moe option(s) {', '.join(unknown)}; allowed: {', '.join(MOE_OPTIONS)}")
-        for key in ("n_experts", "expert_dim"):
-            if key not in opts:
-                raise SparsecraftError(f"ffn 'moe' needs moe.{key}")
-        return cls(config.d_model, **opts)
+        return cls(config.d_model, **moe_options(config.moe))
 
     @property
     def n_experts(self) -> int:

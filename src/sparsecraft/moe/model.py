@@ -34,8 +34,9 @@ from torch import nn
 
 from sparsecraft.errors import CheckpointError, SparsecraftError
 from sparsecraft.moe.attention import ATTENTION
-from sparsecraft.moe.engram import ENGRAM_OPTIONS, Engram
+from sparsecraft.moe.engram import ENGRAM_OPTIONS, Engram, check_engram_options
 from sparsecraft.moe.ffn import FFN, check_positive
+from sparsecraft.moe.layer import moe_options
 from sparsecraft.moe.router import TopKRouter
 
 CONFIG_KEY = "sparse_lm_config"
@@ -97,10 +98,13 @@ class SparseLMConfig:
         return sorted(set(layers))
 
     def validate(self) -> None:
+        """Check every option without building the model (one-line errors naming the value)."""
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             check_positive(name, getattr(self, name))
-        self.ffn_kinds()
+        kinds = self.ffn_kinds()
         ATTENTION.get(self.attention)
+        if "moe" in kinds:
+            moe_options(self.moe)
         if self.engram is not None:
             if not isinstance(self.engram, dict):
                 raise SparsecraftError(f"engram must be a mapping of options, got {self.engram!r}")
@@ -109,6 +113,7 @@ class SparseLMConfig:
                 raise SparsecraftError(f"unknown engram option(s) {', '.join(unknown)}; "
                                        f"allowed: {', '.join(ENGRAM_OPTIONS)}")
             self.engram_layers()
+            check_engram_options(self.vocab_size, **{k: v for k, v in self.engram.items() if k != "layers"})
 
 
 class LMOutput(NamedTuple):
