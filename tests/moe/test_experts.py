@@ -57,8 +57,10 @@ def test_grouped_swiglu_passes_gradcheck():
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     w1 = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
     w2 = torch.randn(3, 3, 2, dtype=torch.float64, requires_grad=True)
-    r = torch.rand(5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b, c, d: GroupedSwiGLU.apply(a, b, c, d, [2, 0, 3]), (x, w1, w2, r))
+    r = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    token = torch.tensor([0, 3, 1, 2, 3, 4])  # token 3 twice (top-2)
+    assert torch.autograd.gradcheck(lambda a, b, c, d: GroupedSwiGLU.apply(a, b, c, d, token, [2, 0, 4]),
+                                    (x, w1, w2, r))
 
 
 def test_expert_forward_matches_the_fused_path():

@@ -6,14 +6,13 @@ the gate rows first, and ``down_proj`` (E, d_model, d_expert); expert e computes
 ``down_e(silu(gate_e(x)) * up_e(x))``.
 
 Dropless (Gale et al. 2023, "MegaBlocks"): no capacity factor, every token reaches all of its
-k experts. The T * k (token, slot) rows are sorted by expert (a stable sort, so the order inside
-an expert follows the tokens; the permutation and its inverse move rows and gradients both ways,
-with no zero-filled scatter), each expert's contiguous slice is multiplied by its two matrices,
-and the rows go back to token order and are summed over the k slots. :class:`GroupedSwiGLU` is the
-autograd function of the expert part: per expert only its matrix products run (two forward, four
-backward, written into preallocated buffers), the element-wise SwiGLU work runs once over all
-rows, and the gate weight scales the narrow (rows, d_expert) activation. (Indexing the 3-D weight
-per expert inside autograd instead would allocate a full-size zero gradient per expert.)
+k experts. The T * k (token, slot) assignments are sorted by expert (a stable sort, so the order
+inside an expert follows the tokens). :class:`GroupedSwiGLU` is the autograd function of the
+expert part: per expert it gathers its tokens' rows, runs its two matrix products (four in
+backward, written into preallocated buffers) and adds the results into their tokens; the
+element-wise SwiGLU work runs once over all rows, and the gate weight scales the narrow
+(rows, d_expert) activation. Nothing of size (T * k, d_model) is materialised. (Indexing the 3-D
+weight per expert inside autograd instead would allocate a full-size zero gradient per expert.)
 """
 
 from __future__ import annotations
@@ -38,59 +37,61 @@ def sort_by_expert(top_k_index: torch.Tensor, n_experts: int) -> tuple[torch.Ten
 
 
 class GroupedSwiGLU(torch.autograd.Function):
-    """y_s = r_s * down_e(silu(g_s) * u_s), [g_s, u_s] = gate_up_e x_s for the rows s of expert e,
-    r_s the row's gate weight; rows sorted by expert, ``counts[e]`` rows each (forward and backward
-    by hand, see the module docstring). The gate weight scales the (rows, d_expert) activation
-    before the down projection, the narrower side, and its gradient is (gact . act) per row with
-    gact = gy W_down, which the backward computes anyway."""
+    """out_t = sum over the rows s of token t of r_s * down_e(silu(g_s) * u_s), [g_s, u_s] =
+    gate_up_e x_t, for rows sorted by expert (``counts[e]`` rows each, ``token[s]`` their token,
+    ``r[s]`` their gate weight). Forward and backward by hand (see the module docstring): each
+    expert gathers its tokens' rows, runs its matrix products into preallocated buffers and adds
+    its output rows into their tokens; the gate weight scales the narrow (rows, d_expert)
+    activation, and its gradient is (gact . act) per row with gact = gy W_down."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, r: torch.Tensor,  # noqa: ANN001
-                counts: list[int]) -> torch.Tensor:
-        n, d = x.shape[0], w2.shape[2]
-        gu = x.new_empty(n, 2 * d)
-        y = x.new_empty(n, w2.shape[1])
+    def forward(ctx, hidden: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, r: torch.Tensor,  # noqa: ANN001
+                token: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        n, d = token.numel(), w2.shape[2]
+        gu = hidden.new_empty(n, 2 * d)
         bounds = _bounds(counts)
+        w1s, w2s = w1.unbind(0), w2.unbind(0)
         for e, (a, b) in bounds:
-            torch.mm(x[a:b], w1[e].t(), out=gu[a:b])
-        g, u = gu[:, :d], gu[:, d:]
-        act = F.silu(g).mul_(u)
+            torch.mm(hidden.index_select(0, token[a:b]), w1s[e].t(), out=gu[a:b])
+        act = F.silu(gu[:, :d]).mul_(gu[:, d:])
         scaled = act * r.unsqueeze(-1)
+        out = hidden.new_zeros(hidden.shape)
         for e, (a, b) in bounds:
-            torch.mm(scaled[a:b], w2[e].t(), out=y[a:b])
-        ctx.save_for_backward(x, w1, w2, r, gu, act)
+            out.index_add_(0, token[a:b], torch.mm(scaled[a:b], w2s[e].t()))
+        ctx.save_for_backward(hidden, w1, w2, r, token, gu, act)
         ctx.bounds = bounds
-        return y
+        return out
 
     @staticmethod
-    def backward(ctx, gy: torch.Tensor):  # noqa: ANN001, ANN205
-        x, w1, w2, r, gu, act = ctx.saved_tensors
+    def backward(ctx, gout: torch.Tensor):  # noqa: ANN001, ANN205
+        hidden, w1, w2, r, token, gu, act = ctx.saved_tensors
         bounds = ctx.bounds
         d = w2.shape[2]
-        gy = gy.contiguous()
         g, u = gu[:, :d], gu[:, d:]
-        gact = torch.empty_like(act)  # gy W_down (before the gate weight)
+        w1s, w2s = w1.unbind(0), w2.unbind(0)
+        gact = torch.empty_like(act)  # gy W_down per row (before the gate weight)
+        gw2 = _expert_grad(w2, bounds) if ctx.needs_input_grad[2] else None
+        gw2s = gw2.unbind(0) if gw2 is not None else None
+        scaled = act * r.unsqueeze(-1) if gw2 is not None else None
         for e, (a, b) in bounds:
-            torch.mm(gy[a:b], w2[e], out=gact[a:b])
+            gy = gout.index_select(0, token[a:b])
+            torch.mm(gy, w2s[e], out=gact[a:b])
+            if gw2s is not None:
+                torch.mm(gy.t(), scaled[a:b], out=gw2s[e])
         gr = (gact * act).sum(-1) if ctx.needs_input_grad[3] else None
-        gw2 = None
-        if ctx.needs_input_grad[2]:
-            gw2 = _expert_grad(w2, bounds)
-            scaled = act * r.unsqueeze(-1)
-            for e, (a, b) in bounds:
-                torch.mm(gy[a:b].t(), scaled[a:b], out=gw2[e])
         gact.mul_(r.unsqueeze(-1))
         ggu = torch.empty_like(gu)  # [d gate | d up]: silu'(g) * gact * u, gact * silu(g)
         torch.ops.aten.silu_backward(gact * u, g, grad_input=ggu[:, :d])
         torch.mul(gact, F.silu(g), out=ggu[:, d:])
-        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        gx = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         gw1 = _expert_grad(w1, bounds) if ctx.needs_input_grad[1] else None
+        gw1s = gw1.unbind(0) if gw1 is not None else None
         for e, (a, b) in bounds:
-            if gw1 is not None:
-                torch.mm(ggu[a:b].t(), x[a:b], out=gw1[e])
+            if gw1s is not None:
+                torch.mm(ggu[a:b].t(), hidden.index_select(0, token[a:b]), out=gw1s[e])
             if gx is not None:
-                torch.mm(ggu[a:b], w1[e], out=gx[a:b])
-        return gx, gw1, gw2, gr, None
+                gx.index_add_(0, token[a:b], torch.mm(ggu[a:b], w1s[e]))
+        return gx, gw1, gw2, gr, None, None
 
 
 def _expert_grad(w: torch.Tensor, bounds: list[tuple[int, tuple[int, int]]]) -> torch.Tensor:
@@ -111,21 +112,6 @@ def _bounds(counts: list[int]) -> list[tuple[int, tuple[int, int]]]:
             out.append((e, (start, start + n)))
         start += n
     return out
-
-
-class Permute(torch.autograd.Function):
-    """Rows of ``x`` in the order of the permutation ``perm`` (its inverse ``inv`` sends gradients
-    back: a gather both ways, no zero-filled scatter)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        ctx.save_for_backward(inv)
-        return x.index_select(0, perm)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
-        (inv,) = ctx.saved_tensors
-        return g.index_select(0, inv), None, None
 
 
 class FusedExperts(nn.Module):
@@ -160,16 +146,9 @@ class FusedExperts(nn.Module):
         return F.linear(self._apply_gate(F.linear(x, self.gate_up_proj[e])), self.down_proj[e])
 
     def forward(self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
-        order, _, counts = sort_by_expert(top_k_index, self.num_experts)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        t, k = top_k_index.shape
-        slots = hidden if k == 1 else hidden.unsqueeze(1).expand(t, k, hidden.shape[-1]).reshape(t * k, -1)
-        x = Permute.apply(slots, order, inverse)  # one row per (token, slot), sorted by expert
-        r = Permute.apply(top_k_weights.reshape(-1).to(x.dtype), order, inverse)
-        y = GroupedSwiGLU.apply(x, self.gate_up_proj, self.down_proj, r, counts)
-        y = Permute.apply(y, inverse, order)  # back to (token, slot) order, summed over the k slots
-        return y if k == 1 else y.view(t, k, -1).sum(1)
+        order, token, counts = sort_by_expert(top_k_index, self.num_experts)
+        r = top_k_weights.reshape(-1).to(hidden.dtype).index_select(0, order)
+        return GroupedSwiGLU.apply(hidden, self.gate_up_proj, self.down_proj, r, token, counts)
 
     def extra_repr(self) -> str:
         return f"{self.num_experts} experts, {self.d_model} -> {self.d_expert} -> {self.d_model}"
