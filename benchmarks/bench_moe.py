@@ -184,18 +184,21 @@ NOTES = {
 }
 
 
+HEADINGS = {"dense-vs-moe": "1. Dense vs MoE at equal active parameters",
+            "balance": "2. Load balance of top-1 over 16 experts",
+            "memory": "3. Dense vs Engram vs STEM at equal active FLOPs"}
+
+
 def run_training_part(part: str, args: argparse.Namespace) -> None:
-    heading = {"dense-vs-moe": "1. Dense vs MoE at equal active parameters",
-               "balance": "2. Load balance of top-1 over 16 experts",
-               "memory": "3. Dense vs Engram vs STEM at equal active FLOPs"}[part]
     start = _env.load()
     for name, recipe in grid(args, part):
         for seed in args.seeds:
             train(args, part, name, recipe, seed)
-            render_training(part, args, heading, NOTES[part], (start, _env.load()))
+            render_training(part, args, HEADINGS[part], NOTES[part], (start, _env.load()))
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RESULTS, RUNS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", nargs="+", choices=PARTS, default=["dense-vs-moe", "balance", "memory",
                                                                  "expert-pruning"])
@@ -215,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/sparsecraft-bench-moe", help="folder for the run folders")
     p.add_argument("--render", action="store_true", help="only rebuild the tables from the JSON lines")
+    p.add_argument("--results", default=str(RESULTS), help="markdown results file (default docs/results/moe.md)")
+    p.add_argument("--runs", default=str(RUNS), help="JSON lines of the finished runs (default: docs/results/)")
     args = p.parse_args(argv)
+    RESULTS, RUNS = Path(args.results), Path(args.runs)
     torch.set_num_threads(args.threads)
     from _moe_extra import run_expert_pruning, run_speed
 
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "expert-pruning":
             run_expert_pruning(args, RESULTS, TITLE, rows_of("dense-vs-moe", args))
         elif args.render:
-            render_training(part, args, part, NOTES[part], (_env.load(), _env.load()))
+            render_training(part, args, HEADINGS[part], NOTES[part], (_env.load(), _env.load()))
         else:
             run_training_part(part, args)
     return 0

@@ -88,3 +88,15 @@ def test_bad_recipes_are_one_line_errors_before_anything_runs(recipe, change, wo
 def test_builtin_recipe_validates():
     job, config = load_recipe("lm-moe")
     assert job.registry_name == "lm-train" and config.model["ffn"] == "moe"
+
+
+def test_cli_prints_the_summary_and_refuses_other_jobs(recipe, tmp_path, capsys):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({**recipe, "steps": 4}))
+    assert main(["train", str(p), "--out", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "validation loss" in out and "layers.0.mlp: load CV" in out
+    q = tmp_path / "s.yaml"
+    q.write_text(yaml.safe_dump({"job": "digits-sweep"}))
+    assert main(["train", str(q)]) == 2
+    assert "'job: lm-train'" in capsys.readouterr().err

@@ -1,8 +1,11 @@
 """Pruning fused mixture-of-experts weights: targets, per-expert Wanda / SparseGPT statistics from
 the tokens routed to each expert, reports and checkpoints (tiny random transformers MoE models)."""
 
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
 import torch.nn.functional as F
 from torch import nn
 
@@ -104,7 +107,9 @@ def test_data_free_nm_report_and_checkpoint_round_trip(arch, tmp_path):
     assert len(experts) == 4 and all(layer.sparsity == 0.5 and layer.pattern == "2:4" for layer in experts)
     w = model.model.layers[1].mlp.experts.down_proj.detach()
     assert bool(((w.reshape(*w.shape[:2], -1, 4) != 0).sum(-1) <= 2).all())
-    path = sparsecraft.save(model, tmp_path / "m.safetensors")
+    path = sparsecraft.save(model, tmp_path / "m.safetensors", format="nm")  # N:M packing per expert row
+    doc = json.loads(safe_open(str(path), "pt").metadata()["sparsecraft"])
+    assert doc["packed"]["model.layers.1.mlp.experts.down_proj"]["format"] == "nm"
     fresh = tiny_moe(arch, seed=1)
     sparsecraft.load(model=fresh, path=path)
     ids = calib_ids(1)
