@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
 import sparsecraft
