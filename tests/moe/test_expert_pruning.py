@@ -88,31 +88,36 @@ def test_hf_pruned_model_equals_the_masked_model_and_reloads(arch, tmp_path):
     assert (out / "expert_pruning.json").is_file()
 
 
-def test_sparse_lm_expert_pruning_equals_masking_and_round_trips(tmp_path):
-    torch.manual_seed(0)
-    model = SparseLM(SparseLMConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=24, ffn="moe",
-                                    moe={"n_experts": 6, "expert_dim": 8, "top_k": 2, "n_shared": 1})).eval()
-    ids = torch.randint(0, 40, (4, 12))
+def test_trained_sparse_lm_expert_pruning_equals_masking_round_trips_and_reports_the_loss(tmp_path):
+    from sparsecraft.jobs.recipe import run_recipe
+    from sparsecraft.training.lm_loop import evaluate_lm
+
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"the quick brown fox {i % 17} jumps over the lazy dog.\n" for i in range(300)))
+    run_dir, _ = run_recipe({"job": "lm-train", "data": {"source": str(text)}, "steps": 10, "batch_size": 4,
+                             "seq_len": 24, "model": {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 24,
+                                                      "ffn": "moe", "moe": {"n_experts": 6, "expert_dim": 8,
+                                                                            "top_k": 2, "n_shared": 1}},
+                             "eval": {"windows": 2}, "threads": 1, "progress": False}, tmp_path / "run")
+    model = load_lm(run_dir / "model.safetensors").eval()  # the model section 2's job trained
+    reference = load_lm(run_dir / "model.safetensors").eval()
+    ids = torch.randint(0, 256, (4, 12), generator=torch.Generator().manual_seed(0))
+    before = evaluate_lm(model, ids)
     stats = router_statistics(model, ids, batch_size=2)
     assert [s.name for s in stats] == ["layers.0.mlp", "layers.1.mlp"]
     assert all(float(s.frequency.sum()) == 4 * 12 * 2 for s in stats)
-    reference = load_lm(save_and(model, tmp_path / "orig.safetensors"))
     res = prune_experts(model, stats, fraction=0.5, criterion="frequency")
     for i, layer in enumerate(reference.layers):
         r = layer.mlp.router
         r.forward = types.MethodType(_masked_sparse_router(res.removed[f"layers.{i}.mlp"]), r)
     with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids).logits, reference.eval()(input_ids=ids).logits, atol=1e-5)
+        assert torch.allclose(model(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5)
+    after = evaluate_lm(model, ids)
+    assert after != before and after == pytest.approx(evaluate_lm(reference, ids), rel=1e-5)  # the loss change
     assert model.config.moe["n_experts"] == 3 and model.layers[0].mlp.load_counts.shape == (3,)
     back = load_lm(save_pruned(model, tmp_path / "pruned", res) / "model.safetensors").eval()
     with torch.no_grad():
         assert torch.equal(back(input_ids=ids).logits, model(input_ids=ids).logits)
-
-
-def save_and(model, path):
-    from sparsecraft.moe import save_lm
-
-    return save_lm(model, path)
 
 
 def _masked_sparse_router(removed):
