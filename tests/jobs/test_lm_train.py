@@ -75,6 +75,7 @@ def test_resume_refuses_changed_settings_and_missing_checkpoints(recipe, tmp_pat
     ({"model": {"engram": {"layers": [0], "table_size": 0}}}, "table_size must be an integer >= 1"),
     ({"seq_len": 64, "model": {"max_seq_len": 32}}, "max_seq_len=32 is shorter than seq_len=64"),
     ({"device": "tpu"}, "device must be cpu or cuda"),
+    ({"model": {"vocab_size": 100}}, "vocab_size comes from the tokenizer"),
 ])
 def test_bad_recipes_are_one_line_errors_before_anything_runs(recipe, change, word, tmp_path):
     doc = {**recipe, **change}

@@ -115,8 +115,10 @@ class LMTrainJobConfig(Strict):
 
     @model_validator(mode="after")
     def _model(self) -> LMTrainJobConfig:
+        if "vocab_size" in self.model:
+            raise ValueError("model.vocab_size comes from the tokenizer (data.tokenizer); remove it")
         try:
-            cfg = model_config(self, vocab_size=self.model.get("vocab_size", 256))
+            cfg = model_config(self, vocab_size=256 if self.data.tokenizer == BYTE else 2**31 - 1)
             if cfg.max_seq_len < self.seq_len:
                 raise SparsecraftError(f"model.max_seq_len={cfg.max_seq_len} is shorter than seq_len={self.seq_len}")
             if self.top_k_schedule is not None:
