@@ -114,3 +114,12 @@ def test_too_long_input_and_foreign_checkpoint_are_errors(tmp_path):
     sparsecraft.save(nn.Linear(2, 2), tmp_path / "lin.safetensors")
     with pytest.raises(CheckpointError, match="holds no sparsecraft LM config"):
         load_lm(tmp_path / "lin.safetensors")
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_calibrated_pruning_runs_block_by_block_on_every_variant(name):
+    m = build(name)
+    rep = sparsecraft.prune(m, 0.0, method="sparsegpt", pattern="2:4", calib=torch.randint(0, 40, (4, 16)),
+                            progress=False)
+    assert rep.sparsity == 0.5 and all(layer.sparsity == 0.5 for layer in rep.masked)
+    assert not any("conv" in layer.name or "router" in layer.name for layer in rep.layers)

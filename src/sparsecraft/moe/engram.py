@@ -37,6 +37,23 @@ from sparsecraft.moe.engram_hash import check_engram_shape, hash_ngrams, head_pr
 ENGRAM_OPTIONS = ("layers", "ngram_sizes", "heads", "table_size", "embed_dim", "kernel_size", "seed", "pad_id")
 
 
+class CausalDepthwiseConv(nn.Module):
+    """Depthwise causal 1-D convolution over the sequence, (B, T, C) -> (B, T, C): output t sees
+    inputs t, t - dilation, ..., t - (kernel - 1) dilation. Its (C, 1, kernel) weight is not an
+    ``nn.Conv1d``, so it is not a prune target (a depthwise kernel has nothing to prune)."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv1d's default
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv1d(F.pad(x.transpose(1, 2), ((self.kernel_size - 1) * self.dilation, 0)), self.weight,
+                     groups=self.weight.shape[0], dilation=self.dilation)
+        return y.transpose(1, 2)
+
+
 def check_engram_options(vocab_size: int, ngram_sizes: Any = (2, 3), heads: Any = 4, table_size: Any = 4096,
                          embed_dim: Any = 64, kernel_size: Any = 4, pad_id: Any = 0, seed: Any = 0) -> tuple[int, ...]:
     """Validate Engram's options (one-line errors naming the value); returns the n-gram orders."""
@@ -95,9 +112,7 @@ class Engram(nn.Module):
         self.key_norm = nn.RMSNorm(d_model, eps=norm_eps)
         self.query_norm = nn.RMSNorm(d_model, eps=norm_eps)
         self.conv_norm = nn.RMSNorm(d_model, eps=norm_eps)
-        dilation = max(self.ngram_sizes)
-        self.conv = nn.Conv1d(d_model, d_model, kernel_size, groups=d_model, bias=False,
-                              padding=(kernel_size - 1) * dilation, dilation=dilation)
+        self.conv = CausalDepthwiseConv(d_model, kernel_size, dilation=max(self.ngram_sizes))
 
     def addresses(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(B, T, orders * heads) table rows of every position (offsets included)."""
@@ -124,6 +139,4 @@ class Engram(nn.Module):
         gate = (key * self.query_norm(hidden)).sum(-1, keepdim=True) / math.sqrt(self.d_model)
         gate = torch.sigmoid(gate.sign() * gate.abs().clamp_min(1e-6).sqrt())
         v = gate * self.value_proj(e)
-        t = v.shape[1]
-        conv = self.conv(self.conv_norm(v).transpose(1, 2))[..., :t]
-        return v + F.silu(conv).transpose(1, 2)
+        return v + F.silu(self.conv(self.conv_norm(v)))
