@@ -10,13 +10,19 @@ to the decoder layers of a language model, and layers matching ``ignore`` stay u
 (dense). Regexes are matched with ``re.search`` against the module name
 (``layers.0.mlp.up_proj``) and the parameter name (``layers.0.mlp.up_proj.weight``); a plain
 name also matches exactly.
+
+A tensor shared by several modules (tied weights) is **one** target: it is named after the
+first module that holds it (``named_modules`` order, as ``named_parameters`` names it), the
+others are listed in :attr:`Target.aliases`, and the ``targets`` / ``ignore`` rules see every
+one of its names (ignored if any name is ignored). So a shared weight gets one mask and is
+counted once.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,6 +40,8 @@ class Target:
     module_name: str
     module: nn.Module
     param_name: str = "weight"
+    #: other ``(module_name, module)`` whose ``param_name`` is this very tensor (tied weights)
+    aliases: list[tuple[str, nn.Module]] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -42,6 +50,19 @@ class Target:
     @property
     def param(self) -> torch.Tensor:
         return getattr(self.module, self.param_name)
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """Every module that holds this tensor (the owner first, then the aliases)."""
+        return [self.module, *(m for _, m in self.aliases)]
+
+    @property
+    def names(self) -> list[str]:
+        """Every module and parameter name this tensor goes by (for the targets / ignore rules)."""
+        out = [self.module_name, self.name]
+        for mname, _ in self.aliases:
+            out += [mname, f"{mname}.{self.param_name}" if mname else self.param_name]
+        return out
 
     @property
     def layout(self) -> WeightLayout:
@@ -98,7 +119,7 @@ def find_targets(
         raise SparsecraftError(f"expected a torch.nn.Module, got {type(model).__name__}")
     include = check_regexes(targets, "targets")
     ignore = check_regexes(ignore, "ignore")
-    found = []
+    by_tensor: dict[int, Target] = {}
     for mname, module in model.named_modules():
         if is_prunable_module(module):
             candidates = [Target(mname, module)]
@@ -108,9 +129,17 @@ def find_targets(
             weight = getattr(module, t.param_name, None)
             if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or weight.numel() == 0:
                 continue  # 1-D parameters and empty layers (e.g. Linear(0, n)) have nothing to prune
-            if include and not name_matches(include, mname, t.name):
+            first = by_tensor.get(id(weight))
+            if first is not None:  # a tied weight: one target, this module is an alias
+                first.aliases.append((mname, module))
                 continue
-            if name_matches(ignore, mname, t.name):
-                continue
-            found.append(t)
+            by_tensor[id(weight)] = t
+    found = []
+    for t in by_tensor.values():
+        names = t.names
+        if include and not name_matches(include, *names):
+            continue
+        if name_matches(ignore, *names):
+            continue
+        found.append(t)
     return found
