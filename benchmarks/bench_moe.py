@@ -47,6 +47,7 @@ from _sections import write_section  # noqa: E402
 
 from sparsecraft.jobs.recipe import run_recipe  # noqa: E402
 
+DEFAULT_STEPS = 300
 PARTS = ("dense-vs-moe", "balance", "memory", "speed", "expert-pruning")
 RESULTS = ROOT / "docs/results/moe.md"
 RUNS = ROOT / "docs/results/moe_runs.jsonl"
@@ -157,6 +158,9 @@ def render_training(part: str, args: argparse.Namespace, heading: str, note: str
     by = rows_of(part, args)
     if not by:
         return
+    longer = args.steps != DEFAULT_STEPS  # a longer (or shorter) run gets its own section
+    if longer:
+        heading += f" ({args.steps} steps)"
     lines = [f"## {heading}", "", f"Command: `{next(iter(by.values()))[0]['command']}`  ",
              _env.environment(args.threads) + "  ", _env.load_line(*load), "", note, "",
              "| config | params (total / active) | FLOPs/token | val loss (mean ± sd) | train loss | tokens/s | "
@@ -171,7 +175,7 @@ def render_training(part: str, args: argparse.Namespace, heading: str, note: str
                      f"{mean_sd([r['val_loss'] for r in rs])} | {mean_sd([r['train_loss'] for r in rs])} | "
                      f"{statistics.mean(r['tokens_per_s'] for r in rs):.0f} | {cv} | {mx} | "
                      f"{' '.join(str(r['seed']) for r in rs)} |")
-    write_section(RESULTS, part, "\n".join(lines), TITLE)
+    write_section(RESULTS, f"{part}-{args.steps}" if longer else part, "\n".join(lines), TITLE)
 
 
 NOTES = {
@@ -192,6 +196,8 @@ HEADINGS = {"dense-vs-moe": "1. Dense vs MoE at equal active parameters",
 def run_training_part(part: str, args: argparse.Namespace) -> None:
     start = _env.load()
     for name, recipe in grid(args, part):
+        if args.only and not any(o in name for o in args.only):
+            continue
         for seed in args.seeds:
             train(args, part, name, recipe, seed)
             render_training(part, args, HEADINGS[part], NOTES[part], (start, _env.load()))
@@ -204,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "expert-pruning"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--only", nargs="+", help="run only the configs whose name contains one of these strings")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
