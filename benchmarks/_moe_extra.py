@@ -12,7 +12,8 @@ import torch
 from _sections import write_section
 
 #: (d_model, experts, expert width, top-k): the dense reference is a SwiGLU of width k x expert width
-SPEED_CONFIGS = [(512, 8, 512, 1), (512, 16, 256, 2), (512, 32, 128, 4), (512, 64, 128, 1), (256, 32, 64, 1)]
+SPEED_CONFIGS = [(512, 8, 512, 1), (512, 16, 256, 2), (512, 32, 128, 4), (512, 64, 128, 1), (256, 32, 64, 1),
+                 (128, 8, 256, 1), (128, 16, 128, 2)]  # the last two: the layers of the training grid
 TOKENS = 4096
 
 
