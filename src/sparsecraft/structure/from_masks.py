@@ -10,7 +10,8 @@ exactly zero. The rules that keep the removal exact:
   residual add only, or on ``gate_proj`` but not ``up_proj``, breaks the group: one-line error
   naming both layers;
 * an unmasked producer slot must be zero at the removed channels (a live bias would keep the
-  channel alive): error naming it.
+  channel alive) unless a BatchNorm after it has its scale and shift masked there (gamma = beta = 0
+  silences everything before it): error naming it.
 
 An attention head is removed when its query rows and its output-projection columns are masked
 (or zero); one without the other is an error. Key/value heads go with their last query head.
@@ -63,19 +64,37 @@ def _channel_removals(model: nn.Module, graph: DependencyGraph) -> dict[str, tor
                     f"{'but not' if bool(dead[c]) else 'only'} in {slot.qualified}; mask the whole group ({', '.join(g.layers)})")
         if not bool(dead.any()):
             continue
+        silenced = _silenced(model, graph, g)
         for slot in g.producers:
             value, mask = _masks(model, slot)
             mod = model.get_submodule(slot.module) if slot.module else model
             if slot.name not in mod._parameters:  # running statistics write nothing once the affine part is 0
                 continue
-            if mask is None and not bool(_dead(value, slot, g.size)[dead].all()):
-                c = int(torch.nonzero(dead & ~_dead(value, slot, g.size))[0])
+            live = dead & ~_dead(value, slot, g.size) & ~silenced.get((slot.module, slot.name), torch.zeros_like(dead))
+            if mask is None and bool(live.any()):
+                c = int(torch.nonzero(live)[0])
                 raise SparsecraftError(f"channel {c} of group {g.name} is masked but {slot.qualified} is unmasked and "
                                        "non-zero there (the channel is still live); mask or zero it too")
         if bool(dead.all()):
             raise SparsecraftError(f"the masks remove every channel of group {g.name} ({', '.join(g.layers)})")
         keep[g.name] = ~dead
     return keep
+
+
+def _silenced(model: nn.Module, graph: DependencyGraph, g: Any) -> dict[tuple[str, str], torch.Tensor]:
+    """Slot -> channels a downstream BatchNorm silences (its scale and shift both masked there)."""
+    out: dict[tuple[str, str], torch.Tensor] = {}
+    for bn, upstream in graph.shields.items():
+        slots = [s for s in g.slots if s.module == bn and s.name in ("weight", "bias")]
+        if len(slots) != 2:
+            continue
+        masks = [_masks(model, s)[1] for s in slots]
+        if any(m is None for m in masks):
+            continue
+        off = _dead(masks[0], slots[0], g.size) & _dead(masks[1], slots[1], g.size)
+        for key in upstream:
+            out[key] = out.get(key, torch.zeros_like(off)) | off
+    return out
 
 
 def remove_masked(model: nn.Module, graph: DependencyGraph | None = None, example: Any = None) -> Change:

@@ -70,6 +70,7 @@ class DependencyGraph:
     channels: list[ChannelGroup] = field(default_factory=list)
     heads: list[HeadGroup] = field(default_factory=list)
     frozen: dict[str, str] = field(default_factory=dict)  #: first layer of a frozen space -> why
+    shields: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  #: BatchNorm -> slots upstream of it
 
     def channel_group(self, name: str) -> ChannelGroup:
         for g in self.channels:
@@ -124,7 +125,7 @@ def default_example(model: nn.Module) -> Any:
 def build_graph(tracer: Any) -> DependencyGraph:
     sp: Spaces = tracer.spaces
     order = {name: i for i, name in enumerate(dict.fromkeys(tracer.order))}
-    graph = DependencyGraph(sp)
+    graph = DependencyGraph(sp, shields=dict(tracer.shields))
 
     def first(slots: list[Slot], roles: tuple[str, ...]) -> str:
         cands = [s.module for s in slots if s.role in roles] or [s.module for s in slots]

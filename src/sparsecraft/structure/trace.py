@@ -90,6 +90,8 @@ class Tracer(TorchDispatchMode):
             for pname, p in mod.named_parameters(recurse=False):
                 self.param_names.setdefault(id(p), (mname, pname))
         self.modules = dict(model.named_modules())
+        #: BatchNorm -> the (module, param) slots upstream of it: gamma = beta = 0 silences them all
+        self.shields: dict[str, set[tuple[str, str]]] = {}
         self.order: list[str] = []  #: leaf modules in call order
 
     # ---- labels -------------------------------------------------------------------------
@@ -324,6 +326,10 @@ class Tracer(TorchDispatchMode):
             res[cd] = Ch(s, 0, size_out)
             self.put(out, res)
         elif kind == "batchnorm":
+            lab = lx[1] if len(lx) > 1 else None
+            if isinstance(lab, Ch) and getattr(module, "affine", False):
+                self.shields[name] = {(x.module, x.name) for x in self.spaces.slots[self.spaces.find(lab.space)]
+                                      if x.role in ("out", "through")}
             self._through(name, module, ["weight", "bias", "running_mean", "running_var"], lx, out, 1, None)
         elif kind == "norm":
             cd = 1 if isinstance(module, nn.GroupNorm) else -1
