@@ -73,8 +73,10 @@ def _channel_removals(model: nn.Module, graph: DependencyGraph) -> dict[str, tor
             live = dead & ~_dead(value, slot, g.size) & ~silenced.get((slot.module, slot.name), torch.zeros_like(dead))
             if mask is None and bool(live.any()):
                 c = int(torch.nonzero(live)[0])
-                raise SparsecraftError(f"channel {c} of group {g.name} is masked but {slot.qualified} is unmasked and "
-                                       "non-zero there (the channel is still live); mask or zero it too")
+                raise SparsecraftError(
+                    f"the masks break dependency group {g.name}: channel {c} is masked in {ref_slot.qualified} but "
+                    f"{slot.qualified} is unmasked and non-zero there (the channel stays live); mask the whole group "
+                    f"({', '.join(g.layers)})")
         if bool(dead.all()):
             raise SparsecraftError(f"the masks remove every channel of group {g.name} ({', '.join(g.layers)})")
         keep[g.name] = ~dead

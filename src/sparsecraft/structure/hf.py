@@ -108,7 +108,7 @@ def sync_config(model: nn.Module, change: dict[str, Any] | None = None, attrs: d
         fields = sorted(hints)
         for combo in itertools.islice(itertools.product(*(sorted(hints[f]) for f in fields)), 64):
             values = dict(zip(fields, combo))
-            if any(f in values for f in HEAD_FIELDS + KV_FIELDS) and hasattr(cfg, "head_dim"):
+            if any(f in values for f in HEAD_FIELDS + KV_FIELDS):  # keep the head size (default: hidden / heads)
                 values["head_dim"] = _head_dim(cfg)
             try:
                 cand = type(cfg).from_dict({**cfg.to_dict(), **values})

@@ -75,41 +75,42 @@ def reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], 
 
 
 def _regroup(tr: Any, labs: list[Label], sizes: list[int], out_sizes: list[int], what: str) -> list[Label]:
-    """Labels of one reshape group (the dimensions of size 1 carry nothing)."""
-    keep = [(lab, s) for lab, s in zip(labs, sizes) if s != 1]
+    """Labels of one reshape group (unlabeled dimensions of size 1 carry nothing)."""
+    keep = [(lab, s) for lab, s in zip(labs, sizes) if s != 1 or lab is not None]
     out_nt = [k for k, s in enumerate(out_sizes) if s != 1]
     res: list[Label] = [None] * len(out_sizes)
     if all(lab is None for lab, _ in keep):
         return res
-    if len(keep) == 1 and len(out_nt) == 1:
-        res[out_nt[0]] = keep[0][0]
-        return res
-    if len(keep) == 1 and len(out_nt) == 2:  # split: heads x head_dim
-        lab, inner = keep[0][0], out_sizes[out_nt[1]]
+    if len(keep) == 1 and len(out_sizes) == 2 and out_sizes[1] != 1:  # split: heads x head_dim (heads may be 1)
+        lab, inner = keep[0][0], out_sizes[1]
         if isinstance(lab, Ch) and lab.spread == 1:
-            res[out_nt[0]], res[out_nt[1]] = Heads(lab.space, lab.off, inner), Within(lab.space, lab.off, inner)
+            res[0], res[1] = Heads(lab.space, lab.off, inner), Within(lab.space, lab.off, inner)
             return res
         if isinstance(lab, SiteOut):
-            res[out_nt[0]], res[out_nt[1]] = SiteHeads(lab.site), SiteWithin(lab.site)
+            res[0], res[1] = SiteHeads(lab.site), SiteWithin(lab.site)
             return res
-    if len(out_nt) == 1 and len(keep) >= 2:  # merge
-        (first, _), rest = keep[0], keep[1:]
+    if len(keep) == 1 and len(out_nt) <= 1:  # the same dimension, maybe with size-1 dimensions around it
+        res[out_nt[0] if out_nt else 0] = keep[0][0]
+        return res
+    if len(out_nt) <= 1 and len(keep) >= 2:  # merge
+        (first, n_first), rest = keep[0], keep[1:]
         tail = math.prod(s for _, s in rest)
         second = rest[0][0]
+        at = out_nt[0] if out_nt else 0
         if len(rest) == 1 and isinstance(first, Heads) and first.repeat == 1 and isinstance(second, Within) \
                 and (first.space, first.off, first.inner) == (second.space, second.off, second.inner) and second.whole:
-            res[out_nt[0]] = Ch(first.space, first.off, keep[0][1] * first.inner)
+            res[at] = Ch(first.space, first.off, n_first * first.inner)
             return res
         if len(rest) == 1 and isinstance(first, SiteHeads) and isinstance(second, SiteWithin) \
                 and first.site == second.site:
-            res[out_nt[0]] = SiteOut(first.site)
+            res[at] = SiteOut(first.site)
             return res
         if all(lab is None for lab, _ in rest):
-            if isinstance(first, Heads):  # repeat_kv: (kv heads, expanded group) -> q heads
-                res[out_nt[0]] = Heads(first.space, first.off, first.inner, first.repeat * tail)
+            if isinstance(first, Heads):  # repeat_kv: (kv heads, expanded group) -> query heads
+                res[at] = Heads(first.space, first.off, first.inner, first.repeat * tail)
                 return res
             if isinstance(first, Ch):  # channel-major flatten of C x H x W
-                res[out_nt[0]] = Ch(first.space, first.off, first.n, first.spread * tail)
+                res[at] = Ch(first.space, first.off, first.n, first.spread * tail)
                 return res
     for lab, _ in keep:
         tr.spoil(lab, f"reshaped by {what}")
