@@ -132,7 +132,7 @@ class Spaces:
         if ra == rb:
             return ra
         if self.size[ra] != self.size[rb]:
-            reason = f"its channels meet {self.size[rb]} channels of another tensor"
+            reason = f"{self.size[ra]} channels meet {self.size[rb]} channels of another tensor"
             self.freeze(ra, reason)
             self.freeze(rb, reason)
             return ra
