@@ -35,22 +35,23 @@ OUT = ROOT / "docs" / "results" / "structure.md"
 #: official microsoft/TransformerCompression on this protocol (issue 13): slicing -> perplexity
 ANCHORS = {"dense": 56.48, 0.10: 66.98, 0.20: 81.74, 0.25: 90.00, 0.30: 100.89}
 #: key, label, method, sparsity, options, criterion, distribution, pattern, recover
+U, REF = "unstructured", {"embeddings": "slice"}
 ROWS = [
-    ("slicegpt-ref-25", "SliceGPT 25% (reference layout)", "slicegpt", 0.25, {"embeddings": "slice"}, None, "uniform", "unstructured", False),
-    ("slicegpt-10", "SliceGPT 10%", "slicegpt", 0.10, {}, None, "uniform", "unstructured", True),
-    ("slicegpt-20", "SliceGPT 20%", "slicegpt", 0.20, {}, None, "uniform", "unstructured", True),
-    ("slicegpt-30", "SliceGPT 30%", "slicegpt", 0.30, {}, None, "uniform", "unstructured", True),
-    ("channels-25", "MLP channels 25%", "channels", 0.25, {}, "wanda", "uniform", "unstructured", True),
-    ("channels-50", "MLP channels 50%", "channels", 0.50, {}, "wanda", "uniform", "unstructured", True),
-    ("heads-25", "query heads 25%", "heads", 0.25, {}, "wanda", "global", "unstructured", True),
-    ("depth-2", "depth 2 blocks", "depth", 0.0, {"blocks": 2}, None, "uniform", "unstructured", True),
-    ("depth-4", "depth 4 blocks", "depth", 0.0, {"blocks": 4}, None, "uniform", "unstructured", True),
-    ("depth-6", "depth 6 blocks", "depth", 0.0, {"blocks": 6}, None, "uniform", "unstructured", True),
-    ("sparsegpt-50", "SparseGPT 50% (peer)", "sparsegpt", 0.5, {}, None, "uniform", "unstructured", False),
+    ("slicegpt-ref-25", "SliceGPT 25% (reference layout)", "slicegpt", 0.25, REF, None, "uniform", U, False),
+    ("slicegpt-10", "SliceGPT 10%", "slicegpt", 0.10, {}, None, "uniform", U, True),
+    ("slicegpt-20", "SliceGPT 20%", "slicegpt", 0.20, {}, None, "uniform", U, True),
+    ("slicegpt-30", "SliceGPT 30%", "slicegpt", 0.30, {}, None, "uniform", U, True),
+    ("channels-25", "MLP channels 25%", "channels", 0.25, {}, "wanda", "uniform", U, True),
+    ("channels-50", "MLP channels 50%", "channels", 0.50, {}, "wanda", "uniform", U, True),
+    ("heads-25", "query heads 25%", "heads", 0.25, {}, "wanda", "global", U, True),
+    ("depth-2", "depth 2 blocks", "depth", 0.0, {"blocks": 2}, None, "uniform", U, True),
+    ("depth-4", "depth 4 blocks", "depth", 0.0, {"blocks": 4}, None, "uniform", U, True),
+    ("depth-6", "depth 6 blocks", "depth", 0.0, {"blocks": 6}, None, "uniform", U, True),
+    ("sparsegpt-50", "SparseGPT 50% (peer)", "sparsegpt", 0.5, {}, None, "uniform", U, False),
     ("sparsegpt-24", "SparseGPT 2:4 (peer)", "sparsegpt", 0.5, {}, None, "uniform", "2:4", False),
-    ("slicegpt-ref-10", "SliceGPT 10% (reference layout)", "slicegpt", 0.10, {"embeddings": "slice"}, None, "uniform", "unstructured", False),
-    ("slicegpt-ref-20", "SliceGPT 20% (reference layout)", "slicegpt", 0.20, {"embeddings": "slice"}, None, "uniform", "unstructured", False),
-    ("slicegpt-ref-30", "SliceGPT 30% (reference layout)", "slicegpt", 0.30, {"embeddings": "slice"}, None, "uniform", "unstructured", False),
+    ("slicegpt-ref-10", "SliceGPT 10% (reference layout)", "slicegpt", 0.10, REF, None, "uniform", U, False),
+    ("slicegpt-ref-20", "SliceGPT 20% (reference layout)", "slicegpt", 0.20, REF, None, "uniform", U, False),
+    ("slicegpt-ref-30", "SliceGPT 30% (reference layout)", "slicegpt", 0.30, REF, None, "uniform", U, False),
 ]
 
 
@@ -106,6 +107,10 @@ def _decode(model: torch.nn.Module, ids: torch.Tensor, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def _forward(model: torch.nn.Module, batch: torch.Tensor) -> callable:
+    return lambda: model(batch, use_cache=False)
+
+
 def timing(args: argparse.Namespace, cache: dict, save: callable) -> None:
     from sparsecraft.kernels import convert
     from sparsecraft.kernels.timing import block_median, time_blocks
@@ -127,9 +132,9 @@ def timing(args: argparse.Namespace, cache: dict, save: callable) -> None:
             dec = copy.deepcopy(model)
             row["convert_b1"] = sum(x.converted for x in convert(dec, backend="auto", batch=1).layers)
             row["convert_b16"] = sum(x.converted for x in convert(pre, backend="auto", batch=16 * 128).layers)
+        calls = {"dense": _forward(dense, batch), key: _forward(pre, batch)}
         with torch.no_grad():
-            blocks = time_blocks({"dense": lambda: dense(batch, use_cache=False),
-                                  key: lambda: pre(batch, use_cache=False)}, rounds=4, block=2, warmup=1, pause_s=0.2)
+            blocks = time_blocks(calls, rounds=4, block=2, warmup=1, pause_s=0.2)
         t_dense, t_row = block_median(blocks["dense"]), block_median(blocks[key])
         dd, dr = [], []
         for _ in range(args.repeats + 1):
@@ -137,7 +142,8 @@ def timing(args: argparse.Namespace, cache: dict, save: callable) -> None:
             dr.append(_decode(dec, prompt, 32))
         row.update({"prefill_s": t_row, "prefill_dense_s": t_dense, "prefill_ratio": t_row / t_dense,
                     "decode_tps": 32 / statistics.median(dr[1:]), "decode_dense_tps": 32 / statistics.median(dd[1:])})
-        print(f"{row['label']}: prefill {t_row / t_dense:.3f} x dense, decode {row['decode_tps']:.1f} tok/s", flush=True)
+        print(f"{row['label']}: prefill {t_row / t_dense:.3f} x dense, decode {row['decode_tps']:.1f} tok/s",
+              flush=True)
         save()
         del model, pre, dec
 
@@ -151,9 +157,9 @@ def render(cache: dict, args: argparse.Namespace, load0: float) -> str:
     dense = rows.get("dense", {})
     p0 = dense.get("params", 0)
     head = ("| config | parameters (M) | reduction | perplexity | after recovery | reference ppl | "
-            "prefill b16 vs dense | speed goal | decode b1 tok/s (dense) |\n|---|---|---|---|---|---|---|---|---|")
+            "prefill b16 vs dense | speed goal | decode b1 tok/s (dense) |\n" + "|---" * 9 + "|")
     lines = [f"| dense | {p0 / 1e6:.1f} | - | {_fmt(dense.get('ppl'))} | - | {ANCHORS['dense']} | 1.00 | - | - |"]
-    for key, label, method, sp, opts, *_ in ROWS:
+    for key, label, method, sp, opts, *_ in ROWS:  # noqa: B007
         r = rows.get(key)
         if r is None:
             continue
@@ -182,12 +188,12 @@ def _comparisons(rows: dict, p0: int) -> list[str]:
     """Each SliceGPT row beside the other structured rows within 4% of its parameter count."""
     out = ["## SliceGPT at equal parameter count", ""]
     structured = {k: r for k, r in rows.items() if k != "dense" and r.get("method") not in ("sparsegpt", None)}
-    for k, r in structured.items():
+    for r in structured.values():
         if r["method"] != "slicegpt":
             continue
         near = [(k2, r2) for k2, r2 in structured.items() if r2["method"] != "slicegpt"
                 and abs(r2["params"] - r["params"]) <= 0.04 * p0]
-        for k2, r2 in near:
+        for _, r2 in near:
             for tag, a, b in (("one-shot", r.get("ppl"), r2.get("ppl")),
                               ("recovered", r.get("ppl_recovered"), r2.get("ppl_recovered"))):
                 if a is None or b is None:

@@ -54,7 +54,8 @@ def test_live_bias_is_refused_and_a_zero_bias_is_removed() -> None:
     with torch.no_grad():
         model[0].bias.fill_(0.5)  # channel 0 outputs relu(0.5) != 0: not dead
     x = torch.randn(3, 4)
-    with pytest.raises(SparsecraftError, match="break dependency group 0: channel 0 is masked in 0.weight but 0.bias is unmasked and non-zero"):
+    msg = "break dependency group 0: channel 0 is masked in 0.weight but 0.bias is unmasked and non-zero"
+    with pytest.raises(SparsecraftError, match=msg):
         remove_masked(model, example=x)
     assert model[0].weight.shape == (3, 4)
     with torch.no_grad():
@@ -84,7 +85,8 @@ def test_gate_without_up_breaks_the_mlp_group_and_heads_need_q_and_o():
     keep = torch.ones_like(mlp.gate_proj.weight, dtype=torch.bool)
     keep[5] = False
     set_mask(mlp.gate_proj, keep)
-    with pytest.raises(SparsecraftError, match="masked in model.layers.0.mlp.gate_proj.weight but model.layers.0.mlp.up_proj.weight is unmasked"):
+    msg = "masked in model.layers.0.mlp.gate_proj.weight but model.layers.0.mlp.up_proj.weight is unmasked"
+    with pytest.raises(SparsecraftError, match=msg):
         remove_masked(model)
     set_mask(mlp.up_proj, keep.clone())
     att = model.model.layers[1].self_attn

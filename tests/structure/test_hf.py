@@ -27,7 +27,8 @@ def test_uniform_widths_load_with_plain_transformers(tmp_path):
     out = model(ids).logits
     save_pretrained(model, tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert (cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (48, 2, 1, 8)
+    fields = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+    assert [cfg[f] for f in fields] == [48, 2, 1, 8]
     assert cfg["sparsecraft_structure"]["native"] is True and len(cfg["sparsecraft_structure"]["history"]) == 2
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     assert torch.allclose(plain(ids).logits, out, atol=1e-5)

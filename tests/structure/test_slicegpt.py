@@ -62,7 +62,8 @@ def test_parameter_counts_of_both_layouts():
     block = lambda d_in, d_out: qkv * d_in + 32 * w + 2 * mlp * w + mlp * d_out + d_in * w + w * d_out  # noqa: E731
     norms_gone = layers * 2 * d
     assert keep["width"] == w and keep["layers"] == [[32, 24, 24], [24, 24, 24], [24, 24, 32]]
-    expected = dense - norms_gone - layers * (qkv * d + 32 * d + 3 * mlp * d) + block(32, 24) + block(24, 24) + block(24, 32)
+    removed = norms_gone + layers * (qkv * d + 32 * d + 3 * mlp * d)
+    expected = dense - removed + block(32, 24) + block(24, 24) + block(24, 32)
     assert keep["params_after"] == expected
     ref = sparsecraft.prune(_tied_llama(), 0.25, method="slicegpt", calib=ids, embeddings="slice",
                             progress=False).info["structure"]

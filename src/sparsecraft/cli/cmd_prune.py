@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"perplexity      {pruned['perplexity']:.3f} pruned")
     print(f"prune wall time {pruned['wall_time_s']:.1f} s (peak RSS {pruned['peak_rss_mb']:.0f} MB)")
     if "saved_hf" in pruned:
-        print(f"saved           {pruned['saved_hf']}" + (f" and {pruned['saved_sparse']}" if "saved_sparse" in pruned else ""))
+        sparse = f" and {pruned['saved_sparse']}" if "saved_sparse" in pruned else ""
+        print(f"saved           {pruned['saved_hf']}{sparse}")
     print(f"report          {run_dir / 'report.json'}")
     return 0

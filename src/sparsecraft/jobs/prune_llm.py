@@ -171,7 +171,8 @@ class PruneLLMConfig(Strict):
             raise ValueError(f"data.n_calib: {', '.join(needy)} need calibration windows; give n_calib >= 1")
         if self.recovery.steps and self.data.n_calib < 1:
             raise ValueError("data.n_calib: the recovery fine-tune trains on calibration windows; give n_calib >= 1")
-        moved = [r.label() for r in self.runs if structural(r.method) and not structural(r.method, "keeps_block_outputs")]
+        moved = [r.label() for r in self.runs
+                 if structural(r.method) and not structural(r.method, "keeps_block_outputs")]
         if self.recovery.steps and "squarehead" in self.recovery.loss and moved:
             raise ValueError(f"recovery.loss: SquareHead compares block outputs, which {', '.join(moved)} change "
                              "(rotated or removed blocks); use loss: lm")

@@ -70,4 +70,5 @@ def make_pruner(name: str, **kwargs) -> OneShotPruner:
         raise SparsecraftError(f"bad options for one-shot method {name!r}: {e}") from None
 
 
-__all__ = ["ONESHOT", "NM", "OneShotPruner", "StructuralPruner", "PerRow", "Unstructured", "fast_lowest_k_mask", "make_pruner"]
+__all__ = ["ONESHOT", "NM", "OneShotPruner", "StructuralPruner", "PerRow", "Unstructured", "fast_lowest_k_mask",
+           "make_pruner"]

@@ -22,8 +22,8 @@ class SliceGPT(StructuralPruner):
     keeps_block_outputs = False
 
     def __init__(self, embeddings: str = "keep", round_to: int = 8) -> None:
-        from sparsecraft.structure.slicegpt import EMBEDDINGS
         from sparsecraft.errors import SparsecraftError
+        from sparsecraft.structure.slicegpt import EMBEDDINGS
 
         if embeddings not in EMBEDDINGS:
             raise SparsecraftError(f"slicegpt embeddings must be one of {', '.join(EMBEDDINGS)}, got {embeddings!r}")

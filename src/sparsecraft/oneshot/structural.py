@@ -39,7 +39,8 @@ def prune_structural(model: nn.Module, sparsity: float, pruner: StructuralPruner
         raise SparsecraftError(f"{name} chooses what to remove itself; leave criterion unset (got {criterion!r})")
     dist = make_distribution(distribution).registry_name  # type: ignore[attr-defined]
     if dist not in pruner.distributions:
-        raise SparsecraftError(f"{name} takes distribution {' or '.join(map(repr, pruner.distributions))}, got {dist!r}")
+        allowed = " or ".join(map(repr, pruner.distributions))
+        raise SparsecraftError(f"{name} takes distribution {allowed}, got {dist!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SparsecraftError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     targets, ignore = check_regexes(targets, "targets") or None, check_regexes(ignore, "ignore")

@@ -76,8 +76,8 @@ class StructureReport:
             lines.append(f"  blocks removed: {self.blocks_removed}")
         lines += [f"  {k:<44} -{v}" for k, v in self.removed.items()]
         if self.native_config is not None:
-            lines.append("  config: " + ("plain from_pretrained loads it" if self.native_config
-                                          else "per-layer shapes recorded; load with sparsecraft.structure.load_pretrained"))
+            lines.append("  config: " + ("plain from_pretrained loads it" if self.native_config else
+                                          "per-layer shapes recorded; load with sparsecraft.structure.load_pretrained"))
         return "\n".join(lines)
 
 
@@ -97,7 +97,8 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _select(items: list, names: Any, targets: list[str], ignore: list[str]) -> list:
-    return [x for x in items if (not targets or name_matches(targets, *names(x))) and not name_matches(ignore, *names(x))]
+    return [x for x in items
+            if (not targets or name_matches(targets, *names(x))) and not name_matches(ignore, *names(x))]
 
 
 def plan_channels(graph: DependencyGraph, groups: list, scores: dict[int, torch.Tensor], ratio: float,
@@ -187,7 +188,8 @@ def prune_structure(
     batches = batched(calib, batch_size) if calib is not None else None
     t0 = time.perf_counter()
     before = count_params(model)
-    rep = StructureReport(kind, float(ratio), None if kind == "blocks" else str(criterion), distribution, before, before)
+    crit_name = None if kind == "blocks" else str(criterion)
+    rep = StructureReport(kind, float(ratio), crit_name, distribution, before, before)
     if kind == "blocks":
         change = _prune_blocks(model, ratio, blocks, batches, rep)
     else:

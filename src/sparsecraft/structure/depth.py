@@ -73,9 +73,11 @@ def remove_blocks(model: nn.Module, indices: Sequence[int], stack: BlockStack | 
     drop = sorted({int(i) for i in indices})
     bad = [i for i in drop if not 0 <= i < n]
     if bad or any(isinstance(i, bool) or int(i) != i for i in indices):
-        raise SparsecraftError(f"block indices {bad or list(indices)} are out of range for the {n} blocks of {stack.prefix}")
+        raise SparsecraftError(f"block indices {bad or list(indices)} are out of range for the {n} blocks of "
+                               f"{stack.prefix}")
     if len(drop) >= n:
-        raise SparsecraftError(f"removing {len(drop)} of the {n} blocks of {stack.prefix} would leave none; keep at least one")
+        raise SparsecraftError(f"removing {len(drop)} of the {n} blocks of {stack.prefix} would leave none; "
+                               "keep at least one")
     keep = [i for i in range(n) if i not in drop]
     for i in reversed(drop):
         del stack.blocks[i]

@@ -61,7 +61,8 @@ def _channel_removals(model: nn.Module, graph: DependencyGraph) -> dict[str, tor
                 c = int(torch.nonzero(d ^ dead)[0])
                 raise SparsecraftError(
                     f"the masks break dependency group {g.name}: channel {c} is masked in {ref_slot.qualified} "
-                    f"{'but not' if bool(dead[c]) else 'only'} in {slot.qualified}; mask the whole group ({', '.join(g.layers)})")
+                    f"{'but not' if bool(dead[c]) else 'only'} in {slot.qualified}; mask the whole group "
+                    f"({', '.join(g.layers)})")
         if not bool(dead.any()):
             continue
         silenced = _silenced(model, graph, g)

@@ -112,7 +112,8 @@ def space_energies(model: nn.Module, graph: DependencyGraph, spaces: list[int], 
             crit.set_input_norms(t, norms[t.name])  # type: ignore[attr-defined]
     if crit.needs_gradients:
         if not batches:
-            raise SparsecraftError(f"criterion {crit.registry_name!r} needs calibration data for gradients: pass calib=")  # type: ignore[attr-defined]
+            name = crit.registry_name  # type: ignore[attr-defined]
+            raise SparsecraftError(f"criterion {name!r} needs calibration data for gradients: pass calib=")
         is_lm = hasattr(getattr(model, "config", None), "vocab_size")
         crit.prepare(model, list(targets.values()), batches, loss_fn or (lm_loss if is_lm else None))
     l1 = crit.registry_name in L1_CRITERIA  # type: ignore[attr-defined]
@@ -141,5 +142,6 @@ def head_energies(g: HeadGroup, e: dict[int, torch.Tensor]) -> tuple[torch.Tenso
     """(per query head: query rows + output columns, per key/value head: key + value rows)."""
     (qs, qo), (ks, ko), (vs, vo) = g.q, g.k, g.v
     q = e[qs][qo: qo + g.hq * g.d].reshape(g.hq, g.d).sum(1) + e[g.o].reshape(g.hq, g.dv).sum(1)
-    kv = e[ks][ko: ko + g.hkv * g.d].reshape(g.hkv, g.d).sum(1) + e[vs][vo: vo + g.hkv * g.dv].reshape(g.hkv, g.dv).sum(1)
+    kv = (e[ks][ko: ko + g.hkv * g.d].reshape(g.hkv, g.d).sum(1)
+          + e[vs][vo: vo + g.hkv * g.dv].reshape(g.hkv, g.dv).sum(1))
     return q, kv

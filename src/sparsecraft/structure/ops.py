@@ -131,7 +131,8 @@ def reshape(tr: Any, labs: Labels, shape_in: Sequence[int], shape_out: Sequence[
     return out
 
 
-def broadcast(tr: Any, inputs: list[tuple[Labels | None, Sequence[int]]], shape: Sequence[int], what: str) -> list[Label]:
+def broadcast(tr: Any, inputs: list[tuple[Labels | None, Sequence[int]]], shape: Sequence[int],
+              what: str) -> list[Label]:
     """Element-wise op: couple the labels that land on each output dimension."""
     nd = len(shape)
     out: list[Label] = [None] * nd

@@ -48,7 +48,8 @@ def _keep_mask(name: str, mask: Any, size: int, what: str) -> torch.Tensor:
     if m.numel() != size:
         raise SparsecraftError(f"keep mask of {name} has {m.numel()} entries for {size} {what}")
     if not bool(m.any()):
-        raise SparsecraftError(f"the keep mask would remove every one of the {size} {what} of {name}; keep at least one")
+        raise SparsecraftError(f"the keep mask would remove every one of the {size} {what} of {name}; "
+                               "keep at least one")
     return m.cpu()
 
 
@@ -77,8 +78,9 @@ def head_plan(g: HeadGroup, keep_q: Any, sizes: Mapping[int, int]) -> tuple[dict
     live = counts[kv_keep]
     if bool((live != live[0]).any()):
         raise SparsecraftError(
-            f"{g.name}: the keep mask leaves {counts.tolist()} query heads in its {g.hkv} key/value groups; grouped-query "
-            "attention needs the same number in every kept group (remove query heads evenly per group, or whole groups)"
+            f"{g.name}: the keep mask leaves {counts.tolist()} query heads in its {g.hkv} key/value groups; "
+            "grouped-query attention needs the same number in every kept group (remove query heads evenly per group, "
+            "or whole groups)"
         )
     q_heads = torch.nonzero(m).reshape(-1)
     kv_heads = torch.nonzero(kv_keep).reshape(-1)

@@ -76,8 +76,10 @@ def check_llama_style(model: nn.Module) -> tuple[Any, nn.Module, nn.Module, nn.M
     """(block stack, embedding, final norm, LM head) of a Llama / Mistral / Qwen2-style model."""
     stack = find_blocks(model)
     inner = getattr(model, "model", None)
-    emb, norm, head = getattr(inner, "embed_tokens", None), getattr(inner, "norm", None), getattr(model, "lm_head", None)
-    problems = [name for name, mod in (("model.embed_tokens", emb), ("model.norm", norm), ("lm_head", head)) if mod is None]
+    emb, norm = getattr(inner, "embed_tokens", None), getattr(inner, "norm", None)
+    head = getattr(model, "lm_head", None)
+    parts = (("model.embed_tokens", emb), ("model.norm", norm), ("lm_head", head))
+    problems = [name for name, mod in parts if mod is None]
     for i, b in enumerate(stack.blocks):
         if isinstance(b, SlicedDecoderLayer):
             problems.append(f"{stack.block_name(i)} (already sliced)")

@@ -103,12 +103,14 @@ def slice_gpt(model: nn.Module, sparsity: float, batches: list[Any], *, embeddin
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise SparsecraftError(f"slicegpt round_to must be an integer >= 1, got {round_to!r}")
     if not 0.0 <= sparsity < 1.0:
-        raise SparsecraftError(f"slicegpt sparsity (the fraction of the hidden size sliced) must be in [0, 1), got {sparsity}")
+        raise SparsecraftError(f"slicegpt sparsity (the fraction of the hidden size sliced) must be in [0, 1), "
+                               f"got {sparsity}")
     stack, emb, norm, head = check_llama_style(model)
     hidden, eps = hidden_and_eps(model, norm)
     d_new = sliced_width(hidden, sparsity, round_to)
     if d_new < 1:
-        raise SparsecraftError(f"slicing {sparsity:g} of hidden size {hidden} (rounded to {round_to}) leaves no channel")
+        raise SparsecraftError(f"slicing {sparsity:g} of hidden size {hidden} (rounded to {round_to}) leaves "
+                               "no channel")
     if not batches:
         raise SparsecraftError("slicegpt computes its rotations from calibration data: pass calib=")
     t0 = time.perf_counter()
@@ -159,7 +161,8 @@ def slice_gpt(model: nn.Module, sparsity: float, batches: list[Any], *, embeddin
         dims.append([d_in, d_new, q_out.shape[1]])
         q_in = q_out
     if slice_emb:
-        head.weight = nn.Parameter((head.weight.detach().double() * norm.weight.detach().double()).to(head.weight.dtype))
+        folded = head.weight.detach().double() * norm.weight.detach().double()
+        head.weight = nn.Parameter(folded.to(head.weight.dtype))
         _rot_in(head, q_in)
         model.model.norm = RMSN(hidden, eps)
     model.train(was_training)
