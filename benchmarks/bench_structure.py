@@ -117,31 +117,34 @@ def timing(args: argparse.Namespace, cache: dict, save: callable) -> None:
     from sparsecraft.models import load_model
 
     dense = load_model(args.model).model
+    cache["timing"] = {"prefill": f"16 x {args.prefill_len} tokens", "decode": f"{args.decode_len} tokens",
+                       "rounds": args.rounds, "repeats": args.repeats, "command": " ".join(__import__("sys").argv)}
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 49152, (1, 16), generator=g)
-    batch = torch.randint(0, 49152, (16, 128), generator=g)
+    batch = torch.randint(0, 49152, (16, args.prefill_len), generator=g)
     for key, *_ in ROWS:
         row = cache["rows"].get(key)
         if row is None or "prefill_ratio" in row or (args.only and key not in args.only):
             continue
-        model = load_model(Path(args.work) / "models" / key).model
+        model = load_model(Path(row.get("work", args.work)) / "models" / key).model
         pre, dec = model, model
         if row["method"] == "sparsegpt":  # the existing sparse kernels, chosen per layer where faster
             import copy
 
             dec = copy.deepcopy(model)
             row["convert_b1"] = sum(x.converted for x in convert(dec, backend="auto", batch=1).layers)
-            row["convert_b16"] = sum(x.converted for x in convert(pre, backend="auto", batch=16 * 128).layers)
+            row["convert_b16"] = sum(x.converted for x in convert(pre, backend="auto", batch=batch.numel()).layers)
         calls = {"dense": _forward(dense, batch), key: _forward(pre, batch)}
         with torch.no_grad():
-            blocks = time_blocks(calls, rounds=4, block=2, warmup=1, pause_s=0.2)
+            blocks = time_blocks(calls, rounds=args.rounds, block=2, warmup=1, pause_s=0.2)
         t_dense, t_row = block_median(blocks["dense"]), block_median(blocks[key])
         dd, dr = [], []
         for _ in range(args.repeats + 1):
-            dd.append(_decode(dense, prompt, 32))
-            dr.append(_decode(dec, prompt, 32))
+            dd.append(_decode(dense, prompt, args.decode_len))
+            dr.append(_decode(dec, prompt, args.decode_len))
         row.update({"prefill_s": t_row, "prefill_dense_s": t_dense, "prefill_ratio": t_row / t_dense,
-                    "decode_tps": 32 / statistics.median(dr[1:]), "decode_dense_tps": 32 / statistics.median(dd[1:])})
+                    "decode_tps": args.decode_len / statistics.median(dr[1:]),
+                    "decode_dense_tps": args.decode_len / statistics.median(dd[1:])})
         print(f"{row['label']}: prefill {t_row / t_dense:.3f} x dense, decode {row['decode_tps']:.1f} tok/s",
               flush=True)
         save()
@@ -167,7 +170,9 @@ def render(cache: dict, args: argparse.Namespace, load0: float) -> str:
         red = 1 - eff / p0 if p0 else 0.0
         ref = ANCHORS.get(sp) if opts.get("embeddings") == "slice" else None
         goal = "-"
-        if "prefill_ratio" in r:
+        if "prefill_ratio" in r and red <= 0:
+            goal = "n/a (not fewer parameters)"
+        elif "prefill_ratio" in r:
             need = 0.8 * red
             goal = ("met" if 1 - r["prefill_ratio"] >= need else "MISSED") + f" (needs <= {1 - need:.2f})"
         dec = f"{r['decode_tps']:.1f} ({r['decode_dense_tps']:.1f})" if "decode_tps" in r else "-"
@@ -179,9 +184,20 @@ def render(cache: dict, args: argparse.Namespace, load0: float) -> str:
             "Protocol: 32 x 512 calibration windows from the calibration pool (seed 0), 16 x 512 evaluation windows; "
             f"recovery: {args.recover_steps} steps of next-token loss on the calibration windows, AdamW lr "
             f"{args.recover_lr}, batch 1. Reduction = 1 - parameters / dense (tied weights once; for the SparseGPT "
-            "peers the nonzero parameters). Speed goal: prefill time reduction >= 0.8 x parameter reduction.",
+            "peers the nonzero parameters). Speed goal: prefill time reduction >= 0.8 x parameter reduction.  ",
+            _timing_line(cache),
             "", head, *lines, "", *_comparisons(rows, p0)]
     return "\n".join(text) + "\n"
+
+
+def _timing_line(cache: dict) -> str:
+    t = cache.get("timing")
+    if not t:
+        return "Timing: not run yet (`--part timing`)."
+    return (f"Timing (`{t['command']}`, under the heavy lock): batch-16 prefill of {t['prefill']} (time_blocks, "
+            f"{t['rounds']} rounds, each row interleaved with dense), batch-1 greedy decode of {t['decode']} "
+            f"(median of {t['repeats']}, interleaved with dense); torch's dense kernels for structured rows, "
+            "sparsecraft.convert(backend='auto') for the SparseGPT peers.")
 
 
 def _comparisons(rows: dict, p0: int) -> list[str]:
@@ -210,15 +226,25 @@ def main() -> None:
     ap.add_argument("--part", choices=["quality", "timing", "render"], default="quality")
     ap.add_argument("--only", nargs="*", default=None, help="row keys to run")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_structure"))
+    ap.add_argument("--merge", nargs="*", default=[], help="other --work folders whose rows (and saved models) to "
+                    "include (quality rows run in parallel processes)")
     ap.add_argument("--recover-steps", type=int, default=32)
     ap.add_argument("--recover-lr", type=float, default=5e-5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="decodes per model (median)")
+    ap.add_argument("--rounds", type=int, default=4, help="prefill timing rounds (blocks of 2 calls)")
+    ap.add_argument("--prefill-len", type=int, default=128, help="tokens per sequence of the batch-16 prefill")
+    ap.add_argument("--decode-len", type=int, default=32, help="greedy tokens per batch-1 decode")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load0 = load()
     path = Path(args.work) / "results.json"
     cache = json.loads(path.read_text()) if path.exists() else {"rows": {}}
+    for other in args.merge:  # rows another process measured: keep theirs where this cache has none
+        extra = json.loads((Path(other) / "results.json").read_text())
+        for key, row in extra["rows"].items():
+            if key not in cache["rows"]:
+                cache["rows"][key] = {**row, "work": str(other)}
 
     def save() -> None:
         from sparsecraft.atomic import write_json

@@ -35,14 +35,21 @@ def test_uniform_widths_load_with_plain_transformers(tmp_path):
     assert not needs_loader(tmp_path / "m")
 
 
-def test_per_layer_widths_are_recorded_and_refused_by_plain_transformers(tmp_path):
+@pytest.mark.parametrize("with_history", [True, False])
+def test_per_layer_widths_are_recorded_and_refused_by_plain_transformers(tmp_path, with_history):
     model = HF_MAKERS["llama"]()
     g = trace(model)
     k0, k1 = torch.ones(64, dtype=torch.bool), torch.ones(64, dtype=torch.bool)
     k0[:10], k1[:20] = False, False
     change = remove_channels(model, g, {g.channels[0].name: k0, g.channels[1].name: k1})
-    rec = sync_config(model, change.to_dict())
-    assert rec["native"] is False
+    if with_history:
+        rec = sync_config(model, change.to_dict())
+        assert rec["native"] is False
+        assert rec["history"][0]["removed"] == {g.channels[0].name: 10, g.channels[1].name: 20}
+    else:  # save_pretrained describes the new shapes itself
+        save_pretrained(model, tmp_path / "first")
+        rec = model.config.sparsecraft_structure
+        assert rec["native"] is False and rec["history"] == []
     assert rec["params"]["model.layers.1.mlp.down_proj.weight"] == [32, 44]
     ids = calib_ids(2, 9)
     out = model(ids).logits

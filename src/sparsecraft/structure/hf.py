@@ -131,11 +131,14 @@ def sync_config(model: nn.Module, change: dict[str, Any] | None = None, attrs: d
 
 
 def save_pretrained(model: nn.Module, dest: str | os.PathLike, tokenizer: Any = None) -> Path:
-    """Write a ``from_pretrained`` directory (masks dropped) atomically; a model that plain
-    ``transformers`` cannot build gets its poisoned hidden size (see the module docstring)."""
+    """Write a ``from_pretrained`` directory (masks dropped) atomically, the config first brought up
+    to date with :func:`sync_config`; a model that plain ``transformers`` cannot build gets its
+    poisoned hidden size (see the module docstring)."""
     dest = Path(dest)
     state = {k: v for k, v in model.state_dict().items() if not k.endswith(MASK_SUFFIX)}
     rec = getattr(model.config, RECORD, None)
+    if rec is not None or shapes_of(model) != (_fresh_shapes(type(model), model.config) or {}):
+        rec = sync_config(model)  # removals done with the low-level functions: describe them now
     with atomic.directory(dest) as tmp:
         model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         if tokenizer is not None:
