@@ -75,13 +75,42 @@ def set_mask(
             param.masked_fill_(~getattr(module, buf), 0)
 
 
+_SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def keep_bits(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """``keep`` as integers as wide as the float ``dtype``: all bits set where kept, 0 where
+    pruned (None when ``dtype`` is not a 2/4/8-byte float). For :func:`zero_pruned_`."""
+    if not dtype.is_floating_point or dtype.itemsize not in _SAME_WIDTH_INT:
+        return None
+    int_dtype = _SAME_WIDTH_INT[dtype.itemsize]
+    return torch.where(keep.to(torch.bool), torch.tensor(-1, dtype=int_dtype, device=keep.device),
+                       torch.tensor(0, dtype=int_dtype, device=keep.device))  # fmt: skip
+
+
+@torch.no_grad()
+def zero_pruned_(tensor: torch.Tensor, keep: torch.Tensor, bits: torch.Tensor | None = None) -> None:
+    """Set the pruned entries of ``tensor`` to +0 in place, kept entries bit-identical -- a
+    ``where``, not a product (``inf * 0`` would be NaN). With ``bits`` from :func:`keep_bits`
+    it is one bitwise AND on the integer view of the floats, as fast as a multiplication
+    (``masked_fill_`` is ~13x slower on CPU); otherwise ``masked_fill_``."""
+    if bits is not None and bits.dtype.itemsize == tensor.dtype.itemsize and tensor.dtype.is_floating_point:
+        tensor.view(bits.dtype).bitwise_and_(bits)
+    else:
+        tensor.masked_fill_(~keep.to(torch.bool), 0)
+
+
 def masked_params(model: nn.Module) -> Iterator[MaskedParam]:
-    """Every masked parameter of ``model`` in module order."""
+    """Every masked parameter of ``model`` in module order, each tensor once: a weight shared
+    by several modules (tied) is yielded for the first module that carries a mask for it."""
+    seen: set[int] = set()
     for mname, module in model.named_modules():
         for bname, buf in list(module.named_buffers(recurse=False)):
             if bname.endswith(MASK_SUFFIX) and buf is not None and buf.dtype == torch.bool:
                 pname = bname[: -len(MASK_SUFFIX)]
-                if isinstance(getattr(module, pname, None), torch.Tensor):
+                param = getattr(module, pname, None)
+                if isinstance(param, torch.Tensor) and id(param) not in seen:
+                    seen.add(id(param))
                     if not hasattr(module, "sparsecraft_meta"):
                         module.sparsecraft_meta = {}
                     module.sparsecraft_meta.setdefault(pname, MaskMeta())

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.masks import MASK_SUFFIX, masked_params
+from sparsecraft.masks import masked_params
 from sparsecraft.targets import check_regexes, find_targets, name_matches
 
 
@@ -170,8 +170,10 @@ def report(
     targets = check_regexes(targets, "targets")
     ignore = check_regexes(ignore, "ignore")
     rows: dict[str, LayerStats] = {}
-    order: list[str] = []
-    for mp in masked_params(model):
+    params: dict[str, torch.Tensor] = {}  # row name -> the parameter it describes
+    masked: set[int] = set()  # every masked tensor, listed or not
+    for mp in masked_params(model):  # one row per tensor, even when modules share it
+        masked.add(id(mp.param))
         if not _selected(targets, ignore, mp.name.rsplit(".", 1)[0], mp.name):
             continue
         w = forward_weight(mp.module, mp.param_name)
@@ -180,16 +182,19 @@ def report(
         rows[mp.name] = LayerStats(
             mp.name, tuple(w.shape), meta.pattern, meta.target, _fraction_zero(nz, w.numel()), nz, w.numel()
         )
+        params[mp.name] = mp.param
     if unmasked:
-        for t in find_targets(model, targets=targets, ignore=ignore):
-            if t.name in rows or hasattr(t.module, t.param_name + MASK_SUFFIX):
+        for t in find_targets(model, targets=targets, ignore=ignore):  # one target per tensor
+            if id(t.param) in masked:
                 continue
             w = forward_weight(t.module, t.param_name)
             nz = int(torch.count_nonzero(w))
             rows[t.name] = LayerStats(t.name, t.shape, "dense", 0.0, _fraction_zero(nz, w.numel()), nz, w.numel())
+            params[t.name] = t.param
     packed = _packed_rows(model, targets, ignore)  # always: these weights are not parameters
     rows.update(packed)
     # keep module order
+    order: list[str] = []
     for mname, module in model.named_modules():
         names = [n for n, _ in module.named_parameters(recurse=False)]
         names += list(getattr(module, "sparsecraft_forward_weights", None) or {})
@@ -199,16 +204,16 @@ def report(
                 order.append(name)
     order += [n for n in rows if n not in order]
     total = nonzeros = 0
-    for _, p in model.named_parameters():
+    model_params = set()
+    for p in model.parameters():  # shared parameters once (storage, not uses)
         total += p.numel()
         nonzeros += int(torch.count_nonzero(p))
+        model_params.add(id(p))
     for s in packed.values():  # weights stored outside parameters
         total += s.numel
         nonzeros += s.nonzeros
     # soft (STE-style) forward weights: use their counts for the model total too
-    for name in order:
-        s = rows[name]
-        p = dict(model.named_parameters()).get(name)
-        if p is not None:
-            nonzeros += s.nonzeros - int(torch.count_nonzero(p))
+    for name, p in params.items():
+        if id(p) in model_params:
+            nonzeros += rows[name].nonzeros - int(torch.count_nonzero(p))
     return SparsityReport([rows[n] for n in order], total, nonzeros)

@@ -1,19 +1,25 @@
 """Which parameters of a model are prunable ("targets"), and the keep-dense rules.
 
 A target is the ``weight`` of a ``nn.Linear``, ``nn.Conv1d/2d/3d`` or Hugging Face GPT-2
-``Conv1D``. 1-D parameters (biases, norm scales) are never targets. The same two words select
+``Conv1D``. 1-D parameters (biases, norm scales) and empty weights are never targets. The same two words select
 layers everywhere (API, recipes, CLI): ``targets`` (names or regexes) narrows the search, e.g.
 to the decoder layers of a language model, and layers matching ``ignore`` stay untouched
 (dense). Regexes are matched with ``re.search`` against the module name
 (``layers.0.mlp.up_proj``) and the parameter name (``layers.0.mlp.up_proj.weight``); a plain
 name also matches exactly.
+
+A tensor shared by several modules (tied weights) is **one** target: it is named after the
+first module that holds it (``named_modules`` order, as ``named_parameters`` names it), the
+others are listed in :attr:`Target.aliases`, and the ``targets`` / ``ignore`` rules see every
+one of its names (ignored if any name is ignored). So a shared weight gets one mask and is
+counted once.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -31,6 +37,8 @@ class Target:
     module_name: str
     module: nn.Module
     param_name: str = "weight"
+    #: other ``(module_name, module)`` whose ``param_name`` is this very tensor (tied weights)
+    aliases: list[tuple[str, nn.Module]] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -39,6 +47,19 @@ class Target:
     @property
     def param(self) -> torch.Tensor:
         return getattr(self.module, self.param_name)
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """Every module that holds this tensor (the owner first, then the aliases)."""
+        return [self.module, *(m for _, m in self.aliases)]
+
+    @property
+    def names(self) -> list[str]:
+        """Every module and parameter name this tensor goes by (for the targets / ignore rules)."""
+        out = [self.module_name, self.name]
+        for mname, _ in self.aliases:
+            out += [mname, f"{mname}.{self.param_name}" if mname else self.param_name]
+        return out
 
     @property
     def layout(self) -> WeightLayout:
@@ -95,17 +116,24 @@ def find_targets(
         raise SparsecraftError(f"expected a torch.nn.Module, got {type(model).__name__}")
     include = check_regexes(targets, "targets")
     ignore = check_regexes(ignore, "ignore")
-    found = []
+    by_tensor: dict[int, Target] = {}
     for mname, module in model.named_modules():
         if not is_prunable_module(module):
             continue
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or weight.numel() == 0:
+            continue  # 1-D parameters and empty layers (e.g. Linear(0, n)) have nothing to prune
+        first = by_tensor.get(id(weight))
+        if first is not None:  # a tied weight: one target, this module is an alias
+            first.aliases.append((mname, module))
             continue
-        t = Target(mname, module)
-        if include and not name_matches(include, mname, t.name):
+        by_tensor[id(weight)] = Target(mname, module)
+    found = []
+    for t in by_tensor.values():
+        names = t.names
+        if include and not name_matches(include, *names):
             continue
-        if name_matches(ignore, mname, t.name):
+        if name_matches(ignore, *names):
             continue
         found.append(t)
     return found

@@ -61,3 +61,25 @@ def test_apply_masks_leaves_soft_masked_dense_weights_alone():
     assert torch.equal(layer.weight, before)  # the dense weight an STE method trains survives
     rep = sparsecraft.report(layer)
     assert rep.layers[0].nonzeros == int(torch.count_nonzero(before * layer.weight_mask))
+
+
+def test_zero_pruned_is_a_where_not_a_product():
+    import pytest
+
+    from sparsecraft.masks import keep_bits, zero_pruned_
+
+    keep = torch.tensor([[True, False, True], [False, True, False]])
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        x = torch.tensor([[float("nan"), float("inf"), -2.5], [float("-inf"), float("inf"), -0.0]], dtype=dtype)
+        for bits in (keep_bits(keep, dtype), None):  # fast integer path and masked_fill fallback
+            y = x.clone()
+            zero_pruned_(y, keep, bits)
+            assert torch.isnan(y[0, 0]) and y[0, 2] == -2.5 and y[1, 1] == float("inf")  # kept: untouched
+            assert y[0, 1] == 0 and y[1, 0] == 0 and y[1, 2] == 0  # pruned: 0, never NaN
+            assert not torch.signbit(y[~keep]).any()
+    t = torch.randn(3, 2).t()  # a non-contiguous view
+    zero_pruned_(t, keep, keep_bits(keep, t.dtype))
+    assert (t[~keep] == 0).all() and (t[keep] != 0).all()
+    assert keep_bits(keep, torch.int64) is None
+    with pytest.raises(RuntimeError):  # a wrong-shape mask is an error, not a silent broadcast
+        zero_pruned_(torch.zeros(3, 3), keep, keep_bits(keep, torch.float32))

@@ -39,6 +39,7 @@ def test_trainer_callback_rigl(tmp_path):
     transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb]).train()
     m = cb.method
     assert m is not None and m.step_count == 12 and len(m.dynamics.updates) == 3
+    assert m.skipped_steps == 3  # RigL reference: no optimizer update on the 3 mask-update steps
     budgets = [int(m.mask(t).sum()) for t in m.targets]
     total = sum(t.numel for t in m.targets)
     assert sum(budgets) == total - int(0.75 * total)

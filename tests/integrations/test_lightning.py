@@ -32,6 +32,7 @@ def test_lightning_callback_rigl():
     trainer.fit(model, torch.utils.data.DataLoader(ds, batch_size=8))
     m = cb.method
     assert m is not None and m.step_count == 12 and len(m.dynamics.updates) == 3
+    assert m.skipped_steps == 3  # RigL reference: no optimizer update on the 3 mask-update steps
     for t in m.targets:
         assert torch.all(t.param[~m.mask(t)] == 0)
     import sparsecraft

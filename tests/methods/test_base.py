@@ -70,3 +70,78 @@ def test_finalize_removes_hooks():
     m.finalize()
     train_step(model, opt, batches(1)[0])
     assert m.step_count == 1  # no more hooks after finalize
+
+
+def test_inf_gradient_at_a_pruned_position_leaves_zero_not_nan():
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    m = attach(model, opt, method="static", sparsity=0.5, total_steps=4)
+    pruned = ~m.mask(m.targets[0])
+    x, y = batches(1)[0]
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    model[0].weight.grad[pruned] = float("inf")  # e.g. an overflow in a dead connection
+    opt.step()
+    assert torch.isfinite(model[0].weight).all()
+    assert (model[0].weight[pruned] == 0).all()
+    assert (opt.state[model[0].weight]["momentum_buffer"][pruned] == 0).all()
+
+
+@pytest.mark.parametrize("method", ["static", "rigl"])
+def test_loading_dense_weights_keeps_the_masks(method):
+    model = tiny_mlp()
+    dense = {k: v.clone() for k, v in tiny_mlp(1).state_dict().items()}
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    m = attach(model, opt, method=method, sparsity=0.8, total_steps=10)
+    train_step(model, opt, batches(1)[0])
+    model.load_state_dict(dense, strict=False)  # no *_mask keys: the masks stay
+    for t in m.targets:
+        keep = m.mask(t)
+        assert (t.param[~keep] == 0).all()  # re-applied at once, not at finalize()
+        assert torch.equal(t.param[keep], dense[t.name][keep])
+        assert all((s[~keep] == 0).all() for k, s in opt.state[t.param].items() if k != "step")
+    model[2].load_state_dict({"weight": dense["2.weight"], "bias": dense["2.bias"]}, strict=False)
+    assert (model[2].weight[~m.mask(m.targets[1])] == 0).all()
+    m.finalize()  # detached: loading is plain torch again
+    model.load_state_dict(dense, strict=False)
+    assert torch.equal(model[0].weight, dense["0.weight"])
+
+
+class _Tied(torch.nn.Module):
+    """Two Linear layers that share one weight tensor (tied weights)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_shared_weight_gets_one_mask():
+    import sparsecraft
+
+    model = _Tied()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    m = attach(model, opt, method="static", sparsity=0.5, distribution="uniform", total_steps=3)
+    assert [t.name for t in m.targets] == ["a.weight"] and not hasattr(model.b, "weight_mask")
+    opt.zero_grad()
+    model(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    assert int((model.a.weight == 0).sum()) == 32  # one random mask at 50%, not two
+    rep = sparsecraft.report(model)
+    assert [layer.name for layer in rep.layers] == ["a.weight"] and rep.sparsity == 0.5
+    assert rep.model_numel == 64 + 16
+
+
+def test_a_shared_weight_under_ste_feeds_one_forward_weight_to_every_holder():
+    model = _Tied()
+    m = attach(model, None, method="ste", pattern="2:4", total_steps=3)
+    w_f = model.a.weight * m.mask(m.targets[0])
+    x = torch.randn(3, 8)
+    expect = torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, w_f, model.a.bias)), w_f, model.b.bias)
+    assert torch.allclose(model(x), expect)
+    m.finalize()
+    assert "forward" not in model.a.__dict__ and "forward" not in model.b.__dict__

@@ -42,7 +42,8 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         ref = mk.clone()
         dist.broadcast(ref, src=0)
         same &= torch.equal(ref, mk)
-    out[rank] = (same, grads_equal, len(m.dynamics.updates), sum(u["grown"] for u in m.dynamics.updates))
+    grown = sum(u["grown"] for u in m.dynamics.updates)
+    out[rank] = (same, grads_equal, len(m.dynamics.updates), grown, m.skipped_steps)
     dist.destroy_process_group()
 
 
@@ -54,3 +55,4 @@ def test_rigl_masks_identical_across_ranks():
     assert res[0][0] and res[1][0]  # masks identical on both ranks
     assert res[0][1] and res[1][1]  # the gradient RigL reads is the all-reduced one
     assert res[0][2] == res[1][2] == 3 and res[0][3] > 0  # updates at 3, 6, 9 grew weights
+    assert res[0][4] == res[1][4] == 3  # and made no optimizer update (skip_step_on_update)

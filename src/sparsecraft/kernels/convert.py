@@ -123,17 +123,19 @@ def convert(
     report = ConvertReport(backend, batch)
     shared = _shared_weights(model)
     memo: dict[tuple, tuple[Decision, str]] = {}
-    for t in find_targets(model, targets=targets, ignore=ignore):
-        module = t.module
+    # every module holding a target weight (a tied weight is one target with aliases)
+    found = find_targets(model, targets=targets, ignore=ignore)
+    holders = [h for t in found for h in [(t.module_name, t.module), *t.aliases]]
+    for module_name, module in holders:
         if not isinstance(module, nn.Linear):
             continue
         weight = effective_weight(module)
         shape = (module.out_features, module.in_features)
         sparsity = float((weight == 0).sum()) / weight.numel()
-        entry = LayerReport(t.module_name, shape, sparsity, "(unchanged)", "",
+        entry = LayerReport(module_name, shape, sparsity, "(unchanged)", "",
                             dense_bytes=weight.numel() * weight.element_size())
         report.layers.append(entry)
-        tied = [n for n in shared.get(module.weight.data_ptr(), []) if n != t.name]
+        tied = [n for n in shared.get(module.weight.data_ptr(), []) if n != f"{module_name}.weight"]
         if tied:
             entry.reason = f"weight is tied to {', '.join(tied)}; left as nn.Linear"
         elif sparsity < min_sparsity:
@@ -142,10 +144,10 @@ def convert(
             key = (shape, weight.dtype, round(sparsity, 2), _is_24(weight), batch)
             if key not in memo:
                 bias = module.bias.detach() if module.bias is not None else None
-                memo[key] = (choose_backend(weight, batch=batch, measure=measure, bias=bias), t.module_name)
+                memo[key] = (choose_backend(weight, batch=batch, measure=measure, bias=bias), module_name)
             decision, measured_on = memo[key]
             entry.backend, entry.reason = decision.backend, decision.reason
-            if measured_on != t.module_name:
+            if measured_on != module_name:
                 entry.reason += f" (measured on {measured_on}: same shape and sparsity)"
             entry.dense_ms, entry.chosen_ms = decision.dense_ms, decision.chosen_ms
         else:
@@ -154,13 +156,13 @@ def convert(
             why = why if not avail else impl.supports(weight)
             if why:
                 entry.reason = f"requested backend {backend} cannot run it: {why}; left as nn.Linear"
-                warnings.warn(f"sparsecraft.convert: {t.module_name}: {entry.reason}", RuntimeWarning,
+                warnings.warn(f"sparsecraft.convert: {module_name}: {entry.reason}", RuntimeWarning,
                               stacklevel=2)
             else:
                 entry.backend, entry.reason = backend, "backend requested by the caller"
         if entry.backend not in ("(unchanged)", "dense"):  # "dense" is what nn.Linear calls
             new = SparseLinear.from_linear(module, entry.backend)
-            _replace(model, t.module_name, new)
+            _replace(model, module_name, new)
             entry.packed_bytes = new.nbytes
-        log.info("convert %s: %s (%s)", t.module_name, entry.backend, entry.reason)
+        log.info("convert %s: %s (%s)", module_name, entry.backend, entry.reason)
     return report

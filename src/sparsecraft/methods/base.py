@@ -19,6 +19,10 @@ Lifecycle (what the base class does; hooks a method overrides are in brackets)::
 With an optimizer and ``hooks=True`` (default) nothing else is called in the loop; without
 hooks call ``method.step()`` once after ``optimizer.step()`` (it then also zeroes the state
 of pruned weights, since their gradients were not masked before the step).
+``optimizer.step(closure)`` and [``skip_optimizer_step()``] (RigL): see
+:mod:`~sparsecraft.methods.step_hooks`. One method per optimizer and per weight
+(:mod:`~sparsecraft.methods.ownership`). While attached, ``load_state_dict`` on the model
+re-applies the hard masks (a state-dict post-hook): dense weights cannot undo the sparsity.
 
 Hard vs soft masks: ``hard_masks = True`` methods (static, gmp, imp, set, rigl) zero pruned
 weights in place. N:M straight-through methods set ``hard_masks = False``: the dense weight is
@@ -39,9 +43,12 @@ from sparsecraft.analysis.mask_dynamics import MaskDynamics
 from sparsecraft.criteria import LossFn, make_criterion
 from sparsecraft.distributions import make_distribution
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.masks import MASK_SUFFIX, MaskMeta, set_mask
+from sparsecraft.masks import MASK_SUFFIX, MaskMeta, keep_bits, set_mask, zero_pruned_
+from sparsecraft.methods.distributed import sync_masks
 from sparsecraft.methods.forward import patch_forward, unpatch_forward
 from sparsecraft.methods.optimizer_state import mask_state, reset_state
+from sparsecraft.methods.ownership import claim, release
+from sparsecraft.methods.step_hooks import StepHooks
 from sparsecraft.patterns import parse_pattern
 from sparsecraft.pruning import decide_masks
 from sparsecraft.registry import Registry
@@ -85,7 +92,7 @@ def make_update_rule(spec: Any, total_steps: int, defaults: Mapping[str, Any]) -
     )
 
 
-class SparseMethod:
+class SparseMethod(StepHooks):
     """Base class of the sparse-training methods (see the module docstring for the lifecycle)."""
 
     hard_masks: ClassVar[bool] = True
@@ -132,8 +139,10 @@ class SparseMethod:
         self.dynamics = MaskDynamics()
         self._dense_grads: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
-        self._fmasks: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._bits: dict[str, tuple[torch.Tensor, int, torch.dtype, torch.Tensor | None]] = {}
         self._grads_masked = False
+        self._stashed_grads: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.skipped_steps = 0
         self._attached = False
 
     # ----------------------------------------------------------------- names and masks
@@ -177,6 +186,12 @@ class SparseMethod:
         """Soft-mask methods: the weight forward uses (differentiable in the dense weight)."""
         return target.param * self.mask(target)
 
+    def skip_optimizer_step(self) -> bool:
+        """True: the coming optimizer step must not update anything (default: never). Asked in
+        the pre-step hook after the gradient work; needs that hook (``hooks=True`` or a
+        framework callback calling :meth:`before_optimizer_step`)."""
+        return False
+
     def regularize(self, loss: torch.Tensor, **context: Any) -> torch.Tensor:
         """Add a method's loss term (group lasso, distillation); default: ``loss`` unchanged."""
         return loss
@@ -198,43 +213,61 @@ class SparseMethod:
     # ----------------------------------------------------------------- lifecycle
     def attach(self) -> SparseMethod:
         """Set the initial masks (zeroing pruned weights and their optimizer state) and hook
-        the optimizer. Returns ``self``."""
+        the optimizer and the model's ``load_state_dict``. Returns ``self``."""
         if self._attached:
             raise SparsecraftError(f"method {self.name!r} is already attached")
-        self._set_masks(self.initial_masks())
+        self._claim()
+        try:
+            self._set_masks(self.initial_masks())
+        except Exception:
+            release(self)
+            raise
         self.dynamics.start(self.masks())
-        if not self.hard_masks:
-            for t in self.targets:
-                patch_forward(t.module, lambda t=t: self.forward_weight(t), t.param_name)
+        for t in self.targets:
+            if not self.hard_masks:  # every module sharing the tensor uses the forward weight
+                for module in t.modules:
+                    patch_forward(module, lambda t=t: self.forward_weight(t), t.param_name)
+            for module in t.modules:
+                self._handles.append(module.register_load_state_dict_post_hook(
+                    lambda _module, _keys, t=t: self._after_load(t)))
         if self.use_hooks:
             assert self.optimizer is not None
-            self._handles = [
-                self.optimizer.register_step_pre_hook(lambda *_: self.before_optimizer_step()),
+            self._handles += [
+                self.optimizer.register_step_pre_hook(self._pre_step_hook),
                 self.optimizer.register_step_post_hook(lambda *_: self.after_optimizer_step()),
             ]
         self._attached = True
         return self
 
+    def _claim(self) -> None:
+        """Refuse (before any mask is touched) if another attached method owns the optimizer
+        or one of the weights; else claim them."""
+        claim(self, self.optimizer, [t.param for t in self.targets], [t.name for t in self.targets])
+
     def detach(self) -> None:
-        """Remove the optimizer hooks and forward patches (masks stay)."""
+        """Remove the optimizer and load hooks and the forward patches (masks stay)."""
         for h in self._handles:
             h.remove()
         self._handles = []
         for t in self.targets:
-            unpatch_forward(t.module, t.param_name)
+            for module in t.modules:
+                unpatch_forward(module, t.param_name)
+        release(self)
         self._attached = False
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
+        """Gradients ready, update not done: capture, modify and mask the gradients."""
         if self.needs_dense_grad and self.update_rule.should_update(self.step_count + 1):
             self._capture_grads()
         self.modify_gradients()
         if self.hard_masks:
-            pairs = [(t.param.grad, self._float_mask(t)) for t in self.targets if t.param.grad is not None]
-            if pairs:
-                grads, masks = zip(*pairs)
-                torch._foreach_mul_(list(grads), list(masks))
+            for t in self.targets:
+                if t.param.grad is not None:  # where, not multiply: inf * 0 would be NaN
+                    zero_pruned_(t.param.grad, self.mask(t), self._keep_bits(t, t.param.grad.dtype))
             self._grads_masked = True
+        if self.optimizer is not None and self.skip_optimizer_step():
+            self._stash_grads()
 
     def step(self) -> dict[str, Any] | None:
         """Call once after ``optimizer.step()`` when hooks are off; a no-op with hooks."""
@@ -251,6 +284,8 @@ class SparseMethod:
     def after_optimizer_step(self) -> dict[str, Any] | None:
         """Advance one step; update masks when the UpdateRule says so. Returns the dynamics
         entry of an update, else None."""
+        if self._restore_grads():
+            self.skipped_steps += 1
         if not (self._grads_masked and isinstance(self.optimizer, EXACT_OPTIMIZERS)):
             self._reapply()
         self._grads_masked = False
@@ -282,20 +317,32 @@ class SparseMethod:
     @torch.no_grad()
     def _reapply(self) -> None:
         if self.hard_masks:
-            torch._foreach_mul_([t.param.data for t in self.targets], [self._float_mask(t) for t in self.targets])
+            for t in self.targets:
+                zero_pruned_(t.param.data, self.mask(t), self._keep_bits(t, t.param.dtype))
 
-    def _float_mask(self, target: Target) -> torch.Tensor:
-        """The mask as 0/1 in the weight's dtype, cached until the mask buffer changes."""
+    def _keep_bits(self, target: Target, dtype: torch.dtype) -> torch.Tensor | None:
+        """:func:`~sparsecraft.masks.keep_bits` of the mask, cached until the buffer changes."""
         mask = self.mask(target)
-        hit = self._fmasks.get(target.name)
-        if hit is None or hit[0] is not mask or hit[1] != mask._version or hit[2].dtype != target.param.dtype:
-            hit = (mask, mask._version, mask.to(target.param.dtype))
-            self._fmasks[target.name] = hit
-        return hit[2]
+        hit = self._bits.get(target.name)
+        if hit is None or hit[0] is not mask or hit[1] != mask._version or hit[2] != dtype:
+            hit = (mask, mask._version, dtype, keep_bits(mask, dtype))
+            self._bits[target.name] = hit
+        return hit[3]
+
+    @torch.no_grad()
+    def _after_load(self, target: Target) -> None:
+        """``load_state_dict`` post-hook: loaded (e.g. dense) weights get the hard mask back,
+        and the optimizer state of pruned positions stays zero."""
+        if not self.hard_masks:
+            return  # soft masks: forward recomputes W * E from the loaded dense weight
+        keep = self.mask(target)
+        target.param.data.masked_fill_(~keep, 0)
+        if self.optimizer is not None:
+            mask_state(self.optimizer, target.param, keep)
 
     @torch.no_grad()
     def _set_masks(self, new: Mapping[str, torch.Tensor], record: bool = False) -> dict[str, Any] | None:
-        new = _sync_masks(dict(new))
+        new = sync_masks(dict(new))
         old = {k: v.clone() for k, v in self.masks().items() if k in new} if record else {}
         for t in self.targets:
             if t.name not in new:
@@ -307,10 +354,10 @@ class SparseMethod:
             if record and self.hard_masks:  # grown weights start at 0 (already 0 when hard)
                 t.param.masked_fill_(keep & ~old[t.name], 0)
             set_mask(t.module, keep, t.param_name, meta, apply=self.hard_masks)
-            if self.optimizer is not None:
-                if self.hard_masks:
-                    mask_state(self.optimizer, t.param, keep)
-                if record:
+            if self.optimizer is not None and self.hard_masks:
+                mask_state(self.optimizer, t.param, keep)
+                if record:  # only a weight regrown from zero starts afresh (RigL); a soft-masked
+                    # weight entering the mask was trained densely all along: its state stays
                     reset_state(self.optimizer, t.param, keep & ~old[t.name])
         if not record:
             return None
@@ -350,16 +397,3 @@ class SparseMethod:
         self.dynamics.load_json(meta.get("dynamics", []))
         self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}, meta.get("extra", {}))
 
-
-def _sync_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Under torch.distributed, broadcast rank 0's masks so every rank holds the same ones."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return masks
-    out = {}
-    for name in sorted(masks):
-        buf = masks[name].to(torch.uint8).contiguous()
-        dist.broadcast(buf, src=0)
-        out[name] = buf.to(torch.bool)
-    return out

@@ -21,16 +21,31 @@ the dense-weight N:M forward of :mod:`~sparsecraft.methods.nm_common`:
 
 Optional **distillation** from a frozen dense teacher (``teacher=True``: a copy of the model
 when the method is built; or any module): ``regularize(loss, inputs=x, outputs=logits)``
-returns ``(1 - kd_weight) * loss + kd_weight * T^2 * KL(softmax(t/T) || softmax(s/T))``.
+returns ``(1 - kd_weight) * loss + kd_weight * T^2 * KL(softmax(t/T) || softmax(s/T))``, the
+KL averaged over every token (all positions of all sequences, as the authors' AST code
+``Distill_Model.kl_loss``: sum / number of tokens). ``inputs`` is a tensor (``teacher(x)``) or
+a mapping such as a Hugging Face batch (``teacher(**batch)``, ``labels`` left out);
+``outputs`` is the student's logits or an output object with ``.logits``.
 
-The exact AdamS constants of the paper are **unverified** here; every one is an argument:
-``decay`` (default 1e-2), ``decay_mode``, ``update={"every": 10}``, ``scale``,
-``kd_weight`` (0.5), ``kd_temperature`` (1.0).
+**Optimizer state at mask refreshes** is left alone: a weight entering ``E`` was trained
+densely all along (straight-through), so its Adam moments are current; resetting them (as
+RigL does for a weight regrown from zero) makes its next step ``lr * (1-b1)/sqrt(1-b2)`` ~
+3.2 lr (defaults 0.9 / 0.999) instead of about ``lr * |E g| / sqrt(E g^2) <= lr``. The AST code
+does not touch the optimizer state at mask updates either.
+
+Reference code: CAST's own code was not found public; its predecessor AST (same authors,
+github.com/thu-ml/Adaptive-Sparse-Trainer) adds the decay *after* Adam's first moment
+(``update = m_t + decay * (1-E) * W``, ``v`` tracks ``update^2``), while ``decay_mode=
+"adaptive"`` here adds it to the gradient (it enters ``m`` and ``v``); AST mixes the losses as
+``task + kl`` with temperature 2. The exact AdamS constants of the paper are **unverified**;
+every one is an argument: ``decay`` (default 1e-2), ``decay_mode``, ``update={"every": 10}``,
+``scale``, ``kd_weight`` (0.5), ``kd_temperature`` (1.0).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -116,16 +131,28 @@ class CAST(NMMethod):
         super().post_step()
 
     def regularize(self, loss: torch.Tensor, **context: Any) -> torch.Tensor:
-        """Self-distillation: mix the task loss with KL to the frozen dense teacher."""
+        """Self-distillation: mix the task loss with the per-token KL to the frozen dense teacher."""
         if self.teacher is None or self.kd_weight == 0.0:
             return loss
         if "inputs" not in context or "outputs" not in context:
             raise SparsecraftError("cast distillation needs regularize(loss, inputs=..., outputs=...)")
+        inputs = context["inputs"]
         with torch.no_grad():
-            t_out = self.teacher(context["inputs"])
+            if isinstance(inputs, Mapping):
+                t_out = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"})
+            else:
+                t_out = self.teacher(inputs)
+        student, teacher = _logits(context["outputs"], "outputs"), _logits(t_out, "the teacher's output")
+        if student.shape != teacher.shape:
+            raise SparsecraftError(
+                f"cast distillation: student logits {tuple(student.shape)} and teacher logits "
+                f"{tuple(teacher.shape)} differ; pass the same inputs the student saw"
+            )
         tau = self.kd_temperature
-        kd = F.kl_div(F.log_softmax(context["outputs"] / tau, -1), F.log_softmax(t_out / tau, -1),
-                      reduction="batchmean", log_target=True) * tau**2
+        vocab = student.shape[-1]  # batchmean over the flattened tokens = mean KL per token
+        kd = F.kl_div(F.log_softmax(student.reshape(-1, vocab) / tau, -1),
+                      F.log_softmax(teacher.reshape(-1, vocab).to(student.dtype) / tau, -1),
+                      reduction="batchmean", log_target=True) * tau**2  # fmt: skip
         return (1.0 - self.kd_weight) * loss + self.kd_weight * kd
 
     def finalize(self) -> None:
@@ -149,3 +176,17 @@ class CAST(NMMethod):
             for k, v in tensors.items():
                 if k.startswith("scale.") and k[6:] in self.scales:
                     self.scales[k[6:]].copy_(v)
+
+
+def _logits(out: Any, what: str) -> torch.Tensor:
+    """A logits tensor, or the ``.logits`` / ``["logits"]`` of a model output object."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, Mapping):
+        logits = out.get("logits")
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise SparsecraftError(
+        f"cast distillation needs {what} as a logits tensor or an output with .logits, got {type(out).__name__}"
+    )

@@ -200,6 +200,7 @@ class NMMethod(SparseMethod):
 
     # --------------------------------------------------------------- lifecycle hooks
     def attach(self) -> NMMethod:
+        self._claim()  # sync_phase may set masks: refuse a conflicting attach before it
         self.sync_phase()
         return super().attach()  # type: ignore[return-value]
 

@@ -15,12 +15,27 @@
      frames (:func:`frame_schedule`), plain STE within a frame; ``frames="stepwise"``:
      (M-1):M, M/2:M, M/4:M, ... N:M; ``"geometric"``: N*2^(3-i) : M*2^(3-i), i = 0..3.
 
-3. **fine-tune** for ``finetune_steps`` with the hard, frozen target mask.
+3. **fine-tune** for ``finetune_steps`` at the target N:M. ``finetune="ste"`` (default, the
+   reference's behaviour: ``decay_type`` switches to ``"step"``, i.e. ``StepDecay``): plain
+   STE, ``beta = 0``, the mask recomputed from ``|W|`` at every forward, the dense ``W`` still
+   trained. ``finetune="frozen"``: the mask is frozen at the fine-tune start, pruned weights
+   and their optimizer state are zeroed and kept at zero (hard masks).
 
 Test vector (ALGORITHMS.md): 1:8, 100 epochs, 10 dense, 10 fine-tune -> stepwise
 {10: 7:8, 30: 4:8, 50: 2:8, 70: 1:8}, geometric {10: 8:64, 30: 4:32, 50: 2:16, 70: 1:8}.
-The dense offset is the dense phase length itself (the reference train.py's ~100x offset bug
-is not reproduced).
+
+Against the reference code (github.com/abhibambhaniya/progressive_gradient_flow_nm_sparsity,
+``timm/sparse_pruning/sparse_functions.py`` + ``train.py``): SDGF frames are its
+``get_decay_config``: "stepwise" = ``"sparsify"`` (``log2(M/N) + 1`` frames, (M-1):M then
+M/2^i:M), "geometric" = ``"fine"``; the decay span is cut at ``dense + floor(i * span / F)``
+alike. Departures: the frames count optimizer steps, not epochs; when M/N is not a power of
+two the reference's M/2^i sequence never reaches N (3:8 trains 7:8, 4:8 and stays at 4:8) --
+here the target is always the last frame (7:8, 4:8, 3:8); within SDGF frames ``beta = 0``
+(the reference can also combine frames with a linear/exponential decay); ``"densify"`` and
+custom frame lists are not offered; the fine-tune starts at step ``total - finetune`` (the
+reference tests ``epoch > total - finetune``, one epoch later); and the MDGF decay starts at
+the end of the dense phase (the reference's ``train.py`` offsets it by the dense *fraction*
+/ 100, a ~100x miscomputed offset, not reproduced).
 """
 
 from __future__ import annotations
@@ -80,7 +95,8 @@ def frame_schedule(n: int, m: int, total: int, dense: int, finetune: int, kind: 
 
 @METHODS.register("pgf")
 class PGF(NMMethod):
-    """Progressive gradient flow: dense, then MDGF decay or SDGF frames, then hard fine-tune."""
+    """Progressive gradient flow: dense, then MDGF decay or SDGF frames, then an STE fine-tune
+    (mask recomputed every forward; ``finetune="frozen"``: frozen hard mask)."""
 
     def __init__(
         self,
@@ -94,11 +110,14 @@ class PGF(NMMethod):
         dense_steps: int | float = 0.1,
         finetune_steps: int | float = 0.1,
         lambda_w: float = 0.0,
+        finetune: str = "ste",
         **kwargs: Any,
     ) -> None:
         if mode not in ("mdgf", "sdgf"):
             raise SparsecraftError(f"unknown PGF mode {mode!r}; allowed: mdgf, sdgf")
-        self.mode, self.decay, self.frames_kind = mode, decay, frames
+        if finetune not in ("ste", "frozen"):
+            raise SparsecraftError(f"unknown PGF finetune {finetune!r}; allowed: ste, frozen")
+        self.mode, self.decay, self.frames_kind, self.finetune = mode, decay, frames, finetune
         total = int(kwargs.get("total_steps", 0))
         self.dense_steps = resolve_step(dense_steps, total) or 0
         self.frame_starts: dict[int, tuple[int, int]] = {}
@@ -135,7 +154,11 @@ class PGF(NMMethod):
     def sync_phase(self, recompute: bool = True) -> None:
         s = self.step_count
         if s >= self.finetune_start:
-            super().sync_phase(recompute)
+            if self.finetune == "frozen":
+                super().sync_phase(recompute)
+            else:  # plain STE at the target pattern, mask still recomputed every forward
+                self.beta = 0.0
+                self._use_pattern(self.target_nm, recompute)
             return
         if self.mode == "mdgf":
             self.beta = decay_beta(s - self.dense_steps, self.rate, self.decay)
@@ -145,7 +168,9 @@ class PGF(NMMethod):
             return
         self.beta = 0.0
         start = max(k for k in self.frame_starts if k <= s)
-        nm = NM(*self.frame_starts[start])
+        self._use_pattern(NM(*self.frame_starts[start]), recompute)
+
+    def _use_pattern(self, nm: NM, recompute: bool) -> None:
         if nm != self.pattern:
             self.pattern = nm
             if recompute:
