@@ -1,10 +1,13 @@
 """One-shot prune a language model with calibration data (criterion magnitude or Wanda, method
-SparseGPT; N:M; OWL budgets), report perplexity before/after, and save the pruned model.
+SparseGPT; N:M; OWL budgets; or remove structures: SliceGPT, channels, heads, depth), report
+perplexity before/after, and save the pruned model.
 
 Example::
 
     sparsecraft prune --model smollm2-135m --method sparsegpt --pattern 2:4 --calib shakespeare --out runs/x
     sparsecraft prune --criterion wanda --sparsity 0.7 --distribution owl --n-calib 32 --seq-len 512
+    sparsecraft prune --method slicegpt --sparsity 0.25                  # a smaller dense model
+    sparsecraft prune --method depth --sparsity 0 --option blocks=4 --recover-steps 50 --recover-loss lm
 
 Without ``--method`` or ``--criterion`` it runs SparseGPT. The flags are the ones every command uses
 (``--sparsity --pattern --distribution --targets --ignore --calib --n-calib --n-eval --seq-len
@@ -20,15 +23,20 @@ from __future__ import annotations
 import argparse
 
 from sparsecraft.cli.common import add_data_arguments, add_prune_arguments, add_run_arguments, one_float, print_json
+from sparsecraft.errors import SparsecraftError
 
 NAME = "prune"
-HELP = "one-shot prune a language model (criterion magnitude / wanda, method sparsegpt; N:M, OWL) and evaluate it"
+HELP = ("one-shot prune a language model (criterion magnitude / wanda, method sparsegpt; N:M, OWL; or remove "
+        "structures: slicegpt, channels, heads, depth) and evaluate it")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="HF directory or built-in name (smollm2-135m)")
     add_prune_arguments(p)
     add_data_arguments(p)
+    p.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
+                   help="a method option, repeatable (slicegpt: embeddings=slice, round_to=8; depth: blocks=4; "
+                        "heads: head_mode=kv)")
     p.add_argument("--recover-steps", type=int, default=0, help="SquareHead recovery fine-tune steps (0 = none)")
     p.add_argument("--recover-loss", default="squarehead", choices=["squarehead", "lm", "lm+squarehead"],
                    help="SquareHead features, next-token loss, or both (the paper's task + lambda x SquareHead)")
@@ -41,6 +49,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p, "run folder (default runs/prune-llm-<time>)")
 
 
+def parse_options(items: list[str]) -> dict:
+    """``["blocks=4", "embeddings=slice"]`` -> ``{"blocks": 4, "embeddings": "slice"}`` (numbers parsed)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SparsecraftError(f"--option {item!r}: give KEY=VALUE, e.g. --option blocks=4")
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = value
+    return out
+
+
 def recipe_from_args(args: argparse.Namespace) -> dict:
     if args.method is None and args.criterion is None:
         args.method = "sparsegpt"
@@ -50,7 +76,8 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
         "data": {"calib": args.calib, "eval": args.eval, "n_calib": args.n_calib, "n_eval": args.n_eval,
                  "seq_len": args.seq_len, "seed": args.seed},
         "runs": [{"method": args.method, "criterion": args.criterion, "sparsity": one_float(args.sparsity),
-                  "pattern": args.pattern, "distribution": args.distribution}],
+                  "pattern": args.pattern, "distribution": args.distribution,
+                  **({"options": parse_options(args.option)} if args.option else {})}],
         "dense": not args.no_dense,
         "targets": args.targets,
         "ignore": args.ignore,
@@ -78,13 +105,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"model           {result['model']}")
     what = pruned["method"] or pruned["criterion"]
     print(f"pruned with     {what} ({pruned['pattern']}, {pruned['distribution']}, target {pruned['sparsity']})")
-    print(f"true sparsity   {pruned['true_sparsity']:.4f} over the pruned Linear layers")
+    if "structure" in pruned:
+        st = pruned["structure"]
+        print(f"parameters      {st['params_before']:,} -> {st['params_after']:,} ({st['param_reduction']:.1%} fewer)")
+    else:
+        print(f"true sparsity   {pruned['true_sparsity']:.4f} over the pruned Linear layers")
     if dense:
         print(f"perplexity      {dense['perplexity']:.3f} dense -> {pruned['perplexity']:.3f} pruned")
     else:
         print(f"perplexity      {pruned['perplexity']:.3f} pruned")
     print(f"prune wall time {pruned['wall_time_s']:.1f} s (peak RSS {pruned['peak_rss_mb']:.0f} MB)")
     if "saved_hf" in pruned:
-        print(f"saved           {pruned['saved_hf']} and {pruned['saved_sparse']}")
+        sparse = f" and {pruned['saved_sparse']}" if "saved_sparse" in pruned else ""
+        print(f"saved           {pruned['saved_hf']}{sparse}")
     print(f"report          {run_dir / 'report.json'}")
     return 0

@@ -108,7 +108,10 @@ def prune(
     Args:
         sparsity: fraction of zeros over the targeted weights (N:M patterns fix it themselves).
         method: ``None`` (mask by ``criterion``) or a one-shot method that also updates the kept
-            weights: ``"sparsegpt"`` (options ``blocksize=128``, ``percdamp=0.01``).
+            weights: ``"sparsegpt"`` (options ``blocksize=128``, ``percdamp=0.01``); or one that removes
+            structures (smaller shapes, docs/structure.md): ``"slicegpt"`` (``sparsity`` = fraction of the
+            hidden size sliced), ``"channels"`` / ``"heads"`` (fraction of MLP or conv channels / query
+            heads removed, scored by ``criterion``), ``"depth"`` (fraction of blocks, or ``blocks=n``).
         criterion: ``"magnitude"`` (default), ``"random"``, ``"saliency"``/``"movement"``/
             ``"gradient"`` (gradients over ``calib`` with ``loss_fn``), ``"wanda"`` (activations).
         pattern: ``"unstructured"``, ``"2:4"`` (any N:M), ``"row"``, ``"block:4x4"``, ``"channel"``.
@@ -126,14 +129,20 @@ def prune(
     if not isinstance(model, nn.Module):
         raise SparsecraftError(f"prune() expects a torch.nn.Module, got {type(model).__name__}")
     sparsity = check_sparsity(sparsity)
-    if method is not None and criterion is not None:
-        raise SparsecraftError(
-            f"method {method!r} chooses its own weights to prune; leave criterion unset (got {criterion!r})"
-        )
     if isinstance(method, str) and method.lower() in CRITERIA:
         raise SparsecraftError(
             f"{method!r} is a criterion (which weights go), not a method: use criterion={method!r} "
             f"(methods: {', '.join(ONESHOT.names())})"
+        )
+    if method is not None and getattr(ONESHOT.get(method), "structural", False):
+        from sparsecraft.oneshot.structural import prune_structural
+
+        return prune_structural(model, sparsity, make_pruner(method, **options), criterion=criterion, pattern=pattern,
+                                distribution=distribution, targets=targets, ignore=ignore, calib=calib,
+                                loss_fn=loss_fn, batch_size=batch_size, progress=progress, overrides=overrides)
+    if method is not None and criterion is not None:
+        raise SparsecraftError(
+            f"method {method!r} chooses its own weights to prune; leave criterion unset (got {criterion!r})"
         )
     crit = make_criterion("magnitude" if criterion is None else criterion)
     dist = make_distribution(distribution)
