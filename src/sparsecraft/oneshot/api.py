@@ -30,10 +30,12 @@ Conv. The maths of each method lives in its own module (``sparsegpt``, ``owl``, 
 from __future__ import annotations
 
 import numbers
+import os
 import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,12 +44,14 @@ from tqdm.auto import tqdm
 
 from sparsecraft.criteria import CRITERIA, Criterion, LossFn, make_criterion, wanda_scores
 from sparsecraft.distributions import OWL, Distribution, make_distribution
+from sparsecraft.distributed import group
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MaskMeta, set_mask
 from sparsecraft.oneshot.base import ONESHOT, OneShotPruner, make_pruner
 from sparsecraft.oneshot.blockwise import BlockInput, batched, block_forward, block_targets, find_blocks, run_sequential
 from sparsecraft.oneshot.owl import outlier_ratio, owl_sparsities
-from sparsecraft.oneshot.stats import StatsCollector
+from sparsecraft.distributed.calibration import DataParallel
+from sparsecraft.oneshot.stats import InputStats, StatsCollector
 from sparsecraft.patterns import Pattern, PerRow, Unstructured, parse_pattern
 from sparsecraft.pruning import Override, current_scores, layer_choices, parse_overrides, prune_by_criterion
 from sparsecraft.report import SparsityReport, report
@@ -77,47 +81,29 @@ def default_targets(model: nn.Module) -> list[str] | None:
     return [rf"^{re.escape(stack.prefix)}\.\d+\."] if stack.prefix else None
 
 
-def prune(
-    model: nn.Module,
-    sparsity: float = 0.5,
-    *,
-    method: str | None = None,
-    criterion: Any = None,
-    pattern: Any = "unstructured",
-    distribution: Any = "uniform",
-    targets: Sequence[str] | None = None,
-    ignore: Sequence[str] | None = None,
-    overrides: Iterable[Any] | None = None,
-    calib: torch.Tensor | Sequence[Any] | None = None,
-    loss_fn: LossFn | None = None,
-    skip_unfit: bool = False,
-    batch_size: int = 8,
-    step: int = 0,
-    progress: bool = True,
-    **options: Any,
-) -> SparsityReport:
-    """Prune ``model`` in place in one shot and return the exact :class:`SparsityReport`.
+@dataclass
+class PruneArgs:
+    """The checked arguments of :func:`prune` (shared with the onloading engine)."""
 
-    Args:
-        sparsity: fraction of zeros over the targeted weights (N:M patterns fix it themselves).
-        method: ``None`` (mask by ``criterion``) or a one-shot method that also updates the kept
-            weights: ``"sparsegpt"`` (options ``blocksize=128``, ``percdamp=0.01``).
-        criterion: ``"magnitude"`` (default), ``"random"``, ``"saliency"``/``"movement"``/
-            ``"gradient"`` (gradients over ``calib`` with ``loss_fn``), ``"wanda"`` (activations).
-        pattern: ``"unstructured"``, ``"2:4"`` (any N:M), ``"row"``, ``"block:4x4"``, ``"channel"``.
-        distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"``, ``"owl"`` (or
-            ``{"type": "owl", "m": 5, "lam": 0.08}``), ``{"type": "explicit", "sparsities": {...}}``.
-        targets / ignore: regexes (or exact names) of the layers to prune / to leave dense.
-        overrides: ``[{"match": regex, "pattern": ..., "sparsity": ...}]`` per-layer exceptions.
-        calib: calibration data: an ``(n, seq_len)`` token-id tensor or a list of batches (id
-            tensors, dicts of model inputs, or ``(x, y)`` pairs for gradient criteria).
-        skip_unfit: leave layers whose shape cannot take the pattern dense instead of raising.
-        batch_size: calibration windows per forward (block-by-block engine).
-        step: the training step recorded in the masks' metadata (training methods use it).
-        progress: show a progress bar on stderr.
-    """
-    if not isinstance(model, nn.Module):
-        raise SparsecraftError(f"prune() expects a torch.nn.Module, got {type(model).__name__}")
+    sparsity: float
+    pruner: OneShotPruner | None
+    crit: Criterion
+    dist: Distribution
+    pat: Pattern
+    targets: list[str] | None
+    ignore: list[str]
+    overrides: list[Override]
+
+    @property
+    def blockwise(self) -> bool:
+        """True when activations are needed (the block-by-block engine)."""
+        return self.pruner is not None or self.crit.needs_activations or self.dist.needs_activations
+
+
+def parse_args(sparsity: Any, method: str | None, criterion: Any, pattern: Any, distribution: Any,
+               targets: Sequence[str] | None, ignore: Sequence[str] | None, overrides: Iterable[Any] | None,
+               batch_size: Any, options: dict[str, Any]) -> PruneArgs:
+    """Check every argument of :func:`prune` (one-line errors) before anything is touched."""
     sparsity = check_sparsity(sparsity)
     if method is not None and criterion is not None:
         raise SparsecraftError(
@@ -141,14 +127,89 @@ def prune(
     pruner = make_pruner(method, **options) if method is not None else None
     if pruner is None and options:
         raise SparsecraftError(f"unknown option(s) {', '.join(sorted(options))} (options belong to a method)")
+    return PruneArgs(sparsity, pruner, crit, dist, pat, targets, ignore, ovs)
+
+
+def prune(
+    model: nn.Module | str | os.PathLike,
+    sparsity: float = 0.5,
+    *,
+    method: str | None = None,
+    criterion: Any = None,
+    pattern: Any = "unstructured",
+    distribution: Any = "uniform",
+    targets: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    overrides: Iterable[Any] | None = None,
+    calib: torch.Tensor | Sequence[Any] | None = None,
+    loss_fn: LossFn | None = None,
+    skip_unfit: bool = False,
+    batch_size: int = 8,
+    step: int = 0,
+    progress: bool = True,
+    distributed: bool | None = None,
+    out: str | os.PathLike | None = None,
+    offload: str | None = None,
+    **options: Any,
+) -> SparsityReport:
+    """Prune ``model`` in place in one shot and return the exact :class:`SparsityReport`.
+
+    Args:
+        sparsity: fraction of zeros over the targeted weights (N:M patterns fix it themselves).
+        method: ``None`` (mask by ``criterion``) or a one-shot method that also updates the kept
+            weights: ``"sparsegpt"`` (options ``blocksize=128``, ``percdamp=0.01``).
+        criterion: ``"magnitude"`` (default), ``"random"``, ``"saliency"``/``"movement"``/
+            ``"gradient"`` (gradients over ``calib`` with ``loss_fn``), ``"wanda"`` (activations).
+        pattern: ``"unstructured"``, ``"2:4"`` (any N:M), ``"row"``, ``"block:4x4"``, ``"channel"``.
+        distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"``, ``"owl"`` (or
+            ``{"type": "owl", "m": 5, "lam": 0.08}``), ``{"type": "explicit", "sparsities": {...}}``.
+        targets / ignore: regexes (or exact names) of the layers to prune / to leave dense.
+        overrides: ``[{"match": regex, "pattern": ..., "sparsity": ...}]`` per-layer exceptions.
+        calib: calibration data: an ``(n, seq_len)`` token-id tensor or a list of batches (id
+            tensors, dicts of model inputs, or ``(x, y)`` pairs for gradient criteria).
+        skip_unfit: leave layers whose shape cannot take the pattern dense instead of raising.
+        batch_size: calibration windows per forward (block-by-block engine).
+        step: the training step recorded in the masks' metadata (training methods use it).
+        progress: show a progress bar on stderr.
+        distributed: data-parallel calibration under an initialised ``torch.distributed``
+            group: each rank takes every W-th calibration batch and the statistics are summed
+            over ranks per block, so every rank ends with the same masks as one process.
+            ``None`` (default) = when a group with >1 rank is initialised; ``True`` = required.
+        model / out / offload: ``model`` may be the path of a Hugging Face safetensors folder;
+            the pruned model is then written to the folder ``out``. ``offload="disk"`` reads it
+            one decoder block at a time (sequential onloading, for models larger than memory),
+            ``"none"`` loads it whole, ``"auto"`` (default for a path) onloads when it would
+            not fit (:mod:`sparsecraft.oneshot.onloaded`); ``rep.info["offload"]`` says which.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from sparsecraft.oneshot.onloaded import prune_folder
+
+        return prune_folder(model, sparsity, out=out, offload=offload, method=method, criterion=criterion,
+                            pattern=pattern, distribution=distribution, targets=targets, ignore=ignore,
+                            overrides=overrides, calib=calib, skip_unfit=skip_unfit, batch_size=batch_size,
+                            step=step, progress=progress, distributed=distributed, **options)
+    if out is not None or offload not in (None, "none"):
+        raise SparsecraftError(
+            "out= and offload= work on a model folder: pass the path of its safetensors folder as the model "
+            f"(got an in-memory {type(model).__name__}; offload={offload!r})"
+        )
+    if not isinstance(model, nn.Module):
+        raise SparsecraftError(f"prune() expects a torch.nn.Module, got {type(model).__name__}")
+    a = parse_args(sparsity, method, criterion, pattern, distribution, targets, ignore, overrides, batch_size,
+                   options)
+    sparsity, pruner, crit, dist, pat, targets, ignore, ovs = (a.sparsity, a.pruner, a.crit, a.dist, a.pat,
+                                                               a.targets, a.ignore, a.overrides)
     if pruner is None and not crit.needs_activations and not dist.needs_activations:
+        if distributed:
+            group.resolve(distributed)
         rep = prune_by_criterion(model, sparsity, pat, crit, dist, targets=targets or default_targets(model),
                                  ignore=ignore, overrides=ovs, skip_unfit=skip_unfit, calib=calib, loss_fn=loss_fn,
                                  step=step, progress=progress)
         rep.info.update(_info(None, crit, pat, dist, sparsity))
         return rep
+    dp = DataParallel.setup(distributed, model, calib, batch_size) if calib is not None else None
     return _prune_blockwise(model, sparsity, pruner, crit, pat, dist, targets, ignore, ovs, calib, batch_size,
-                            skip_unfit, step, progress)
+                            skip_unfit, step, progress, dp)
 
 
 def _info(pruner: OneShotPruner | None, crit: Criterion, pat: Pattern, dist: Distribution, sparsity: float) -> dict:
@@ -161,14 +222,18 @@ def _info(pruner: OneShotPruner | None, crit: Criterion, pat: Pattern, dist: Dis
     }
 
 
-def _collect(block: nn.Module, inputs: list[BlockInput], targets: list[Target], hessian: bool) -> StatsCollector:
-    """Run ``block`` on every captured batch with hooks on its targets."""
+def collect_stats(block: nn.Module, inputs: Sequence[BlockInput], targets: list[Target], hessian: bool,
+                  dp: DataParallel | None = None) -> dict[str, InputStats]:
+    """Run ``block`` on every captured batch with hooks on its targets; under data parallelism
+    the statistics are summed over the ranks' batches (:meth:`DataParallel.reduce`)."""
+    if dp is not None:
+        return dp.reduce(block, inputs, targets, hessian)
     collector = StatsCollector({t.module_name: t.module for t in targets}, hessian=hessian)
     with collector:
         for inp in inputs:
             collector.new_pass()
             block_forward(block, inp)
-    return collector
+    return collector.stats
 
 
 def _layer_plan(per_block: list[list[Target]], pat: Pattern, dist: Distribution, ovs: list[Override],
@@ -191,7 +256,7 @@ def _layer_plan(per_block: list[list[Target]], pat: Pattern, dist: Distribution,
 def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | None, crit: Criterion,
                      pat: Pattern, dist: Distribution, targets: list[str] | None, ignore: list[str],
                      ovs: list[Override], calib: Any, batch_size: int, skip_unfit: bool, step: int,
-                     progress: bool) -> SparsityReport:
+                     progress: bool, dp: DataParallel | None = None) -> SparsityReport:
     if pruner is not None:
         pat = pruner.check_pattern(pat)
     if isinstance(dist, OWL) and pat.fixed_sparsity:
@@ -206,10 +271,14 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
             f"{what}{' with distribution ' + repr(dist.registry_name) if dist.needs_activations else ''} "  # type: ignore[attr-defined]
             "needs calibration data: pass calib= (token ids or batches)"
         )
+    if dp is not None:
+        batches = dp.local(batches)
     t0 = time.perf_counter()
     info = _info(pruner, crit, pat, dist, sparsity)
+    if dp is not None:
+        info["data_parallel"] = dp.describe()
     if isinstance(dist, OWL):
-        ratios = owl_ratios(model, batches, per_block, dist.m, progress)
+        ratios = owl_ratios(model, batches, per_block, dist.m, progress, dp)
         block_s = owl_sparsities(ratios, sparsity, dist.lam)
         plan = {t.name: (plan[t.name][0], block_s[i] if plan[t.name][1] is None else plan[t.name][1])
                 for i, ts in enumerate(per_block) for t in ts if t.name in plan}
@@ -220,10 +289,10 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
         ts = [t for t in per_block[i] if t.name in plan]
         if not ts:
             return
-        stats = _collect(block, inputs, ts, needs_hessian).stats
+        stats = collect_stats(block, inputs, ts, needs_hessian, dp)
         for t in ts:
             p, s = plan[t.name]
-            _prune_target(t, stats.get(t.module_name), p, float(s), pruner, crit, what, step)
+            prune_target(t, stats.get(t.module_name), p, float(s), pruner, crit, what, step)
 
     run_sequential(model, stack, batches, prune_block, _bar(f"{what} blocks", progress))
     info["wall_time_s"] = round(time.perf_counter() - t0, 3)
@@ -234,7 +303,7 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
 
 
 @torch.no_grad()
-def _prune_target(t: Target, stats: Any, pattern: Pattern, sparsity: float, pruner: OneShotPruner | None,
+def prune_target(t: Target, stats: Any, pattern: Pattern, sparsity: float, pruner: OneShotPruner | None,
                   crit: Criterion, label: str, step: int) -> None:
     layout = t.layout
     if pruner is not None:
@@ -254,7 +323,7 @@ def _prune_target(t: Target, stats: Any, pattern: Pattern, sparsity: float, prun
 
 @torch.no_grad()
 def owl_ratios(model: nn.Module, batches: list[Any], per_block: list[list[Target]], m: float = 5.0,
-               progress: bool = True) -> list[float]:
+               progress: bool = True, dp: DataParallel | None = None) -> list[float]:
     """OWL's outlier ratio of every block, from the dense model's calibration activations."""
     stack = find_blocks(model)
     ratios: list[float] = [0.0] * len(per_block)
@@ -263,7 +332,7 @@ def owl_ratios(model: nn.Module, batches: list[Any], per_block: list[list[Target
         ts = per_block[i]
         if not ts:
             return
-        stats = _collect(block, inputs, ts, hessian=False).stats
+        stats = collect_stats(block, inputs, ts, False, dp)
         scores = [wanda_scores(t.layout.to_rows(t.param), stats[t.module_name].col_norms) for t in ts]
         ratios[i] = outlier_ratio(scores, m)
 
