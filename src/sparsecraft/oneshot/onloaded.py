@@ -262,7 +262,8 @@ def _prune_onloaded(om, a, out, calib, batch_size, skip_unfit, step, progress, d
     writer_ctx = atomic.directory(out) if group.is_writer() else _nowhere()
     with PeakRSS() as mem, writer_ctx as tmp:
         inputs = _capture(om, stack, batches, spill)
-        writer = ShardWriter(tmp, n_blocks + 1) if tmp is not None else None
+        head = [c for n in _head_names(om, stack) if (c := om.checkpoint_name(n))]
+        writer = ShardWriter(tmp, n_blocks + len(head)) if tmp is not None else None
         for i in api._bar(f"{what} blocks (onloaded)", progress)(range(n_blocks)):
             tb = time.perf_counter()
             names = om.params_under(stack.block_name(i))
@@ -295,14 +296,14 @@ def _prune_onloaded(om, a, out, calib, batch_size, skip_unfit, step, progress, d
             times.append(round(time.perf_counter() - tb, 3))
         if isinstance(inputs, SpilledInputs):
             inputs.close()
-        head = [om.checkpoint_name(n) for n in _head_names(om, stack) if om.checkpoint_name(n)]
-        rest = om.ckpt.read(head)
-        for v in rest.values():
-            counts["numel"] += v.numel()
-            counts["nonzeros"] += int((v != 0).sum())
-        if writer is not None:
-            writer.write(rest)
+        for key in head:  # embeddings, final norm, LM head: copied unchanged, one shard each
+            rest = om.ckpt.read([key])
+            counts["numel"] += rest[key].numel()
+            counts["nonzeros"] += int((rest[key] != 0).sum())
+            if writer is not None:
+                writer.write(rest)
             del rest
+        if writer is not None:
             writer.finish(om.folder)
         info.update(wall_time_s=round(time.perf_counter() - t0, 3), block_times_s=times)
         rep = SparsityReport(layers, counts["numel"], counts["nonzeros"], info)
