@@ -31,16 +31,32 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(mname) if mname else model), pname
 
 
+def _real_buffers(model: nn.Module) -> None:
+    """Buffers computed at construction (rotary frequencies) are on ``meta`` too: rebuild the
+    parameter-free modules that own them on the CPU from the model's config."""
+    for name, module in list(model.named_modules()):
+        if not any(b.device.type == "meta" for b in module.buffers(recurse=False)):
+            continue
+        if any(True for _ in module.parameters()):
+            raise SparsecraftError(f"cannot onload {type(model).__name__}: module {name!r} has computed buffers and "
+                                   "weights; load the model whole (offload='none')")
+        try:
+            fresh = type(module)(config=model.config)
+        except TypeError as e:
+            raise SparsecraftError(f"cannot onload {type(model).__name__}: cannot rebuild {name!r} ({e})") from None
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, fresh)
+
+
 class OnloadedModel:
     """A model skeleton on ``meta`` whose parameters are read from disk on demand."""
 
     def __init__(self, folder: str | os.PathLike, device: torch.device | str = "cpu") -> None:
         try:
-            from accelerate import init_empty_weights
             from transformers import AutoConfig, AutoModelForCausalLM
         except ImportError:
             raise MissingDependencyError(
-                "reading a model folder block by block needs transformers and accelerate: pip install 'sparsecraft[hf]'"
+                "reading a model folder block by block needs transformers: pip install 'sparsecraft[hf]'"
             ) from None
         self.folder = Path(folder)
         self.ckpt = ShardedCheckpoint(self.folder)
@@ -50,8 +66,9 @@ class OnloadedModel:
             config = AutoConfig.from_pretrained(str(self.folder))
         except (OSError, ValueError) as e:
             raise SparsecraftError(f"cannot read the config of model folder {str(self.folder)!r}: {e}") from None
-        with init_empty_weights():
+        with torch.device("meta"):  # no allocation at all (init_empty_weights allocates then moves)
             model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+        _real_buffers(model)
         self.model = model.eval()
         self.prefix = getattr(model, "base_model_prefix", "") or ""
         params = dict(self.model.named_parameters(remove_duplicate=False))

@@ -41,6 +41,7 @@ from torch import nn
 
 from sparsecraft.analysis.mask_dynamics import MaskDynamics
 from sparsecraft.criteria import LossFn, make_criterion
+from sparsecraft.distributed import fsdp
 from sparsecraft.distributions import make_distribution
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MASK_SUFFIX, MaskMeta, keep_bits, set_mask, zero_pruned_
@@ -164,6 +165,8 @@ class SparseMethod(StepHooks):
         """Keep-masks for ``sparsity`` from a criterion + the distribution + the pattern."""
         crit = make_criterion(criterion) if criterion is not None else self.criterion
         crit.prepare(self.model, self.targets, data=self.calib, loss_fn=self.loss_fn)
+        if fsdp.any_sharded(self.targets):  # FSDP2: decide on each gathered layer
+            return fsdp.plan_gathered(self.targets, sparsity, self.pattern, crit, self.distribution)
         planned = decide_masks(self.targets, sparsity, self.pattern, crit, self.distribution)
         return {name: keep for name, (_, _, _, keep) in planned.items()}
 
@@ -222,7 +225,7 @@ class SparseMethod(StepHooks):
         except Exception:
             release(self)
             raise
-        self.dynamics.start(self.masks())
+        self.dynamics.start({k: fsdp.full(v) for k, v in self.masks().items()})
         for t in self.targets:
             if not self.hard_masks:  # every module sharing the tensor uses the forward weight
                 for module in t.modules:
@@ -264,7 +267,8 @@ class SparseMethod(StepHooks):
         if self.hard_masks:
             for t in self.targets:
                 if t.param.grad is not None:  # where, not multiply: inf * 0 would be NaN
-                    zero_pruned_(t.param.grad, self.mask(t), self._keep_bits(t, t.param.grad.dtype))
+                    zero_pruned_(fsdp.local(t.param.grad), fsdp.local(self.mask(t)),
+                                 self._keep_bits(t, t.param.grad.dtype))
             self._grads_masked = True
         if self.optimizer is not None and self.skip_optimizer_step():
             self._stash_grads()
@@ -318,11 +322,14 @@ class SparseMethod(StepHooks):
     def _reapply(self) -> None:
         if self.hard_masks:
             for t in self.targets:
-                zero_pruned_(t.param.data, self.mask(t), self._keep_bits(t, t.param.dtype))
+                zero_pruned_(fsdp.local(t.param.data), fsdp.local(self.mask(t)), self._keep_bits(t, t.param.dtype))
 
     def _keep_bits(self, target: Target, dtype: torch.dtype) -> torch.Tensor | None:
-        """:func:`~sparsecraft.masks.keep_bits` of the mask, cached until the buffer changes."""
+        """:func:`~sparsecraft.masks.keep_bits` of the mask, cached until the buffer changes
+        (of this rank's shard under FSDP2)."""
         mask = self.mask(target)
+        if fsdp.is_dtensor(mask):
+            return keep_bits(fsdp.local(mask), dtype)
         hit = self._bits.get(target.name)
         if hit is None or hit[0] is not mask or hit[1] != mask._version or hit[2] != dtype:
             hit = (mask, mask._version, dtype, keep_bits(mask, dtype))
@@ -349,7 +356,8 @@ class SparseMethod(StepHooks):
                 continue
             keep = new[t.name].to(torch.bool)
             # the layer's own target (its share of the distribution), not the model total
-            layer_target = 1.0 - int(keep.sum()) / keep.numel()
+            layer_target = 1.0 - int(fsdp.full(keep).sum()) / keep.numel()
+            keep = fsdp.shard_like(keep, t.param)  # FSDP2: this rank's rows of the mask
             meta = MaskMeta(self.pattern.spec(), layer_target, self.name, self.step_count)
             if record and self.hard_masks:  # grown weights start at 0 (already 0 when hard)
                 t.param.masked_fill_(keep & ~old[t.name], 0)
@@ -361,9 +369,9 @@ class SparseMethod(StepHooks):
                     reset_state(self.optimizer, t.param, keep & ~old[t.name])
         if not record:
             return None
-        return self.dynamics.record(
-            self.step_count, old, {k: self.masks()[k] for k in old}, sparsity=self.target_sparsity()
-        )
+        now = self.masks()
+        return self.dynamics.record(self.step_count, {k: fsdp.full(v) for k, v in old.items()},
+                                    {k: fsdp.full(now[k]) for k in old}, sparsity=self.target_sparsity())
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

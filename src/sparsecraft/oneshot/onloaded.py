@@ -94,8 +94,16 @@ def prune_folder(folder: str | os.PathLike, sparsity: Any, *, out: str | os.Path
         )
     if spill is None:
         spill = per_block_need + est["activations"] > 0.9 * budget
-    return _prune_onloaded(om, a, Path(out), calib, batch_size, skip_unfit, step, progress, distributed, mode,
-                           bool(spill))
+    try:
+        return _prune_onloaded(om, a, Path(out), calib, batch_size, skip_unfit, step, progress, distributed, mode,
+                               bool(spill))
+    except (MemoryError, RuntimeError) as e:  # nothing was written: the output folder is atomic
+        if isinstance(e, RuntimeError) and "allocate" not in str(e):
+            raise
+        raise SparsecraftError(
+            f"out of memory while pruning block by block ({limit} allowed {memory_budget.mb(budget)} at the start, "
+            f"one block needs about {memory_budget.mb(per_block_need)}): raise the limit; nothing was written"
+        ) from None
 
 
 def estimate(om: OnloadedModel, calib: Any, batch_size: int) -> dict[str, int]:
