@@ -75,14 +75,7 @@ def prune_folder(folder: str | os.PathLike, sparsity: Any, *, out: str | os.Path
     om = OnloadedModel(folder, dev)
     budget, limit = memory_budget.budget(memory_budget_bytes)
     est = estimate(om, calib, batch_size)
-    whole = est["model"] + est["work"] + est["activations"]
-    if offload == "disk" or (offload == "auto" and whole > 0.8 * budget):
-        why = ("offload='disk'" if offload == "disk" else
-               f"auto: the in-memory run needs ~{memory_budget.mb(whole)}, {limit} allows {memory_budget.mb(budget)}")
-        mode = f"disk ({why})"
-    else:
-        why = "offload='none'" if offload == "none" else f"auto: ~{memory_budget.mb(whole)} fits in {memory_budget.mb(budget)}"
-        mode = f"none ({why})"
+    mode = choose(offload, est, budget, limit)
     if mode.startswith("none"):
         return _prune_whole(om, a, Path(out), calib, batch_size, skip_unfit, step, progress, distributed, mode)
     per_block_need = est["block"] + est["work"] + est["batch"]
@@ -104,6 +97,26 @@ def prune_folder(folder: str | os.PathLike, sparsity: Any, *, out: str | os.Path
             f"out of memory while pruning block by block ({limit} allowed {memory_budget.mb(budget)} at the start, "
             f"one block needs about {memory_budget.mb(per_block_need)}): raise the limit; nothing was written"
         ) from None
+
+
+def choose(offload: str, est: dict[str, int], budget: int, limit: str) -> str:
+    """``"disk (why)"`` or ``"none (why)"``: onload when asked, or (auto) when the in-memory run
+    would need more than 80% of the budget."""
+    whole = est["model"] + est["work"] + est["activations"]
+    if offload == "disk" or (offload == "auto" and whole > 0.8 * budget):
+        why = ("offload='disk'" if offload == "disk" else
+               f"auto: the in-memory run needs ~{memory_budget.mb(whole)}, {limit} allows {memory_budget.mb(budget)}")
+        return f"disk ({why})"
+    why = "offload='none'" if offload == "none" else f"auto: ~{memory_budget.mb(whole)} fits in {memory_budget.mb(budget)}"
+    return f"none ({why})"
+
+
+def decide_offload(folder: str | os.PathLike, offload: str, calib: Any, batch_size: int) -> str:
+    """What :func:`prune_folder` would do with this folder: ``"disk (why)"`` or ``"none (why)"``."""
+    if offload not in OFFLOAD:
+        raise SparsecraftError(f"offload must be one of {', '.join(OFFLOAD)}, got {offload!r}")
+    budget, limit = memory_budget.budget()
+    return choose(offload, estimate(OnloadedModel(folder, "cpu"), calib, batch_size), budget, limit)
 
 
 def estimate(om: OnloadedModel, calib: Any, batch_size: int) -> dict[str, int]:
