@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> None:
     masks = read_masks(args.out)
     digest = sum(int(m.sum()) * (k + 1) for k, m in enumerate(masks[n] for n in sorted(masks)))
     print(json.dumps({"size": args.size, "method": args.method, "offload": rep.info["offload"],
-                      "peak_rss_mb": round(mem.peak_mb, 1), "baseline_rss_mb": round(base, 1), "vm_peak_mb": round(vm_peak() / 2**20, 1),
+                      "peak_rss_mb": round(mem.peak_mb, 1), "baseline_rss_mb": round(base, 1),
+                      "vm_peak_mb": round(vm_peak() / 2**20, 1),
                       "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "wall_s": round(wall, 1), "block_times_s": rep.info.get("block_times_s"),
                       "sparsity": rep.sparsity, "mask_digest": digest}))
@@ -245,8 +246,9 @@ def write_results(args: argparse.Namespace, rows: list[dict], checks: list, load
               "whole model (stored dtype) and prunes in memory; `offload=disk` reads one block at a time "
               "(sequential onloading). Peak RSS is sampled every 20 ms inside the prune call; VmPeak is the "
               "process's peak address space.", "",
-              "| model | params | bf16 size | method | offload | limit (prlimit --as) | peak RSS (MB) | RSS before prune (MB) "
-              "| VmPeak (MB) | wall (s) | median s / block | result |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | params | bf16 size | method | offload | limit (prlimit --as) | peak RSS (MB) "
+              "| RSS before prune (MB) | VmPeak (MB) | wall (s) | median s / block | result |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         size = r["size"]
         params = n_params(size)

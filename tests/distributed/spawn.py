@@ -9,8 +9,9 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch.multiprocessing as mp

@@ -218,13 +218,12 @@ def plot_perplexity(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
 def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
                   on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     from sparsecraft.data.text import build_protocol
+    from sparsecraft.distributed import group
     from sparsecraft.evaluation.perplexity import perplexity
     from sparsecraft.models import load_model
     from sparsecraft.oneshot.api import prune
     from sparsecraft.oneshot.memory import PeakRSS
     from sparsecraft.oneshot.recovery import recover
-
-    from sparsecraft.distributed import group
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -153,7 +153,8 @@ def train_sweep(
         points = [{"sparsity": s, "seed": seed, "doc": d, "run_dir": str(rd.resolve()), "job_module": job_module}
                   for s, seed, d, rd in todo]
         for o in run_trials(points, ray_trial, out / "ray", cpus_per_trial=float(res.get("cpu", 1)),
-                            gpus_per_trial=float(res.get("gpu", 0)), asha=asha, max_concurrent=jobs if jobs > 1 else None):
+                            gpus_per_trial=float(res.get("gpu", 0)), asha=asha,
+                            max_concurrent=jobs if jobs > 1 else None):
             s, seed, rd = o.point["sparsity"], o.point["seed"], Path(o.point["run_dir"])
             if o.status == "done" and (rd / "report.json").is_file():
                 finish(s, seed, rd, _read_report(rd / "report.json"), None)

@@ -16,18 +16,15 @@ Lifecycle (what the base class does; hooks a method overrides are in brackets)::
                                      #   dropped/grown logged, optimizer state fixed
     method.finalize()                # [finalize()]: make zeros permanent / hard-mask phase
 
-With an optimizer and ``hooks=True`` (default) nothing else is called in the loop; without
-hooks call ``method.step()`` once after ``optimizer.step()`` (it then also zeroes the state
-of pruned weights, since their gradients were not masked before the step).
-``optimizer.step(closure)`` and [``skip_optimizer_step()``] (RigL): see
-:mod:`~sparsecraft.methods.step_hooks`. One method per optimizer and per weight
-(:mod:`~sparsecraft.methods.ownership`). While attached, ``load_state_dict`` on the model
-re-applies the hard masks (a state-dict post-hook): dense weights cannot undo the sparsity.
+With an optimizer and ``hooks=True`` (default) nothing else is called in the loop; without hooks call
+``method.step()`` once after ``optimizer.step()`` (it then also zeroes the state of pruned weights, since their
+gradients were not masked before the step). ``optimizer.step(closure)`` and [``skip_optimizer_step()``] (RigL):
+see :mod:`~.step_hooks`. One method per optimizer and per weight (:mod:`~.ownership`). ``load_state_dict`` re-applies
+the hard masks while attached. Under FSDP2, masks are DTensor shards (:mod:`sparsecraft.distributed.fsdp`).
 
-Hard vs soft masks: ``hard_masks = True`` methods (static, gmp, imp, set, rigl) zero pruned
-weights in place. N:M straight-through methods set ``hard_masks = False``: the dense weight is
-trained and forward uses :meth:`forward_weight` (default ``W * E``), installed with
-:func:`sparsecraft.methods.forward.patch_forward` so reports stay true.
+Hard vs soft masks: ``hard_masks = True`` methods (static, gmp, imp, set, rigl) zero pruned weights in place. N:M
+straight-through methods set ``hard_masks = False``: the dense weight is trained and forward uses
+:meth:`forward_weight` (default ``W * E``), installed with :func:`~.forward.patch_forward` so reports stay true.
 """
 
 from __future__ import annotations
@@ -243,8 +240,7 @@ class SparseMethod(StepHooks):
         return self
 
     def _claim(self) -> None:
-        """Refuse (before any mask is touched) if another attached method owns the optimizer
-        or one of the weights; else claim them."""
+        """Refuse (touching no mask) if another attached method owns the optimizer or a weight; else claim them."""
         claim(self, self.optimizer, [t.param for t in self.targets], [t.name for t in self.targets])
 
     def detach(self) -> None:
@@ -266,9 +262,8 @@ class SparseMethod(StepHooks):
         self.modify_gradients()
         if self.hard_masks:
             for t in self.targets:
-                if t.param.grad is not None:  # where, not multiply: inf * 0 would be NaN
-                    zero_pruned_(fsdp.local(t.param.grad), fsdp.local(self.mask(t)),
-                                 self._keep_bits(t, t.param.grad.dtype))
+                if (g := t.param.grad) is not None:  # where, not multiply: inf * 0 would be NaN
+                    zero_pruned_(fsdp.local(g), fsdp.local(self.mask(t)), self._keep_bits(t, g.dtype))
             self._grads_masked = True
         if self.optimizer is not None and self.skip_optimizer_step():
             self._stash_grads()
@@ -325,11 +320,8 @@ class SparseMethod(StepHooks):
                 zero_pruned_(fsdp.local(t.param.data), fsdp.local(self.mask(t)), self._keep_bits(t, t.param.dtype))
 
     def _keep_bits(self, target: Target, dtype: torch.dtype) -> torch.Tensor | None:
-        """:func:`~sparsecraft.masks.keep_bits` of the mask, cached until the buffer changes
-        (of this rank's shard under FSDP2)."""
-        mask = self.mask(target)
-        if fsdp.is_dtensor(mask):
-            return keep_bits(fsdp.local(mask), dtype)
+        """:func:`~sparsecraft.masks.keep_bits` of the mask (its local shard under FSDP2), cached."""
+        mask = fsdp.local(self.mask(target))  # (a new view per call for a DTensor: recomputed)
         hit = self._bits.get(target.name)
         if hit is None or hit[0] is not mask or hit[1] != mask._version or hit[2] != dtype:
             hit = (mask, mask._version, dtype, keep_bits(mask, dtype))
@@ -369,9 +361,9 @@ class SparseMethod(StepHooks):
                     reset_state(self.optimizer, t.param, keep & ~old[t.name])
         if not record:
             return None
-        now = self.masks()
-        return self.dynamics.record(self.step_count, {k: fsdp.full(v) for k, v in old.items()},
-                                    {k: fsdp.full(now[k]) for k in old}, sparsity=self.target_sparsity())
+        now, full = self.masks(), fsdp.full  # FSDP2: the dynamics count whole layers
+        return self.dynamics.record(self.step_count, {k: full(v) for k, v in old.items()},
+                                    {k: full(now[k]) for k in old}, sparsity=self.target_sparsity())
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -43,14 +43,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparsecraft.criteria import CRITERIA, Criterion, LossFn, make_criterion, wanda_scores
-from sparsecraft.distributions import OWL, Distribution, make_distribution
 from sparsecraft.distributed import group
+from sparsecraft.distributed.calibration import DataParallel
+from sparsecraft.distributions import OWL, Distribution, make_distribution
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MaskMeta, set_mask
 from sparsecraft.oneshot.base import ONESHOT, OneShotPruner, make_pruner
 from sparsecraft.oneshot.blockwise import BlockInput, batched, block_forward, block_targets, find_blocks, run_sequential
 from sparsecraft.oneshot.owl import outlier_ratio, owl_sparsities
-from sparsecraft.distributed.calibration import DataParallel
 from sparsecraft.oneshot.stats import InputStats, StatsCollector
 from sparsecraft.patterns import Pattern, PerRow, Unstructured, parse_pattern
 from sparsecraft.pruning import Override, current_scores, layer_choices, parse_overrides, prune_by_criterion

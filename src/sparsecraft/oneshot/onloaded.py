@@ -107,7 +107,8 @@ def choose(offload: str, est: dict[str, int], budget: int, limit: str) -> str:
         why = ("offload='disk'" if offload == "disk" else
                f"auto: the in-memory run needs ~{memory_budget.mb(whole)}, {limit} allows {memory_budget.mb(budget)}")
         return f"disk ({why})"
-    why = "offload='none'" if offload == "none" else f"auto: ~{memory_budget.mb(whole)} fits in {memory_budget.mb(budget)}"
+    fits = f"auto: ~{memory_budget.mb(whole)} fits in {memory_budget.mb(budget)}"
+    why = "offload='none'" if offload == "none" else fits
     return f"none ({why})"
 
 
