@@ -9,8 +9,9 @@ partial sums add up to the single-process statistics:
   the global batch order (:func:`sparsecraft.distributed.group.ordered_sum`): the same float
   additions in the same order as one process, so the norms, and therefore Wanda's masks, are
   bit-identical to a single-process run for any number of ranks;
-* SparseGPT's Hessian sum X X^T and the token count ``n`` are all-reduced (summed over ranks;
-  H = (2/n) sum X X^T follows from them). A different summation order changes the last bits,
+* SparseGPT's Hessian sum X X^T and the counts (tokens ``n``, and calibration sequences where
+  the statistics keep them) are all-reduced, i.e. summed over ranks, so the Hessian's scale
+  (2 / count) follows from the global counts. A different summation order changes the last bits,
   so SparseGPT's weights agree with one process to float tolerance; every rank still gets
   the *same* reduced Hessian, hence identical masks and weights on every rank.
 
@@ -41,6 +42,12 @@ def calib_signature(calib: Any) -> list[Any]:
         return ["tensor", list(t.shape), round(float(t.reshape(-1)[:4096].double().sum()), 3)]
     items = list(calib)
     return ["batches", len(items)]
+
+
+def _counters(stats: InputStats) -> list[str]:
+    """The integer counts of a statistics object (tokens ``n``; sequences ``samples`` where the
+    stats keep them, for the reference's Hessian scale): all summed over ranks."""
+    return [c for c in ("n", "samples") if isinstance(getattr(stats, c, None), int)]
 
 
 class DataParallel:
@@ -99,7 +106,8 @@ class DataParallel:
                 if a is None:
                     acc[names[0]] = st
                 else:
-                    a.n += st.n
+                    for c in _counters(a):
+                        setattr(a, c, getattr(a, c) + getattr(st, c))
                     if a.H is not None:
                         a.H += st.H
         out: dict[str, InputStats] = {}
@@ -108,9 +116,10 @@ class DataParallel:
             a = acc[key]
             merged = InputStats(a.cols, hessian, a.sq.device)
             merged.sq = group.ordered_sum(sq_parts[key], self.n, a.sq)
-            n = torch.tensor([a.n], dtype=torch.float64, device=a.sq.device)
-            group.all_reduce_sum_(n)
-            merged.n = int(n.item())
+            counts = torch.tensor([getattr(a, c) for c in _counters(a)], dtype=torch.float64, device=a.sq.device)
+            group.all_reduce_sum_(counts)
+            for c, v in zip(_counters(a), counts.tolist()):
+                setattr(merged, c, int(v))
             if hessian:
                 merged.H = group.all_reduce_sum_(a.H)
             for name in names:
