@@ -72,3 +72,24 @@ def test_bad_engine_settings_are_one_line_errors(tmp_path):
         check_asha({"metric": "test_loss"})
     with pytest.raises(SparsecraftError, match="unknown ASHA setting"):
         check_asha({"max_t": 3, "patience": 2})
+
+
+def test_cli_engine_ray(ray_local, tmp_path, capsys):
+    import yaml
+
+    from sparsecraft.cli.main import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "epochs": 2}))
+    out = tmp_path / "sweep"
+    assert main(["sweep-train", str(recipe), "--sparsity", "0.5", "--engine", "ray", "--cpus-per-trial", "1",
+                 "--asha", "--out", str(out)]) == 0
+    assert "1 runs: 1 trained" in capsys.readouterr().out
+    assert (out / "s0.5-seed0" / "report.json").is_file() and (out / "runs.csv").is_file()
+
+
+def test_cli_asha_without_ray_engine_is_refused(tmp_path, capsys):
+    from sparsecraft.cli.main import main
+
+    assert main(["sweep-train", "digits", "--sparsity", "0.5", "--asha", "--max-t", "2", "--out", str(tmp_path)]) == 2
+    assert "--asha needs --engine ray" in capsys.readouterr().err

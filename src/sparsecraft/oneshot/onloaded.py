@@ -102,7 +102,7 @@ def prune_folder(folder: str | os.PathLike, sparsity: Any, *, out: str | os.Path
 def choose(offload: str, est: dict[str, int], budget: int, limit: str) -> str:
     """``"disk (why)"`` or ``"none (why)"``: onload when asked, or (auto) when the in-memory run
     would need more than 80% of the budget."""
-    whole = est["model"] + est["work"] + est["activations"]
+    whole = est["model"] + est["work"] + est["activations"] + est["batch"]
     if offload == "disk" or (offload == "auto" and whole > 0.8 * budget):
         why = ("offload='disk'" if offload == "disk" else
                f"auto: the in-memory run needs ~{memory_budget.mb(whole)}, {limit} allows {memory_budget.mb(budget)}")
