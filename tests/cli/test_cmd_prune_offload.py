@@ -61,6 +61,7 @@ def test_distributed_outside_torchrun_is_a_one_line_error(tiny, tmp_path, capsys
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # several processes (torch imports): ~10-30 s on 2 shared cores
 def test_torchrun_two_ranks_equal_one_process(tiny, tmp_path):
     model_dir, text = tiny
     common = ["prune", "--model", str(model_dir), "--criterion", "wanda", "--calib", str(text), "--no-dense", *ARGS,

@@ -28,6 +28,7 @@ def _masks(state):
     return {k: v for k, v in state.items() if k.endswith("_mask")}
 
 
+@pytest.mark.slow  # several processes (torch imports): ~10-30 s on 2 shared cores
 @pytest.mark.parametrize("how", ["wanda", "sparsegpt", "owl"])
 def test_data_parallel_equals_single_process(how, ranks):
     tmp, res = ranks
@@ -46,6 +47,7 @@ def test_data_parallel_equals_single_process(how, ranks):
             assert torch.equal(r0[k], w), k
 
 
+@pytest.mark.slow  # several processes (torch imports): ~10-30 s on 2 shared cores
 @pytest.mark.parametrize("what", ["model", "calib"])
 def test_ranks_that_disagree_fail_on_every_rank(what, ranks):
     word = "the model" if what == "model" else "the calibration data"
@@ -53,6 +55,7 @@ def test_ranks_that_disagree_fail_on_every_rank(what, ranks):
         assert f"ranks disagree on {word}" in r[f"disagree-{what}"], r
 
 
+@pytest.mark.slow  # several processes (torch imports): ~10-30 s on 2 shared cores
 def test_onloaded_folder_only_rank_zero_writes(ranks):
     tmp, res = ranks
     assert [r["folder"]["dp"]["local_batches"] for r in res] == [3, 3]

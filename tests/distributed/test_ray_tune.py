@@ -34,6 +34,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # a local Ray cluster and its workers: ~10-35 s on 2 shared cores
 def test_ray_engine_writes_what_the_local_runner_writes(ray_local, tmp_path):
     local = train_sweep(RECIPE, [0.5, 0.8], [0], tmp_path / "local", progress=False)
     on_ray = train_sweep(RECIPE, [0.5, 0.8], [0], tmp_path / "ray", progress=False, engine="ray",
@@ -53,6 +54,7 @@ def test_ray_engine_writes_what_the_local_runner_writes(ray_local, tmp_path):
     assert [r["status"] for r in again] == ["skipped", "skipped"]
 
 
+@pytest.mark.slow  # a local Ray cluster and its workers: ~10-35 s on 2 shared cores
 def test_ray_asha_stops_or_finishes_every_trial(ray_local, tmp_path):
     rows = train_sweep(RECIPE, [0.3, 0.6, 0.9, 0.97], [0], tmp_path / "asha", progress=False, engine="ray",
                        asha={"metric": "test_loss", "max_t": 3, "grace_period": 1, "reduction_factor": 2})
@@ -74,6 +76,7 @@ def test_bad_engine_settings_are_one_line_errors(tmp_path):
         check_asha({"max_t": 3, "patience": 2})
 
 
+@pytest.mark.slow  # a local Ray cluster and its workers: ~10-35 s on 2 shared cores
 def test_cli_engine_ray(ray_local, tmp_path, capsys):
     import yaml
 

@@ -320,11 +320,11 @@ class SparseMethod(StepHooks):
                 zero_pruned_(fsdp.local(t.param.data), fsdp.local(self.mask(t)), self._keep_bits(t, t.param.dtype))
 
     def _keep_bits(self, target: Target, dtype: torch.dtype) -> torch.Tensor | None:
-        """:func:`~sparsecraft.masks.keep_bits` of the mask (its local shard under FSDP2), cached."""
-        mask = fsdp.local(self.mask(target))  # (a new view per call for a DTensor: recomputed)
-        hit = self._bits.get(target.name)
-        if hit is None or hit[0] is not mask or hit[1] != mask._version or hit[2] != dtype:
-            hit = (mask, mask._version, dtype, keep_bits(mask, dtype))
+        """:func:`~sparsecraft.masks.keep_bits` of the mask's local shard, cached on the buffer: a write to a
+        DTensor mask bumps the DTensor's version, not its shard's (which ``to_local()`` may return as is)."""
+        buf, hit = self.mask(target), self._bits.get(target.name)
+        if hit is None or hit[0] is not buf or hit[1] != buf._version or hit[2] != dtype:
+            hit = (buf, buf._version, dtype, keep_bits(fsdp.local(buf), dtype))
             self._bits[target.name] = hit
         return hit[3]
 
