@@ -75,3 +75,20 @@ def test_distributed_true_without_a_process_group_is_one_line_error():
         sparsecraft.prune(tiny_llama(), 0.5, criterion="wanda", calib=calib_ids(2), distributed=True, progress=False)
     with pytest.raises(SparsecraftError, match="no torch.distributed process group"):
         sparsecraft.prune(tiny_llama(), 0.5, distributed=True, progress=False)
+
+
+
+def test_data_parallel_refuses_fused_experts():
+    """Per-expert statistics are not summed over ranks: a one-line error before any weight changes
+    (the guard runs before the reducer is used, so any stand-in for it shows the check)."""
+    from sparsecraft.oneshot.api import _prune_blockwise
+    from sparsecraft.oneshot.prune_args import parse_args
+    from tests.moe.tiny_hf_moe import ARCHS, tiny_moe
+
+    model = tiny_moe(ARCHS[0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = parse_args(0.5, None, "wanda", "unstructured", "uniform", None, None, None, 2, {})
+    with pytest.raises(SparsecraftError, match="fused experts"):
+        _prune_blockwise(model, 0.5, None, a.crit, a.pat, a.dist, None, [], [], calib_ids(4, 16), 2, False, 0,
+                         False, dp=object())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -111,3 +111,15 @@ def test_bad_input(tmp_path):
     with pytest.raises(SparsecraftError, match="has no masks/"):
         read_masks(src)
     assert not (tmp_path / "o").exists()
+
+
+def test_fused_experts_are_refused_before_anything_is_written(tmp_path):
+    """transformers writes fused experts one expert per tensor, which onloading does not read: a one-line
+    error naming the cause (it said 'the checkpoint does not match its config'), and no output."""
+    from tests.moe.tiny_hf_moe import ARCHS, tiny_moe
+
+    src = _save(tiny_moe(ARCHS[0]), tmp_path / "src", torch.float32)
+    with pytest.raises(SparsecraftError, match="fused experts weights .* expert by expert.*offload='none'"):
+        sparsecraft.prune(str(src), 0.5, criterion="wanda", calib=calib_ids(4, 16), out=str(tmp_path / "out"),
+                          offload="disk", progress=False)
+    assert not (tmp_path / "out").exists()
