@@ -40,11 +40,10 @@ SIZES = {  # name: hidden, intermediate, layers, heads, kv heads, vocab
     "1.5b-4": (2048, 5632, 4, 32, 4, 32000),  # the 1.5b model's blocks, 4 of them
 }
 #: what runs on each size: both engines on small (masks compared); the 1.5b model onloaded under
-#: the address-space limit with Wanda; SparseGPT on 4 blocks of the same shape under the same limit
-#: (its per-block memory does not depend on the depth; 32 blocks take ~2 h on the loaded 2-core
-#: machine, see docs/results/scale.md)
+#: the address-space limit with Wanda and SparseGPT (``--methods`` picks some of them); both on 4
+#: blocks of the same shape under the same limit (how the peak depends on depth)
 PLAN = {"small": (("wanda", "sparsegpt"), ("none", "disk"), False),
-        "1.5b": (("wanda",), ("auto",), True), "1.5b-4": (("sparsegpt",), ("disk",), True)}
+        "1.5b": (("wanda", "sparsegpt"), ("auto",), True), "1.5b-4": (("wanda", "sparsegpt"), ("disk",), True)}
 
 
 def n_params(size: str) -> int:
@@ -181,7 +180,8 @@ def main() -> None:
     r.add_argument("--offload", default="disk")
     r.add_argument("--model", required=True)
     r.add_argument("--out", required=True)
-    p.add_argument("--sizes", default="small,1.5b,1.5b-4")
+    p.add_argument("--sizes", default="small,1.5b-4,1.5b")
+    p.add_argument("--methods", default="", help="only these of each size's methods (default: all)")
     p.add_argument("--as-limit", default="2.4G", help="address-space limit of the 1.5b runs (prlimit --as)")
     p.add_argument("--work", default="/tmp/sparsecraft-scale")
     p.add_argument("--keep", action="store_true", help="keep the model folders")
@@ -192,16 +192,24 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     load0, rows, checks = _env.load(), [], []
-    cache_file = work / "sizes.jsonl"  # sizes finished by an interrupted invocation are reused
-    cache = {}
+    cache_file = work / "sizes.jsonl"  # (size, method) pairs finished by an earlier invocation are reused
+    cache: dict[tuple[str, str], dict] = {}
     if cache_file.exists():
         for line in cache_file.read_text().splitlines():
             entry = json.loads(line)
-            cache[entry["size"]] = entry
+            for method in {r["method"] for r in entry["rows"]}:
+                cache[(entry["size"], method)] = {
+                    "rows": [r for r in entry["rows"] if r["method"] == method],
+                    "checks": [c for c in entry["checks"] if c[1] == method]}
+    wanted = args.methods.split(",") if args.methods else None
     for size in args.sizes.split(","):
-        if size in cache:
-            rows += cache[size]["rows"]
-            checks += [tuple(c) for c in cache[size]["checks"]]
+        methods, offloads, big = PLAN[size]
+        todo = [m for m in methods if (wanted is None or m in wanted)]
+        for method in [m for m in todo if (size, m) in cache]:
+            rows += cache[(size, method)]["rows"]
+            checks += [tuple(c) for c in cache[(size, method)]["checks"]]
+        todo = [m for m in todo if (size, m) not in cache]
+        if not todo:
             continue
         model = work / f"llama-{size}"
         free = shutil.disk_usage(work).free
@@ -212,27 +220,27 @@ def main() -> None:
         if not (model / "model.safetensors.index.json").exists():
             make(size, model)
         print(f"made {model} in {time.perf_counter() - t0:.0f} s", flush=True)
-        size_rows, size_checks = [], []
-        methods, offloads, big = PLAN[size]
-        for method in methods:
-            outs = {}
+        failed = False
+        for method in todo:
+            outs, m_rows, m_checks = {}, [], []
             for offload in offloads:
                 out = work / f"out-{size}-{method}-{offload}"
                 res = sub(args, size, method, offload, model, out, args.as_limit if big else None)
                 res["as_limit"] = args.as_limit if big else None
-                size_rows.append(res)
+                m_rows.append(res)
                 outs[offload] = out
                 print(json.dumps(res), flush=True)
             if len(outs) == 2 and all((o / "masks").exists() for o in outs.values()):
-                size_checks.append((size, method, compare(outs["none"], outs["disk"], method)))
+                m_checks.append((size, method, compare(outs["none"], outs["disk"], method)))
             for o in outs.values():
                 shutil.rmtree(o, ignore_errors=True)
-        rows += size_rows
-        checks += size_checks
-        failed = any("error" in r for r in size_rows)
-        if not failed:
-            with open(cache_file, "a") as f:
-                f.write(json.dumps({"size": size, "rows": size_rows, "checks": size_checks}) + "\n")
+            rows += m_rows
+            checks += m_checks
+            if any("error" in r for r in m_rows):
+                failed = True
+            else:
+                with open(cache_file, "a") as f:
+                    f.write(json.dumps({"size": size, "rows": m_rows, "checks": m_checks}) + "\n")
         if not args.keep and not failed:
             shutil.rmtree(model, ignore_errors=True)
     write_results(args, rows, checks, load0, _env.load())
