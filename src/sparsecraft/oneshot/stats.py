@@ -2,8 +2,11 @@
 
 * ``sq``: per input feature j, sum over calibration tokens of x_j^2, so ||X_j||_2 = sqrt(sq)
   (Wanda's activation norm).
-* ``H``: sum over tokens of x x^T (SparseGPT's Hessian is H = (2/n) X X^T; the scale does not
-  change SparseGPT's choices, see :mod:`sparsecraft.oneshot.sparsegpt`).
+* ``H``: sum over tokens of x x^T; :meth:`InputStats.hessian` gives SparseGPT's
+  H = (2/n) X X^T with n the number of calibration *sequences*, the reference's scale
+  (IST-DASLab/sparsegpt ``add_batch`` counts ``inp.shape[0]`` of each (b, L, in) batch, a 2-D
+  input as one). The scale matters: dead inputs get H_jj = 1 on that scale (see
+  :mod:`sparsecraft.oneshot.sparsegpt`).
 
 Layers fed the *same tensor* (q/k/v of an attention block, gate/up of a gated MLP) share one
 :class:`InputStats` object, so each Hessian is accumulated (and later inverted) once. The
@@ -34,12 +37,15 @@ class InputStats:
 
     def __init__(self, cols: int, hessian: bool, device: torch.device | str = "cpu") -> None:
         self.cols = cols
-        self.n = 0
+        self.n = 0  #: calibration tokens seen
+        self.samples = 0  #: calibration sequences seen (the reference's ``nsamples``)
         self.sq = torch.zeros(cols, dtype=torch.float32, device=device)
         self.H = torch.zeros(cols, cols, dtype=torch.float32, device=device) if hessian else None
         self.cache: dict[str, Any] = {}  #: derived quantities (e.g. SparseGPT's Hinv), per group
 
     def add(self, x: torch.Tensor) -> None:
+        """Add one batch of layer inputs: (b, L, in) counts b sequences, (tokens, in) one."""
+        self.samples += x.shape[0] if x.dim() > 2 else 1
         x = x.reshape(-1, x.shape[-1]).to(torch.float32)
         self.n += x.shape[0]
         self.sq += (x * x).sum(0)
@@ -52,10 +58,10 @@ class InputStats:
         return self.sq.sqrt()
 
     def hessian(self) -> torch.Tensor:
-        """H = (2/n) sum x x^T."""
+        """H = (2 / samples) sum over tokens of x x^T: SparseGPT's Hessian on the reference's scale."""
         if self.H is None:
             raise RuntimeError("this InputStats was created without a Hessian")
-        return self.H * (2.0 / max(self.n, 1))
+        return self.H * (2.0 / max(self.samples, 1))
 
 
 class StatsCollector:
