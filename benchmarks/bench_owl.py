@@ -57,9 +57,9 @@ def reference_owl_sparsities(per_block, norms, m: float, lam: float, target: flo
         flat = []
         for t in ts:
             w = t.param.detach().float()
-            if w.shape[1] != nb[t.module_name].numel():  # Conv1D stores (in, out)
+            if w.shape[1] != nb[t.name].numel():  # Conv1D stores (in, out)
                 w = w.t()
-            flat.append((w.abs() * nb[t.module_name].reshape(1, -1)).flatten())
+            flat.append((w.abs() * nb[t.name].reshape(1, -1)).flatten())
         scores = torch.cat(flat)
         ratios.append(float((scores > scores.mean() * m).sum()) / scores.numel() * 100)
     r = np.array(ratios)

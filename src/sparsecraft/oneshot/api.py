@@ -307,18 +307,12 @@ def _prune_experts(t: Target, per_expert: list[Any] | None, pattern: Pattern, sp
     return missing
 
 
-def _stats_key(t: Target) -> str:
-    """Where :func:`_collect` files a target's statistics: its module, or the target itself for a
-    fused experts weight (whose two weights see different inputs)."""
-    return t.name if t.layout.experts > 1 else t.module_name
-
-
 def _input_norms(t: Target, stats: dict[str, Any]) -> Any:
-    """||X_j||_2 of a target's input; for fused experts one vector per expert (None: no tokens)."""
-    st = stats[_stats_key(t)]
-    if t.layout.experts == 1:
-        return st.col_norms.clone()
-    return [s.col_norms.clone() if s is not None else None for s in st]
+    """A target's input column norms: one tensor, or for fused experts one per expert (None for an
+    expert that saw no calibration token)."""
+    if t.layout.experts > 1:
+        return [st.col_norms.clone() if st is not None else None for st in stats[t.name]]
+    return stats[t.module_name].col_norms.clone()
 
 
 def _wanda_rows(t: Target, norms: Any) -> torch.Tensor:
@@ -332,30 +326,29 @@ def _wanda_rows(t: Target, norms: Any) -> torch.Tensor:
     return torch.cat(parts)
 
 
-@torch.no_grad()
+
 def dense_input_norms(model: nn.Module, batches: list[Any], per_block: list[list[Target]],
-                      progress: bool = True) -> list[dict[str, Any]]:
-    """Per block, ``{key: ||X_j||_2}`` of every target's input on the *dense* model (the statistics
-    OWL's outlier ratios are computed from; the weights are not changed). The key is the module
-    name, or the target name with one vector per expert for a fused experts weight."""
+                      progress: bool = True) -> list[dict[str, torch.Tensor]]:
+    """Per block, ``{target name: ||X_j||_2}`` of every target's input on the *dense* model (the
+    statistics OWL's outlier ratios are computed from; the weights are not changed)."""
     stack = find_blocks(model)
-    norms: list[dict[str, Any]] = [{} for _ in per_block]
+    norms: list[dict[str, torch.Tensor]] = [{} for _ in per_block]
 
     def measure(i: int, block: nn.Module, inputs: list[BlockInput]) -> None:
         if per_block[i]:
             stats = _collect(block, inputs, per_block[i], hessian=False).stats
-            norms[i] = {_stats_key(t): _input_norms(t, stats) for t in per_block[i]}
+            norms[i] = {t.name: _input_norms(t, stats) for t in per_block[i]}
 
     run_sequential(model, stack, batches, measure, _bar("OWL input norms", progress))
     return norms
 
 
-def block_outlier_ratios(per_block: list[list[Target]], norms: list[dict[str, Any]],
+def block_outlier_ratios(per_block: list[list[Target]], norms: list[dict[str, torch.Tensor]],
                          m: float = 5.0) -> list[float]:
     """OWL's outlier ratio of every block: the Wanda scores of all its targets together, from the
     input norms of :func:`dense_input_norms` (0 for a block without targets). One dense pass
     serves every M (an OWL sweep shares it)."""
-    return [outlier_ratio([_wanda_rows(t, nb[_stats_key(t)]) for t in ts], m) if ts else 0.0
+    return [outlier_ratio([_wanda_rows(t, nb[t.name]) for t in ts], m) if ts else 0.0
             for ts, nb in zip(per_block, norms)]
 
 
