@@ -183,16 +183,18 @@ def render_training(part: str, args: argparse.Namespace, heading: str, note: str
              _env.environment(args.threads).replace("Date:", "Table written:") + "  ", runs_line(rows), "",
              "Each row: the latest run of every config and seed in moe_runs.jsonl.", "", note, "",
              "| config | params (total / active) | FLOPs/token | val loss (mean ± sd) | train loss | tokens/s | "
-             "load CV per layer (mean of seeds) | max/mean load per layer (mean of seeds) | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "load CV per layer (mean of seeds) | max/mean load per layer (mean of seeds) | "
+             "dead experts per layer (sum of seeds) | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rs in by.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         r0 = rs[0]
         cv = ", ".join(f"{statistics.mean(c):.2f}" for c in zip(*(r["load_cv"] for r in rs))) or "-"
         mx = ", ".join(f"{statistics.mean(c):.2f}" for c in zip(*(r["max_load"] for r in rs))) or "-"
+        dead = ", ".join(str(sum(c)) for c in zip(*(r["dead"] for r in rs))) or "-"
         lines.append(f"| {name} | {r0['params']:,} / {r0['active_params']:,} | {r0['flops_per_token'] / 1e6:.2f} M | "
                      f"{mean_sd([r['val_loss'] for r in rs])} | {mean_sd([r['train_loss'] for r in rs])} | "
-                     f"{statistics.mean(r['tokens_per_s'] for r in rs):.0f} | {cv} | {mx} | "
+                     f"{statistics.mean(r['tokens_per_s'] for r in rs):.0f} | {cv} | {mx} | {dead} | "
                      f"{' '.join(str(r['seed']) for r in rs)} |")
     write_section(RESULTS, f"{part}-{args.steps}" if longer else part, "\n".join(lines), TITLE)
 
