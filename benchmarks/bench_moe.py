@@ -13,7 +13,9 @@ the sections from it):
   FFN width of Engram's and STEM's models is solved so their FLOPs match the dense model's);
 * ``speed``: one MoE layer forward + backward at 4096 tokens vs a dense SwiGLU with the same active
   parameters, side by side in one process (median of blocks, :mod:`sparsecraft.kernels.timing`);
-  goal: at most 1.5x. Run it under the heavy lock;
+  goal: at most 1.5x; then one training step of the whole models of parts 1 and 3 (dense, top-1 x8,
+  top-2 x8, Engram, STEM), timed side by side (the training tables' tokens/s come from runs at
+  different machine loads). Run it under the heavy lock;
 * ``expert-pruning``: the top-2 / 8-expert model of part 1 (seed 0): remove 25% / 50% of the experts
   by frequency or saliency, and Wanda 50% / 2:4 on the expert weights: validation loss before/after.
 
@@ -209,6 +211,10 @@ NOTES = {
 }
 
 
+#: the whole models the speed part times side by side (dense first: the reference)
+SPEED_MODELS = ("dense", "top-1, 8 experts", "top-2, 16 experts", "engram", "stem")
+
+
 HEADINGS = {"dense-vs-moe": "1. Dense vs MoE at equal active parameters",
             "balance": "2. Load balance of top-1 over 16 experts",
             "memory": "3. Dense vs Engram vs STEM at equal active FLOPs"}
@@ -254,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for part in args.parts:
         if part == "speed":
-            run_speed(args, RESULTS, TITLE)
+            models = {name: recipe["model"] for part in ("dense-vs-moe", "memory") for name, recipe in grid(args, part)
+                      if name.startswith(SPEED_MODELS)}  # dense first (the reference), once
+            run_speed(args, RESULTS, TITLE, list(models.items()))
         elif part == "expert-pruning":
             run_expert_pruning(args, RESULTS, TITLE, rows_of("dense-vs-moe", args))
         elif args.render:
