@@ -37,7 +37,8 @@ from sparsecraft.jobs.prune_config import check_pattern_spec
 from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, regex_list_validator
 from sparsecraft.masks import remove_masks
 
-RECOVERY_LOSSES = ("squarehead", "lm")  #: sparsecraft.oneshot.recovery.LOSSES (not imported: torch-heavy)
+#: sparsecraft.oneshot.recovery.LOSSES (not imported: torch-heavy; a test keeps the two equal)
+RECOVERY_LOSSES = ("squarehead", "lm", "lm+squarehead")
 
 
 class DataConfig(Strict):
@@ -134,9 +135,12 @@ def structural(method: str | None, attr: str = "structural") -> bool:
 
 class RecoveryConfig(Strict):
     steps: int = Field(0, ge=0)  #: 0 = no recovery fine-tune
-    loss: str = "squarehead"
+    loss: str = "squarehead"  #: squarehead, lm, or lm+squarehead (task + feature_weight x SquareHead)
     lr: float = Field(1e-5, gt=0)
     batch_size: int = Field(1, ge=1)
+    feature_weight: float = Field(1.0, ge=0.0)  #: lambda of the SquareHead term
+    kd_weight: float = Field(0.0, ge=0.0)  #: > 0 adds logit distillation
+    kd_temperature: float = Field(1.0, gt=0.0)
 
     @field_validator("loss")
     @classmethod
@@ -290,12 +294,14 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
         row["eval_time_s"] = round(time.perf_counter() - t0, 2)
         if cfg.recovery.steps:
             teacher = None
-            if "squarehead" in cfg.recovery.loss:
+            rc = cfg.recovery
+            if "squarehead" in rc.loss or rc.kd_weight > 0:  # a removed model's dense teacher is loaded anew
                 teacher = load_model(cfg.model, kind="causal-lm").model if "structure" in rep.info \
                     else copy.deepcopy(lm.model)
                 teacher.load_state_dict({k: v for k, v in dense_state.items()}, strict=False)
-            rec = recover(lm.model, proto.calib, teacher, cfg.recovery.loss, cfg.recovery.steps,
-                          cfg.recovery.lr, cfg.recovery.batch_size, progress=cfg.progress)
+            rec = recover(lm.model, proto.calib, teacher, rc.loss, rc.steps, rc.lr, rc.batch_size,
+                          progress=cfg.progress, feature_weight=rc.feature_weight, kd_weight=rc.kd_weight,
+                          kd_temperature=rc.kd_temperature)
             del teacher
             row["recovery"] = rec.to_dict()
             row["perplexity_pruned"] = row["perplexity"]
