@@ -4,6 +4,9 @@ File layout (one ``.safetensors`` file):
 
 * with ``format="dense"`` (the default) every ``state_dict`` tensor except the masks is
   stored as is, under its own key;
+* a quantized weight (``sparsecraft.quant``: ``_qscale``/``_qzero``/``_qspec`` buffers beside
+  it) is stored, with any format but ``dense``, as codes + float16 scales in the smallest of
+  ``qdense`` / ``qbitmap`` / ``qgroup`` (:mod:`sparsecraft.formats.qcommon`), its buffers inside;
 * with ``format="auto"|"bitmap"|"csr"|"nm"|"bsr"`` a floating-point tensor of at least
   ``MIN_PACK`` elements is packed (:mod:`sparsecraft.formats`; ``auto`` = the smallest
   lossless format per tensor, dense when sparse does not pay; a named format is used where
@@ -43,9 +46,13 @@ from sparsecraft.errors import CheckpointError, SparsecraftError
 from sparsecraft.formats import FORMAT_CHOICES, unpack
 from sparsecraft.formats.base import bits_view
 from sparsecraft.formats.container import from_entries, probe, split_part_key, to_entries
-from sparsecraft.formats.select import pack_if_fits
+from sparsecraft.formats.qcommon import QUANT_FORMATS, pack_quantized
+from sparsecraft.formats.select import make_format, pack_if_fits
 from sparsecraft.layout import WeightLayout, layout_for
 from sparsecraft.masks import MASK_SUFFIX, MaskMeta, masked_params, prepare_for_state_dict
+from sparsecraft.quant.state import SUFFIXES as QUANT_SUFFIXES
+from sparsecraft.quant.state import QuantState, siblings, state_from_siblings
+from sparsecraft.quant.state import prepare_for_state_dict as prepare_quant_for_state_dict
 
 FORMAT_VERSION = 2  # 1: dense + mask bits; 2: adds packed tensors, aliases, derived masks
 BITS_SUFFIX = ".__bits__"
@@ -104,6 +111,18 @@ def model_layouts(model: nn.Module) -> dict[str, WeightLayout]:
     return out
 
 
+def quantized_keys(state: dict[str, torch.Tensor]) -> dict[str, QuantState]:
+    """Every quantized weight of a state dict (one with ``_qscale/_qzero/_qspec`` siblings)."""
+    out = {}
+    for key in state:
+        if key.endswith(QUANT_SUFFIXES):
+            continue
+        sib = siblings(state, key)
+        if sib is not None:
+            out[key] = state_from_siblings(sib)
+    return out
+
+
 def _alias_key(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
@@ -128,15 +147,24 @@ def save_state(
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
     dense_bytes = 0
+    quant = quantized_keys(state) if format != "dense" else {}
+    consumed = {key + s for key in quant for s in QUANT_SUFFIXES}
     for key, value in tqdm(state.items(), desc=f"save {path.name}", disable=None, leave=False):
         value = value.detach().cpu()
         dense_bytes += value.numel() * value.element_size()
+        if key in consumed:  # scales / zero points / spec travel inside the packed weight
+            continue
         if format != "dense" and value.numel() > 0:
             first = seen.setdefault(_alias_key(value), key)
             if first != key:
                 aliases[key] = first
                 continue
-        if key.endswith(MASK_SUFFIX) and value.dtype == torch.bool:
+        if key in quant:
+            layout = layouts.get(key) or WeightLayout("linear", tuple(value.shape))
+            p = pack_quantized(value, quant[key], layout, "auto", key)
+            tensors.update(to_entries(key, p))
+            packed[key] = {**p.header(), "crc32": tensor_crc(value), "nbytes": p.nbytes}
+        elif key.endswith(MASK_SUFFIX) and value.dtype == torch.bool:
             info = {"shape": list(value.shape), **masks.get(key, MaskMeta().to_dict())}
             wkey = key[: -len(MASK_SUFFIX)]
             weight = state.get(wkey)
@@ -219,7 +247,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     packed = doc.get("packed", {})
     for key, header in packed.items():
         try:
-            t = unpack(from_entries(key, header, raw))
+            p = from_entries(key, header, raw)
+            t = unpack(p)
+            if p.format in QUANT_FORMATS:  # the weight's scales / zero points / spec come back too
+                state.update({key + s: v for s, v in make_format(p.format, **p.params).quant_state(p).items()})
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
         except Exception as e:
@@ -262,6 +293,7 @@ def load(path: str | os.PathLike, model: nn.Module, strict: bool = True) -> nn.M
                 f"{tuple(own[key].shape)}: wrong model for this checkpoint?"
             )
     prepare_for_state_dict(model, state)
+    prepare_quant_for_state_dict(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(MASK_SUFFIX)]
     if strict and (missing or unexpected):
