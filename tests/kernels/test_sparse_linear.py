@@ -117,4 +117,5 @@ def test_auto_with_injected_measure_picks_fastest():
 
 
 def test_every_registered_backend_is_tested():
-    assert set(backend_names()) == {*ALL, "cuda-2:4"}  # cuda-2:4: tests/kernels/test_cuda_semi.py
+    # cuda-2:4: tests/kernels/test_cuda_semi.py; quant-*: tests/kernels/test_backend_quant.py
+    assert set(backend_names()) == {*ALL, "cuda-2:4", "quant-dense", "quant-bitmap", "quant-group"}

@@ -6,6 +6,19 @@ Example::
     sparsecraft prune --model smollm2-135m --method sparsegpt --pattern 2:4 --calib shakespeare --out runs/x
     sparsecraft prune --criterion wanda --sparsity 0.7 --distribution owl --n-calib 32 --seq-len 512
 
+Sparse *and* quantized (``docs/quantization.md``)::
+
+    sparsecraft prune --method sparsegpt --sparsity 0.5 --quantize 4 --group-size 64 --out runs/w4s50
+    sparsecraft prune --method gqsa --sparsity 0.5 --pattern block:1x16 --quantize 4 --out runs/gqsa
+    sparsecraft prune --method gptq --quantize 4 --quantize-embedding 8 --out runs/w4
+
+``--quantize 4|8`` quantizes the kept weights in the same OBS sweep (groups of ``--group-size``
+inputs, symmetric unless ``--asym``; ``--quantize-embedding 4|8`` also the embedding / LM head);
+``gptq`` only quantizes (sparsity 0), ``gqsa`` prunes groups of consecutive inputs
+(``--pattern block:1xG``, G in 4/8/16) and ``--tune-steps N`` runs its second stage (end-to-end
+tuning of the scales). The ``--out`` folder's ``model/`` then holds packed int4/int8 weights that
+``sparsecraft generate``, ``sparsecraft inspect`` and ``load_pretrained_sparse`` read.
+
 Without ``--method`` or ``--criterion`` it runs SparseGPT. The flags are the ones every command uses
 (``--sparsity --pattern --distribution --targets --ignore --calib --n-calib --n-eval --seq-len
 --batch-size --threads --out --json``), with the words of ``sparsecraft.prune``.
@@ -20,6 +33,7 @@ from __future__ import annotations
 import argparse
 
 from sparsecraft.cli.common import add_data_arguments, add_prune_arguments, add_run_arguments, one_float, print_json
+from sparsecraft.errors import SparsecraftError
 
 NAME = "prune"
 HELP = "one-shot prune a language model (criterion magnitude / wanda, method sparsegpt; N:M, OWL) and evaluate it"
@@ -32,6 +46,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recover-steps", type=int, default=0, help="SquareHead recovery fine-tune steps (0 = none)")
     p.add_argument("--recover-loss", default="squarehead", choices=["squarehead", "lm"])
     p.add_argument("--recover-lr", type=float, default=1e-5)
+    p.set_defaults(sparsity=None)  # 0.5, or 0 for gptq
+    p.add_argument("--quantize", type=int, default=None, choices=[4, 8],
+                   help="quantize the kept weights to 4 or 8 bits (methods sparsegpt, gptq, gqsa)")
+    p.add_argument("--group-size", type=int, default=64, help="inputs per quantization scale (default 64)")
+    p.add_argument("--asym", action="store_true", help="asymmetric grid (a zero point per group)")
+    p.add_argument("--quantize-embedding", type=int, default=None, choices=[4, 8],
+                   help="also quantize the token embedding / LM head (round to nearest)")
+    p.add_argument("--tune-steps", type=int, default=0, help="end-to-end scale tuning steps (GQSA stage 2)")
+    p.add_argument("--tune-lr", type=float, default=1e-5)
+    p.add_argument("--tune-loss", default="lm", choices=["lm", "squarehead"])
     p.add_argument("--no-save", action="store_true", help="do not write the pruned model")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
     add_run_arguments(p, "run folder (default runs/prune-llm-<time>)")
@@ -40,13 +64,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def recipe_from_args(args: argparse.Namespace) -> dict:
     if args.method is None and args.criterion is None:
         args.method = "sparsegpt"
+    sparsity = args.sparsity
+    if sparsity is None:  # gptq only quantizes; every other method defaults to 50%
+        sparsity = "0" if args.method == "gptq" else "0.5"
+    if args.method == "gptq" and args.quantize is None:
+        raise SparsecraftError("--method gptq quantizes: give --quantize 4 or 8")
+    quantize = None
+    if args.quantize is not None:
+        quantize = {"bits": args.quantize, "group": args.group_size, "sym": not args.asym,
+                    "embedding": args.quantize_embedding}
+    elif args.quantize_embedding is not None or args.tune_steps:
+        raise SparsecraftError("--quantize-embedding and --tune-steps need --quantize 4 or 8")
+    run = {"method": args.method, "criterion": args.criterion, "sparsity": one_float(sparsity),
+           "pattern": args.pattern, "distribution": args.distribution}
+    if quantize is not None:
+        run["quantize"] = quantize
     return {
         "job": "prune-llm",
         "model": args.model,
         "data": {"calib": args.calib, "eval": args.eval, "n_calib": args.n_calib, "n_eval": args.n_eval,
                  "seq_len": args.seq_len, "seed": args.seed},
-        "runs": [{"method": args.method, "criterion": args.criterion, "sparsity": one_float(args.sparsity),
-                  "pattern": args.pattern, "distribution": args.distribution}],
+        "runs": [run],
+        "tune": {"steps": args.tune_steps, "lr": args.tune_lr, "loss": args.tune_loss},
         "dense": not args.no_dense,
         "targets": args.targets,
         "ignore": args.ignore,
@@ -73,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     what = pruned["method"] or pruned["criterion"]
     print(f"pruned with     {what} ({pruned['pattern']}, {pruned['distribution']}, target {pruned['sparsity']})")
     print(f"true sparsity   {pruned['true_sparsity']:.4f} over the pruned Linear layers")
+    if "footprint" in pruned:
+        fp, fa = pruned["footprint"], pruned["footprint_all"]
+        print(f"quantized       {pruned['quantize']['bits']}-bit, {fp['bytes_per_weight']:.3f} bytes per pruned weight, "
+              f"{fa['bytes'] / 2**20:.1f} MiB all weights ({', '.join(f'{k} {v}' for k, v in fa['formats'].items())})")
     if dense:
         print(f"perplexity      {dense['perplexity']:.3f} dense -> {pruned['perplexity']:.3f} pruned")
     else:

@@ -80,12 +80,12 @@ def tune_scales(
         raise SparsecraftError("tune_scales: the model has no quantized Linear layer (quantize it first)")
     frozen = {id(p): p.requires_grad for p in model.parameters()}
     params = list(model.parameters())
-    for p in params:
-        p.requires_grad_(False)
     tuned: list[_ScaledCodes] = []
     try:
-        for module, pname, st in targets:
+        for module, pname, st in targets:  # reads each weight's requires_grad before freezing
             tuned.append(_ScaledCodes(module, pname, st))
+        for p in params:
+            p.requires_grad_(False)
         return recover(model, calib, teacher, loss, steps, lr, batch_size, progress=progress)
     finally:
         for t in tuned:

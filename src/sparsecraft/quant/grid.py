@@ -9,12 +9,15 @@ Post-Training Quantization for Generative Pre-trained Transformers", ``quant.py`
 official code), per row of a group:
 
 * ``xmin = min(min_j w_j, 0)``, ``xmax = max(max_j w_j, 0)`` (the grid always holds 0);
-* symmetric: ``xmax = max(|xmin|, xmax)``, ``xmin = -xmax`` (when ``xmin < 0``), ``z = 2**(bits-1)``;
+* symmetric: ``xmax = max(|xmin|, xmax)``, ``xmin = -xmax``, ``z = 2**(bits-1)``;
 * a group of zeros gets ``xmin, xmax = -1, 1``;
 * ``s = (xmax - xmin) / (2**bits - 1)``; asymmetric ``z = round(-xmin / s)``;
 * ``q = clamp(round(w / s) + z, 0, 2**bits - 1)``, dequantized ``s * (q - z)``.
 
-One departure, so that packed files are lossless: ``s`` is rounded to float16 (the storage
+Departures. (1) The reference sets ``xmin = -xmax`` only when ``xmin < 0``: a symmetric group with
+no negative weight then gets ``s = xmax / 15`` and clips everything above ``7 s`` (47% of its
+largest weight); here a symmetric grid is always ``[-xmax, xmax]``. (2) So that packed files are
+lossless: ``s`` is rounded to float16 (the storage
 type of every scale; at least the smallest float16 subnormal, so it never becomes 0) *before*
 ``z`` and the codes are computed. Then ``s * (q - z)`` (an 11-bit mantissa times an integer of at
 most 8 bits) is exact in float32, ``w / s`` gives back ``q - z`` exactly, and a quantized weight
@@ -111,7 +114,7 @@ def find_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, to
     xmax = torch.maximum(w.max(dim=1).values, zero_t)
     if sym:
         xmax = torch.maximum(xmin.abs(), xmax)
-        xmin = torch.where(xmin < 0, -xmax, xmin)
+        xmin = -xmax
     both = (xmin == 0) & (xmax == 0)
     xmin = torch.where(both, torch.full_like(xmin, -1.0), xmin)
     xmax = torch.where(both, torch.full_like(xmax, 1.0), xmax)
