@@ -31,8 +31,8 @@ def upper_factor(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     return torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
 
 
-def obs_sweep(w: torch.Tensor, H: torch.Tensor, bits: int | None, group: int, sym: bool, pruned: torch.Tensor | None = None,
-              percdamp: float = 0.01) -> torch.Tensor:
+def obs_sweep(w: torch.Tensor, H: torch.Tensor, bits: int | None, group: int, sym: bool,
+              pruned: torch.Tensor | None = None, percdamp: float = 0.01) -> torch.Tensor:
     """Quantize (and zero ``pruned``) column by column with OBS error feedback; returns the new W."""
     W = w.double().clone()
     U = upper_factor(H, percdamp)
@@ -51,7 +51,8 @@ def obs_sweep(w: torch.Tensor, H: torch.Tensor, bits: int | None, group: int, sy
     return W
 
 
-def first_block_mask(w: torch.Tensor, H: torch.Tensor, sparsity: float, g: int = 1, percdamp: float = 0.01) -> torch.Tensor:
+def first_block_mask(w: torch.Tensor, H: torch.Tensor, sparsity: float, g: int = 1,
+                     percdamp: float = 0.01) -> torch.Tensor:
     """Pruned mask of one column block (cols <= 128): the floor(s * units) least salient units
     (single weights, or groups of g inputs) by w^2 / [U]_jj^2 summed over the unit."""
     U = upper_factor(H, percdamp)

@@ -87,7 +87,8 @@ def test_prune_quantize_end_to_end_on_tiny_llama():
 
 def test_quantize_errors_name_the_layer_before_any_work():
     m = tiny_llama()
-    with pytest.raises(SparsecraftError, match=r"layer 'model.layers.0.self_attn.q_proj.weight': quantization group 64"):
+    q_proj = r"layer 'model.layers.0.self_attn.q_proj.weight': quantization group 64"
+    with pytest.raises(SparsecraftError, match=q_proj):
         sparsecraft.prune(m, 0.5, method="sparsegpt", quantize={"group": 64}, calib=calib_ids(), progress=False)
     assert not hasattr(m.model.layers[0].self_attn.q_proj, "weight_mask")  # nothing was touched
     with pytest.raises(SparsecraftError, match="quantization needs float32"):

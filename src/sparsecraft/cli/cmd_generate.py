@@ -2,7 +2,8 @@
 
 Example::
 
-    sparsecraft prune --model smollm2-135m --method sparsegpt --sparsity 0.5 --quantize 4 --group-size 64 --out runs/w4s50
+    sparsecraft prune --model smollm2-135m --method sparsegpt --sparsity 0.5 --quantize 4 \
+        --group-size 64 --out runs/w4s50
     sparsecraft generate --model runs/w4s50 --prompt "To be, or not to be" --max-new-tokens 48 --threads 2
 
 ``--model`` is a built-in name (``smollm2-135m``), a Hugging Face directory (dense, or sparse with

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"true sparsity   {pruned['true_sparsity']:.4f} over the pruned Linear layers")
     if "footprint" in pruned:
         fp, fa = pruned["footprint"], pruned["footprint_all"]
-        print(f"quantized       {pruned['quantize']['bits']}-bit, {fp['bytes_per_weight']:.3f} bytes per pruned weight, "
+        print(f"quantized       {pruned['quantize']['bits']}-bit, {fp['bytes_per_weight']:.3f} bytes per pruned "
+              "weight, "
               f"{fa['bytes'] / 2**20:.1f} MiB all weights ({', '.join(f'{k} {v}' for k, v in fa['formats'].items())})")
     if dense:
         print(f"perplexity      {dense['perplexity']:.3f} dense -> {pruned['perplexity']:.3f} pruned")

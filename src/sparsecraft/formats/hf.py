@@ -164,7 +164,8 @@ def load_sparse_model(directory: str | os.PathLike) -> nn.Module:
     if not (d / SPARSE_WEIGHTS).is_file():
         return model_class(tf.AutoConfig.from_pretrained(str(d))).from_pretrained(str(d), dtype=torch.float32).eval()
     config = tf.AutoConfig.from_pretrained(str(d))
-    model = model_class(config)._from_config(config, dtype=torch.float32)
+    cls = model_class(config)
+    model = (cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)).float()
     load(path=d / SPARSE_WEIGHTS, model=model)
     return model.eval()
 

@@ -57,7 +57,9 @@ class QuantFormat(Format):
         return None
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
-        raise SparsecraftError(f"format {self.registry_name!r} stores quantized weights only (quantize the layer first)")
+        raise SparsecraftError(
+            f"format {self.registry_name!r} stores quantized weights only (quantize the layer first)"
+        )
 
     # --- the quantized interface -----------------------------------------------------------
     def quant_size(self, nz: np.ndarray) -> int | None:

@@ -62,7 +62,9 @@ class RunConfig(Strict):
         if self.method is not None and self.criterion is not None:
             raise ValueError(f"give method {self.method!r} or criterion {self.criterion!r}, not both")
         if self.quantize is not None and self.method is None:
-            raise ValueError("quantize needs a one-shot method that updates the weights: method sparsegpt, gptq or gqsa")
+            raise ValueError(
+                "quantize needs a one-shot method that updates the weights: method sparsegpt, gptq or gqsa"
+            )
         return self
 
     @property
@@ -112,7 +114,8 @@ class RunConfig(Strict):
         if self.name:
             return self.name
         dist = self.distribution if isinstance(self.distribution, str) else self.distribution.get("type", "")
-        amount = self.pattern if ":" in self.pattern and "block" not in self.pattern else f"{round(self.sparsity * 100)}%"
+        nm = ":" in self.pattern and "block" not in self.pattern
+        amount = self.pattern if nm else f"{round(self.sparsity * 100)}%"
         quant = f" {self.quantize.label()}" if self.quantize is not None else ""
         return f"{self.algorithm}{'+' + dist if dist != 'uniform' else ''}{quant} {amount}"
 
@@ -237,13 +240,13 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
                   on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     from sparsecraft.data.text import build_protocol
     from sparsecraft.evaluation.perplexity import perplexity
+    from sparsecraft.formats.footprint import weight_footprint
     from sparsecraft.models import load_model
     from sparsecraft.oneshot.api import prune
     from sparsecraft.oneshot.memory import PeakRSS
-    from sparsecraft.formats.footprint import weight_footprint
-    from sparsecraft.quant.state import quantized_params, remove_quant
     from sparsecraft.oneshot.recovery import recover
     from sparsecraft.oneshot.scale_tuning import tune_scales
+    from sparsecraft.quant.state import quantized_params, remove_quant
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -304,7 +307,8 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
             row["perplexity_before_tuning"] = row["perplexity"]
             row["perplexity"] = ppl()
         if r.quantize is not None:
-            row["footprint"] = weight_footprint(lm.model, [f"^{n}$" for n in (x["name"] for x in rep.to_dict()["layers"])])
+            pruned_names = [f"^{x['name']}$" for x in rep.to_dict()["layers"]]
+            row["footprint"] = weight_footprint(lm.model, pruned_names)
             row["footprint_all"] = weight_footprint(lm.model)
         if cfg.save if r.save is None else r.save:
             folder = run_dir / (f"{i:02d}-{r.label().replace(' ', '-').replace('%', 'pct').replace(':', 'of')}"

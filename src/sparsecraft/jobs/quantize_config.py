@@ -50,11 +50,19 @@ class TuneConfig(Strict):
 
 
 def preflight_quantize(model: Any, runs: list[Any], targets: list[str] | None, ignore: list[str] | None) -> None:
-    """Refuse, right after the model is loaded and before any evaluation or file, a quantization
-    group that does not divide a target layer's inputs (the one-line error names the layer)."""
+    """Refuse, right after the model is loaded and before any evaluation or file, what a method
+    would refuse later: a pattern or sparsity it cannot produce, a quantization group that does
+    not divide a target layer's inputs (the one-line error names the layer)."""
+    from sparsecraft.oneshot.base import make_pruner
     from sparsecraft.oneshot.blockwise import block_targets, find_blocks
     from sparsecraft.quant.grid import parse_spec
 
+    for r in runs:
+        if getattr(r, "method", None) is not None:
+            options = {"quantize": r.quantize.as_option()} if r.quantize is not None else {}
+            pruner = make_pruner(r.method, **options)
+            pruner.check_pattern(r.pattern)
+            pruner.check_sparsity(r.sparsity, [])
     specs = [parse_spec(r.quantize.as_option()) for r in runs if getattr(r, "quantize", None) is not None]
     if not specs:
         return

@@ -56,7 +56,9 @@ def candidates(linear: nn.Module, weight: torch.Tensor) -> dict[str, dict[str, t
             out["sparse"] = qp.pack_f32_bitmap(weight)
         return out
     if st.spec.group % 16 or weight.shape[1] % st.spec.group:
-        raise SparsecraftError(f"the decode kernels need quantization groups that are multiples of 16, got {st.spec.group}")
+        raise SparsecraftError(
+            f"the decode kernels need quantization groups that are multiples of 16, got {st.spec.group}"
+        )
     codes = st.codes(weight, "weight")
     out["dense"] = qp.pack_q_dense(codes, st.scale, st.zero, st.spec.bits)
     if not bool(nz.all()):
@@ -89,7 +91,8 @@ class LayerChoice:
 
 def _layout_name(p: dict[str, torch.Tensor]) -> str:
     kind, bits, g = int(p["meta"][0]), int(p["meta"][3]), int(p["meta"][5])
-    return {0: "f32-dense", 1: "f32-bitmap", 2: f"q{bits}-dense", 3: f"q{bits}-" + (f"group{g}" if g else "bitmap")}[kind]
+    sparse = f"q{bits}-" + (f"group{g}" if g else "bitmap")
+    return {0: "f32-dense", 1: "f32-bitmap", 2: f"q{bits}-dense", 3: sparse}[kind]
 
 
 def _llama_parts(model: nn.Module) -> tuple[Any, nn.Module]:
@@ -99,7 +102,8 @@ def _llama_parts(model: nn.Module) -> tuple[Any, nn.Module]:
         and hasattr(inner, "norm") and hasattr(inner, "rotary_emb") and hasattr(model, "lm_head")
     if not ok or getattr(cfg, "hidden_act", "silu") != "silu":
         raise SparsecraftError(
-            f"the decode path runs Llama-style causal LMs (LlamaForCausalLM layout, SiLU MLP); got {type(model).__name__}"
+            "the decode path runs Llama-style causal LMs (LlamaForCausalLM layout, SiLU MLP); "
+            f"got {type(model).__name__}"
         )
     return cfg, inner
 

@@ -11,8 +11,9 @@ mstride, cstride) -- the argument list of ``torch.ops.sparsecraft_kernels.packed
   byte in order (byte j = c[2j] | c[2j + 1] << 4), each word starting on a byte; the code stream is
   padded with 64 bytes.
 
-Scales are float16 (stored as int16 bits), zero points uint8, both (rows, in / G). Everything is vectorized numpy (no Python loop
-over rows or words), so packing SmolLM2's 210 layers takes a few seconds.
+Scales are float16 (stored as int16 bits), zero points uint8, both (rows, in / G). Everything is
+vectorized numpy (no Python loop over rows or words), so packing SmolLM2's 210 layers takes a few
+seconds.
 """
 
 from __future__ import annotations
