@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     what = pruned["method"] or pruned["criterion"]
     print(f"pruned with     {what} ({pruned['pattern']}, {pruned['distribution']}, target {pruned['sparsity']})")
     print(f"true sparsity   {pruned['true_sparsity']:.4f} over the pruned Linear layers")
-    if "footprint" in pruned:
+    if pruned.get("quantize"):
         fp, fa = pruned["footprint"], pruned["footprint_all"]
         print(f"quantized       {pruned['quantize']['bits']}-bit, {fp['bytes_per_weight']:.3f} bytes per pruned "
               "weight, "

@@ -306,10 +306,9 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
             row["tune"] = tuned.to_dict()
             row["perplexity_before_tuning"] = row["perplexity"]
             row["perplexity"] = ppl()
-        if r.quantize is not None:
-            pruned_names = [f"^{x['name']}$" for x in rep.to_dict()["layers"]]
-            row["footprint"] = weight_footprint(lm.model, pruned_names)
-            row["footprint_all"] = weight_footprint(lm.model)
+        pruned_names = [f"^{x['name']}$" for x in rep.to_dict()["layers"]]
+        row["footprint"] = weight_footprint(lm.model, pruned_names)  # bytes as save(format="auto") stores them
+        row["footprint_all"] = weight_footprint(lm.model)
         if cfg.save if r.save is None else r.save:
             folder = run_dir / (f"{i:02d}-{r.label().replace(' ', '-').replace('%', 'pct').replace(':', 'of')}"
                                 if many else "")

@@ -19,6 +19,7 @@ namespace {
 
 at::Tensor packed_linear(const at::Tensor& x_in, const std::vector<at::Tensor>& parts,
                          const c10::optional<at::Tensor>& bias, at::IntArrayRef meta) {
+  sc::sync_threads();
   sc::QLinear L = sc::make_linear(parts, meta);
   TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat && x_in.size(1) == L.in,
               "sparsecraft.packed_linear: x must be float32 [N, ", L.in, "]");

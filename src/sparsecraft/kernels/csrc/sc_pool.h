@@ -17,6 +17,7 @@
 // The caller only ever waits for a chunk that is *being copied out* (a few stores).
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/ivalue.h>
 #include <immintrin.h>
 
@@ -27,6 +28,8 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
+#include <algorithm>
 #include <vector>
 
 namespace sc {
@@ -181,10 +184,62 @@ class Pool {
   std::vector<std::thread> workers_;
 };
 
-// The process-wide pool (one helper thread fewer than `threads`; resized by set_threads).
+// The process-wide pool (helpers = threads - 1). Created with torch's thread count; the standalone
+// kernel ops follow torch's count (sync_threads), the decode loop sets its own (set_threads).
 inline Pool& pool() {
-  static Pool p(1);
+  static Pool p(std::max(1, at::get_num_threads()));
   return p;
+}
+
+inline void sync_threads() {
+  const int want = std::max(1, at::get_num_threads());
+  if (pool().threads() != want) pool().resize(want);
+}
+
+}  // namespace sc
+
+namespace sc {
+
+// Rows [0, out) of an (n, out) row-major result y, computed in chunks of `rows_per` rows by
+// `f(r0, r1, buf)` (buf[j * (r1 - r0) + (r - r0)] = y[j, r]) on the pool. `f` must capture by value
+// (a late helper may run it after the call returned: it must not read the caller's stack); the data
+// it points to must be kept alive by `keep`.
+template <class F>
+struct RowsCtx {
+  F f;
+  float* y;
+  int64_t out, rows_per;
+  int n;
+};
+
+template <class F>
+void rows_chunk(const void* p, int64_t c, float* buf) {
+  const auto& k = *static_cast<const RowsCtx<F>*>(p);
+  const int64_t r0 = c * k.rows_per;
+  k.f(r0, std::min(k.out, r0 + k.rows_per), buf);
+}
+
+template <class F>
+void rows_commit(const void* p, int64_t c, float* buf) {
+  const auto& k = *static_cast<const RowsCtx<F>*>(p);
+  const int64_t r0 = c * k.rows_per, nr = std::min(k.out, r0 + k.rows_per) - r0;
+  for (int j = 0; j < k.n; ++j) std::copy(buf + j * nr, buf + (j + 1) * nr, k.y + j * k.out + r0);
+}
+
+// rows per chunk: at least `min_rows` (so a chunk is worth a thread wake-up), at most what the
+// private buffer holds, about 8 chunks per thread for load balance.
+inline int64_t chunk_rows(int64_t out, int n, int64_t min_rows, int threads) {
+  const int64_t cap = std::max<int64_t>(1, kBufFloats / std::max(1, n));
+  const int64_t want = std::max<int64_t>(min_rows, (out + 8 * threads - 1) / (8 * threads));
+  return std::max<int64_t>(1, std::min(cap, want));
+}
+
+template <class F>
+void parallel_rows(int64_t out, int n, float* y, int64_t min_rows, F f, std::vector<c10::IValue> keep) {
+  static_assert(std::is_trivially_copyable<F>::value, "capture by value");
+  Pool& p = pool();
+  RowsCtx<F> ctx{f, y, out, chunk_rows(out, n, min_rows, p.threads()), n};
+  p.run((out + ctx.rows_per - 1) / ctx.rows_per, rows_chunk<F>, rows_commit<F>, ctx, std::move(keep));
 }
 
 }  // namespace sc
