@@ -3,9 +3,9 @@ several benchmark scripts can fill docs/results/formats.md without overwriting e
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from sparsecraft.atomic import write_text
 
 
 def write_section(path: Path, name: str, body: str, title: str) -> None:
@@ -16,8 +16,4 @@ def write_section(path: Path, name: str, body: str, title: str) -> None:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, text)

@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import sparsecraft
+from sparsecraft.atomic import write_text
 from sparsecraft.data.fashion_mnist import load_fashion_mnist
 from sparsecraft.methods import attach
 from sparsecraft.models.vision import DEFAULT_IGNORE, SmallCNN
@@ -229,9 +229,7 @@ def write_markdown(rows: list[dict], args, path: Path) -> None:  # noqa: ANN001
         + (f"\n{args.note}\n" if args.note else "")
         + ("\nCommands:\n\n" + "\n".join(f"- `{c}`" for c in cmds) + "\n" if len(cmds) > 2 else "")
     )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def main() -> None:
@@ -269,9 +267,7 @@ def main() -> None:
         timing = {"cmd": command(), "date": dt.date.today().isoformat(), "steps": args.timing_steps,
                   "rounds": args.timing_rounds,
                   "results": {p: step_times(p, data, args) for p in args.patterns}}
-        tmp = Path(args.timing_json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(timing, indent=1))
-        os.replace(tmp, args.timing_json)
+        write_text(args.timing_json, json.dumps(timing, indent=1))
         print(timing_table(timing), flush=True)
     done = {(r["method"], r["pattern"], r["seed"], r["epochs"], r["limit"]) for r in rows}
     for seed in args.seeds:

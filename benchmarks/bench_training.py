@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import sparsecraft
+from sparsecraft.atomic import write_text
 from sparsecraft.data.fashion_mnist import load_fashion_mnist
 from sparsecraft.methods import attach
 from sparsecraft.models.vision import mlp
@@ -184,9 +184,7 @@ def write_markdown(path: Path, raw: dict, cmd: str) -> None:
             lines.append(f"| {meth} | {100 * s:g}% | " + " | ".join(cells) + " |")
     lines += ["", "## Goals", "", *goal_lines(runs, raw)]
     lines += ["", "Raw per-run results: `docs/results/training.json`.", ""]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines))
 
 
 def main() -> None:
@@ -227,9 +225,7 @@ def main() -> None:
     methods = args.methods.split(",")
 
     def save() -> None:
-        tmp = raw_path.with_name(f".{raw_path.name}.tmp")
-        tmp.write_text(json.dumps(raw, indent=1))
-        os.replace(tmp, raw_path)
+        write_text(raw_path, json.dumps(raw, indent=1))
         write_markdown(out, raw, cmd)
 
     for meth in [m for m in methods if m != "dense"]:

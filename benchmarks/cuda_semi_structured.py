@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _env import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "kernels_cuda.md"
@@ -173,11 +173,7 @@ def main() -> int:
     ])
     print("\n".join(notes))
     if not args.no_write:
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        tmp = OUT.with_suffix(".md.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, OUT)
-        print(f"wrote {OUT}")
+        write_atomic(OUT, text)
     return 0 if all("WRONG" not in r for r in rows) else 1
 
 

@@ -41,7 +41,7 @@ class Override:
         return self.match in (target.name, target.module_name) or bool(re.search(self.match, target.name))
 
 
-def _overrides(items: Iterable[Any] | None) -> list[Override]:
+def parse_overrides(items: Iterable[Any] | None) -> list[Override]:
     out = []
     for item in items or []:
         if isinstance(item, Override):
@@ -62,16 +62,11 @@ def current_scores(criterion: Criterion, target: Target) -> torch.Tensor:
     return score
 
 
-def decide_masks(
-    targets: Sequence[Target],
-    sparsity: float,
-    pattern: Pattern,
-    criterion: Criterion,
-    distribution: Distribution,
-    overrides: Sequence[Override] = (),
-    skip_unfit: bool = False,
-) -> dict[str, tuple[Target, Pattern, float, torch.Tensor]]:
-    """Decide every target's (pattern, sparsity, keep-mask) without touching the model."""
+def layer_choices(
+    targets: Sequence[Target], pattern: Pattern, overrides: Sequence[Override] = (), skip_unfit: bool = False
+) -> list[tuple[Target, Pattern, float | None]]:
+    """Every target's pattern and override sparsity (``None``: the distribution decides); a
+    layer whose shape cannot take its pattern raises, or is left out with ``skip_unfit``."""
     chosen: list[tuple[Target, Pattern, float | None]] = []
     for t in targets:
         p, s = pattern, None
@@ -88,6 +83,20 @@ def decide_masks(
                 continue
             raise
         chosen.append((t, p, s))
+    return chosen
+
+
+def decide_masks(
+    targets: Sequence[Target],
+    sparsity: float,
+    pattern: Pattern,
+    criterion: Criterion,
+    distribution: Distribution,
+    overrides: Sequence[Override] = (),
+    skip_unfit: bool = False,
+) -> dict[str, tuple[Target, Pattern, float, torch.Tensor]]:
+    """Decide every target's (pattern, sparsity, keep-mask) without touching the model."""
+    chosen = layer_choices(targets, pattern, overrides, skip_unfit)
     scores = {t.name: current_scores(criterion, t) for t, _, _ in chosen}
     free = [t for t, _, s in chosen if s is None]
     alloc = distribution.allocate(free, sparsity, scores) if free else {}
@@ -138,7 +147,7 @@ def prune_by_criterion(
             + (f" outside ignore={list(ignore)}" if ignore else "")
         )
     crit.prepare(model, found, data=calib, loss_fn=loss_fn)
-    plan = decide_masks(found, float(sparsity), pat, crit, dist, _overrides(overrides), skip_unfit)
+    plan = decide_masks(found, float(sparsity), pat, crit, dist, parse_overrides(overrides), skip_unfit)
     items: Iterable = plan.values()
     if progress:
         items = tqdm(list(items), desc="prune", file=sys.stderr, leave=False)

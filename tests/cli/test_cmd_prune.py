@@ -47,7 +47,7 @@ def test_prune_cli_in_process(tiny, tmp_path, capsys):
     assert ((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all()
     # the sparse checkpoint loads into a fresh model with its masks
     fresh = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    sparsecraft.load(out / "sparse.safetensors", fresh)
+    sparsecraft.load(fresh, out / "sparse.safetensors")
     assert torch.equal(fresh.model.layers[0].mlp.up_proj.weight, w)
     assert sparsecraft.report(fresh).layer("model.layers.0.mlp.up_proj.weight").pattern == "2:4"
     assert "2:4" in (out / "sparsity.md").read_text()

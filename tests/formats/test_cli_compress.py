@@ -40,7 +40,7 @@ def test_compress_a_sparsecraft_checkpoint_keeps_masks(tmp_path, capsys):
     assert main(["compress", str(dense), str(tmp_path / "p.safetensors")]) == 0
     assert "tensors per format" in capsys.readouterr().out
     fresh = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 8))
-    sparsecraft.load(tmp_path / "p.safetensors", fresh)
+    sparsecraft.load(fresh, tmp_path / "p.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     assert fresh[0].sparsecraft_meta["weight"].step == 3
     assert main(["decompress", str(tmp_path / "p.safetensors"), str(tmp_path / "back.safetensors")]) == 0
@@ -51,3 +51,34 @@ def test_compress_a_sparsecraft_checkpoint_keeps_masks(tmp_path, capsys):
 def test_missing_input_is_a_one_line_error(tmp_path, capsys):
     assert main(["compress", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_file_into_an_existing_folder_is_a_one_line_error(tmp_path, capsys):
+    src, _ = plain_file(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    for cmd in ("compress", "decompress"):
+        assert main([cmd, str(src), str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "is a folder" in err and err.count("\n") == 1
+    assert [f.name for f in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_a_folder_of_pickles_is_refused_without_unpickling(tmp_path, capsys):
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "llama"}')
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    assert main(["compress", str(d), str(tmp_path / "out")]) == 2
+    assert "only safetensors weights" in capsys.readouterr().err
+    assert main(["inspect", str(d / "pytorch_model.bin")]) == 2
+    assert "never unpickles" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsecraft.formats.base import bits_view
-from sparsecraft.formats.delta import DeltaError, _bucket, apply_delta, encode_delta
+from sparsecraft.formats.delta import DeltaError, DeltaWarning, apply_delta, encode_delta
+from sparsecraft.formats.delta_wire import pack_bucket
 from sparsecraft.formats.varint import encode_varint, to_gaps
 from tests.formats.helpers import DTYPES, random_bits, same_bits
 
@@ -40,7 +41,9 @@ def test_special_values_count_as_changes(dtype):
     payload = encode_delta(old, new)
     assert payload.stats["changed"] == 3
     assert same_bits(apply_delta(clone(old), payload)["t"], new["t"])
-    assert encode_delta(new, clone(new)).nbytes == 0  # NaN == NaN bitwise: nothing to send
+    nothing = encode_delta(new, clone(new))  # NaN == NaN bitwise: nothing to send but the manifest
+    assert nothing.stats["changed"] == 0 and nothing.stats["value_bytes"] == nothing.stats["index_bytes"] == 0
+    assert len(nothing.buckets) == 1 and nothing.touched == []
 
 
 def test_one_percent_changed_meets_the_size_bound():
@@ -53,7 +56,7 @@ def test_one_percent_changed_meets_the_size_bound():
     changed = p.stats["changed"]
     assert changed == (new["w"].view(torch.int16) != old["w"].view(torch.int16)).sum()
     assert p.nbytes <= changed * (2 + 2) + p.stats["header_bytes"]
-    assert p.stats["header_bytes"] < 200
+    assert p.stats["header_bytes"] < 400  # record, versions, bucket count, a one-tensor manifest
 
 
 def test_dense_fallback_when_most_changed():
@@ -69,7 +72,7 @@ def test_buckets_are_size_bounded_and_split_tensors():
     old = {"w": torch.randn(10_000)}
     new = {"w": old["w"] + 1}
     p = encode_delta(old, new, bucket_bytes=4096)
-    assert len(p.buckets) == 10 and all(len(b) <= 4096 + 200 for b in p.buckets)
+    assert len(p.buckets) == 10 and all(len(b) <= 4096 + 300 for b in p.buckets)
     assert same_bits(apply_delta(clone(old), p)["w"], new["w"])
 
 
@@ -104,6 +107,16 @@ def test_tied_tensors_are_sent_once_and_copied_for_untied_receivers():
     assert same_bits(tied["head"], new_emb)
 
 
+def test_a_tied_copy_that_drifted_is_resent_even_when_its_source_did_not_change():
+    emb = torch.randn(20)
+    old = {"emb": emb.clone(), "head": emb.clone()}
+    old["head"][0] = 5.0  # the sender's old copies differ, its new ones are tied again
+    new = {"emb": emb, "head": emb}
+    p = encode_delta(old, new)
+    got = apply_delta(clone(old), p)
+    assert same_bits(got["head"], emb) and same_bits(got["emb"], emb)
+
+
 def test_fully_changed_tensor_counts_every_change_without_collecting_indices():
     old = {"w": torch.randn(3 << 20, generator=torch.Generator().manual_seed(0))}
     new = {"w": old["w"] + 1}  # x + 1 != x for every |x| < 2**24
@@ -124,12 +137,13 @@ def test_pfor8_indices_and_unaligned_values_at_one_percent():
     assert p.stats["index_bytes"] < 1.25 * p.stats["changed"]
 
 
-def sparse_record(state, idx, coding, ib):
+def v1_sparse_bucket(state, idx, coding, ib):
+    """A format-1 bucket (the first release: MAGIC SCD1, the header is the list of records)."""
     t = state["w"]
     values = bits_view(t).reshape(-1)[idx].view(np.uint8)
     rec = {"k": "w", "dt": "float32", "sh": list(t.shape), "m": "s", "lo": 0, "n": int(idx.size), "c": coding,
            "ib": int(ib.size), "vb": int(values.size)}
-    return _bucket([(rec, [ib, values])])
+    return pack_bucket([rec], [ib, values], fmt=1)
 
 
 def test_varint_payloads_of_the_first_release_still_apply_and_unknown_codings_fail():
@@ -137,10 +151,11 @@ def test_varint_payloads_of_the_first_release_still_apply_and_unknown_codings_fa
     new = clone(old)
     idx = np.array([3, 200, 999])
     new["w"][idx] = 5.0
-    bucket = sparse_record(new, idx, "varint", encode_varint(to_gaps(idx)))
-    assert same_bits(apply_delta(clone(old), [bucket])["w"], new["w"])
+    bucket = v1_sparse_bucket(new, idx, "varint", encode_varint(to_gaps(idx)))
+    with pytest.warns(DeltaWarning, match="without checking"):
+        assert same_bits(apply_delta(clone(old), [bucket])["w"], new["w"])
     with pytest.raises(DeltaError, match="unknown index coding 'zz'"):
-        apply_delta(clone(old), [sparse_record(new, idx, "zz", encode_varint(to_gaps(idx)))])
+        apply_delta(clone(old), [v1_sparse_bucket(new, idx, "zz", encode_varint(to_gaps(idx)))])
 
 
 def test_truncated_bucket_is_an_error():
@@ -164,3 +179,33 @@ def test_sparse_changes_over_many_records_are_bit_exact(dtype, seed, bucket):
     p = encode_delta(old, new, bucket_bytes=bucket)
     assert same_bits(apply_delta(clone(old), p)["w"], new["w"])
     assert p.nbytes <= p.stats["changed"] * (new["w"].element_size() + 2) + p.stats["header_bytes"]
+
+
+def test_versions_and_known_base_digests_are_explicit_arguments():
+    from sparsecraft.formats.digest import tensor_digest
+
+    g = torch.Generator().manual_seed(5)
+    old = {"w": torch.randn(500, generator=g), "h": torch.randn(40, generator=g).to(torch.bfloat16)}
+    mid, new = clone(old), clone(old)
+    mid["w"][7] = 1.0
+    new["w"][7], new["h"][3] = 1.0, 2.0
+    p1 = encode_delta(old, mid, from_version=4)
+    assert (p1.from_version, p1.to_version, p1.stats["to_version"]) == (4, 5, 5)
+    assert p1.result_digests == {k: tensor_digest(v) for k, v in mid.items()}  # computed from the changes alone
+    p2 = encode_delta(mid, new, from_version=5, base_digests=p1.result_digests)
+    assert p2.buckets == encode_delta(mid, new, from_version=5).buckets  # same bytes, one pass over mid fewer
+    with pytest.raises(DeltaError, match="not version 5"):  # wrong known digests: every receiver refuses
+        apply_delta(clone(mid), encode_delta(mid, new, from_version=5, base_digests={"w": 1}))
+    bad_args = [{"from_version": -1}, {"from_version": 2, "to_version": 2}, {"from_version": True},
+                {"to_version": 1.5}, {"base_digests": {"w": "x"}}, {"bucket_bytes": 10}]
+    for bad in bad_args:
+        with pytest.raises(DeltaError, match="must be"):
+            encode_delta(old, mid, **bad)
+    with pytest.raises(DeltaError, match="version must be an integer"):
+        apply_delta(clone(old), p1, version="4")
+
+
+def test_a_tied_tensor_whose_old_copy_has_another_shape_is_an_error():
+    emb = torch.randn(20)
+    with pytest.raises(DeltaError, match="tensor 'head': old is torch.float32\\(21,\\), new is torch.float32\\(20,\\)"):
+        encode_delta({"emb": emb.clone(), "head": torch.randn(21)}, {"emb": emb, "head": emb})

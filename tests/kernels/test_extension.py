@@ -77,3 +77,54 @@ def test_auto_warns_and_falls_back_to_torch_csr(monkeypatch):
     finally:
         extension.reset_extension_state()
         _warned.clear()
+
+
+def _tiny_source(monkeypatch, tmp_path):
+    src = tmp_path / "src" / "tiny.cpp"
+    src.parent.mkdir()
+    src.write_text("int sparsecraft_tiny_probe() { return 7; }\n")
+    monkeypatch.setattr(extension, "SOURCE_DIR", src.parent)
+    monkeypatch.setenv("SPARSECRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    return src
+
+
+def test_a_lock_file_left_by_a_killed_build_does_not_block_the_next(monkeypatch, tmp_path):
+    """torch's ``lock`` file outlives a killed build; its waiter would spin forever (a CI hang)."""
+    src = _tiny_source(monkeypatch, tmp_path)
+    cflags, _ = extension.build_flags()
+    build_dir = extension.cache_dir() / extension._tag([src], cflags)
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").touch()
+    monkeypatch.setattr(extension, "BUILD_WAIT_S", 5.0)
+    extension.build()
+    assert not (build_dir / "lock").exists()
+    assert list(build_dir.glob("*.so"))
+
+
+def test_a_build_held_by_a_live_process_times_out_with_a_clear_error(tmp_path):
+    import fcntl
+    import os
+
+    lock = tmp_path / ".sparsecraft.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    pid = os.fork()
+    if pid == 0:  # the child holds the lock until killed
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"x")
+        import time
+
+        time.sleep(60)
+        os._exit(0)
+    try:
+        while lock.stat().st_size == 0:
+            pass
+        with pytest.raises(extension.ExtensionBuildError, match="another process has been building"):
+            with extension._build_lock(tmp_path, wait_s=0.5):
+                pass
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    # the holder is dead: the kernel dropped its lock, the next build goes ahead at once
+    with extension._build_lock(tmp_path, wait_s=0.5):
+        pass

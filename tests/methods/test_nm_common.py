@@ -56,6 +56,6 @@ def test_report_is_true_and_save_load_round_trip(tmp_path) -> None:
     with torch.no_grad():
         for p in fresh.parameters():
             p.add_(1.0)
-    sparsecraft.load(tmp_path / "m.safetensors", fresh)
+    sparsecraft.load(fresh, tmp_path / "m.safetensors")
     assert torch.equal(fresh(x), model(x))
     assert torch.equal(fresh[0].weight, lin.weight)

@@ -121,7 +121,7 @@ def test_checkpoint_roundtrip_after_prune(tmp_path):
     model = tiny_llama()
     prune(model, 0.5, method="sparsegpt", pattern="2:4", calib=calib_ids(2), progress=False)
     path = sparsecraft.save(model, tmp_path / "m.safetensors")
-    fresh = sparsecraft.load(path, tiny_llama(seed=5))
+    fresh = sparsecraft.load(tiny_llama(seed=5), path)
     ids = calib_ids(1)
     assert torch.allclose(fresh(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
     assert sparsecraft.report(fresh).sparsity == pytest.approx(sparsecraft.report(model).sparsity)

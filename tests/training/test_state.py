@@ -4,11 +4,15 @@ another save is refused (or undone), never resumed silently."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from sparsecraft import atomic
 from sparsecraft.errors import CheckpointError
 from sparsecraft.methods import attach
 from sparsecraft.training import state
@@ -89,10 +93,14 @@ def test_a_save_that_dies_between_the_two_files_keeps_the_previous_pair(tmp_path
     save_training_state(ck, *first, {"epoch": 1})
     second = _trained(2, steps=5)
 
-    def disk_full(*args, **kwargs):
-        raise OSError("disk full")
+    real = state.atomic.write_safetensors
 
-    monkeypatch.setattr(state, "atomic_save_file", disk_full)  # the model file is already written
+    def disk_full(path, *args, **kwargs):
+        if Path(path).name == STATE_FILE:  # the model file is already written
+            raise OSError("disk full")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(state.atomic, "write_safetensors", disk_full)
     with pytest.raises(OSError, match="disk full"):
         save_training_state(ck, *second, {"epoch": 2})
     monkeypatch.undo()
@@ -105,9 +113,10 @@ def test_a_save_that_dies_between_the_two_files_keeps_the_previous_pair(tmp_path
 def test_a_crash_inside_the_folder_swap_is_undone_on_read(tmp_path):
     ck = tmp_path / "ck"
     save_training_state(ck, *_trained(1), {"epoch": 1})
-    aside = tmp_path / ".ck.old.x1y2"  # where atomic.directory moves the old folder first
-    aside.mkdir()
-    ck.rename(aside / "ck")  # the process died before the new folder was renamed in
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    aside = atomic.temp_sibling(ck, aside=True, pid=dead)  # where atomic.directory moves the old folder first
+    ck.rename(aside)  # the process died before the new folder was renamed in
     assert load_training_state(ck, *_fresh()) == {"epoch": 1}
     assert ck.is_dir() and not aside.exists()
 

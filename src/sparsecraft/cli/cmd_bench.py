@@ -84,7 +84,7 @@ def build(args: argparse.Namespace) -> tuple[nn.Module, Any, str]:
     if path.suffix == ".safetensors" or (args.builder and path.is_file()):
         state, _ = read_checkpoint(path)
         model = _builder(args.builder) if args.builder else mlp_from_state(state)
-        load(path, model)
+        load(model, path)
         first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
         if first is None:
             raise SparsecraftError(f"{path} builds a model without nn.Linear layers")
@@ -94,7 +94,7 @@ def build(args: argparse.Namespace) -> tuple[nn.Module, Any, str]:
     loaded = load_model(args.model)
     model = loaded.model
     if args.checkpoint:
-        load(args.checkpoint, model, strict=False)
+        load(model, args.checkpoint, strict=False)
     vocab = int(getattr(model.config, "vocab_size", 1000))
     ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=torch.Generator().manual_seed(0))
     return model.eval(), {"input_ids": ids}, f"{loaded.kind} {loaded.path}"

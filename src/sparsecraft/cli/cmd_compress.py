@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if is_hf_dir(src):
         out = compress_dir(src, dst, format=args.format)
     elif src.is_file():
+        if dst.is_dir():
+            raise SparsecraftError(f"output {str(dst)!r} is a folder; a file input writes a file: give a file path")
         out = compress_file(src, dst, format=args.format)
     else:
         raise SparsecraftError(f"{src} is neither a .safetensors file nor a directory with config.json")

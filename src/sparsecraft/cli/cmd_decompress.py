@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if src.is_dir():
         out = decompress_dir(src, dst)
     elif src.is_file():
+        if dst.is_dir():
+            raise SparsecraftError(f"output {str(dst)!r} is a folder; a file input writes a file: give a file path")
         out = decompress_file(src, dst)
     else:
         raise SparsecraftError(f"{src} does not exist")

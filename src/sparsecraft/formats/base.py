@@ -179,8 +179,39 @@ class Format:
         """Bit view of the original tensor, in its original shape."""
         raise NotImplementedError
 
+    def check_parts(self, p: Packed) -> None:
+        """Raise ``ValueError`` unless ``p``'s parts have the names and sizes that its shape
+        and parameters imply. Run before :meth:`decode` on anything read from a file, so a
+        damaged header cannot make decoding allocate more than the stored parts justify."""
+        raise NotImplementedError
+
     def params(self) -> dict[str, Any]:
         return {}
+
+    @classmethod
+    def side_state_bytes(cls, header: dict[str, Any]) -> int:
+        """Bytes of the buffers that decoding gives back beside the tensor (a quantized
+        format's scales / zero points / spec); plain formats give back the tensor only."""
+        return 0
+
+
+def expect_parts(p: Packed, names: set[str], sizes: dict[str, int]) -> None:
+    """``ValueError`` unless ``p`` has exactly the parts ``names``, with the element counts
+    given in ``sizes`` (parts not in ``sizes`` are not checked here)."""
+    if set(p.parts) != names:
+        raise ValueError(f"{p.format} needs parts {sorted(names)}, found {sorted(p.parts)}")
+    for name, want in sizes.items():
+        if p.parts[name].size != want:
+            raise ValueError(f"{p.format} part {name!r} has {p.parts[name].size} elements, "
+                             f"shape {list(p.shape)} needs {want}")
+
+
+def row_layout(p: Packed) -> WeightLayout:
+    """The row view ``p`` was stored with; ``ValueError`` when its layout does not fit its shape."""
+    fits = {"linear": len(p.shape) == 2, "transposed": len(p.shape) == 2, "conv": len(p.shape) >= 3}
+    if not fits.get(p.layout or "", False) or 0 in p.shape:
+        raise ValueError(f"{p.format} layout {p.layout!r} does not fit shape {list(p.shape)}")
+    return WeightLayout(p.layout, tuple(p.shape))
 
 
 def rows_of(x: np.ndarray, layout: WeightLayout | None) -> np.ndarray | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsecraft.formats.base import FORMATS, Format, Packed
+from sparsecraft.formats.base import FORMATS, Format, Packed, expect_parts
 from sparsecraft.layout import WeightLayout
 
 
@@ -28,6 +28,11 @@ class Bitmap(Format):
         nz = flat != 0
         # np.compress is ~2x faster than boolean indexing (flat[nz]) at any density
         return {"bitmap": np.packbits(nz, bitorder="little"), "values": np.compress(nz, flat)}
+
+    def check_parts(self, p: Packed) -> None:
+        expect_parts(p, {"bitmap", "values"}, {"bitmap": (p.numel + 7) // 8})
+        if p.parts["values"].size > p.numel:
+            raise ValueError(f"bitmap has {p.parts['values'].size} values for {p.numel} elements")
 
     def decode(self, p: Packed) -> np.ndarray:
         values = p.parts["values"]

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsecraft.formats.base import FORMATS, Format, Packed, from_rows, index_dtype, rows_of
+from sparsecraft.formats.base import (
+    FORMATS,
+    Format,
+    Packed,
+    expect_parts,
+    from_rows,
+    index_dtype,
+    row_layout,
+    rows_of,
+)
 from sparsecraft.layout import WeightLayout
 
 
@@ -68,6 +77,8 @@ class BSR(Format):
     needs_rows = True
 
     def __init__(self, br: int = 4, bc: int = 4) -> None:
+        if int(br) < 1 or int(bc) < 1:
+            raise ValueError(f"BSR blocks need br, bc >= 1, got {br}x{bc}")
         self.br, self.bc = int(br), int(bc)
 
     def params(self) -> dict[str, int]:
@@ -93,6 +104,16 @@ class BSR(Format):
         np.cumsum(occ.sum(axis=1), out=indptr[1:])
         cols = np.nonzero(occ)[1].astype(index_dtype(occ.shape[1]))
         return {"indptr": indptr, "indices": cols, "blocks": blocks[occ].reshape(-1)}
+
+    def check_parts(self, p: Packed) -> None:
+        br, bc = self.br, self.bc
+        layout = row_layout(p)
+        if layout.rows % br or layout.cols % bc:
+            raise ValueError(f"BSR blocks {br}x{bc} do not tile the {layout.rows}x{layout.cols} row view")
+        nb = p.parts["indices"].size if "indices" in p.parts else 0
+        expect_parts(p, {"indptr", "indices", "blocks"}, {"indptr": layout.rows // br + 1, "blocks": nb * br * bc})
+        if nb > (layout.rows // br) * (layout.cols // bc):
+            raise ValueError(f"BSR has {nb} blocks, more than the row view holds")
 
     def decode(self, p: Packed) -> np.ndarray:
         br, bc = int(p.params["br"]), int(p.params["bc"])

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsecraft.formats.base import FORMATS, Format, Packed, from_rows, index_dtype, rows_of
+from sparsecraft.formats.base import (
+    FORMATS,
+    Format,
+    Packed,
+    expect_parts,
+    from_rows,
+    index_dtype,
+    row_layout,
+    rows_of,
+)
 from sparsecraft.layout import WeightLayout
 
 
@@ -41,6 +50,13 @@ class CSR(Format):
         indptr = np.searchsorted(idx, np.arange(rows + 1, dtype=np.int64) * cols).astype(index_dtype(idx.size + 1))
         col = idx & (cols - 1) if cols & (cols - 1) == 0 else idx % cols
         return {"indptr": indptr, "indices": col.astype(index_dtype(cols)), "values": flat.take(idx)}
+
+    def check_parts(self, p: Packed) -> None:
+        layout = row_layout(p)
+        nnz = p.parts["values"].size if "values" in p.parts else 0
+        expect_parts(p, {"indptr", "indices", "values"}, {"indptr": layout.rows + 1, "indices": nnz})
+        if nnz > p.numel:
+            raise ValueError(f"CSR has {nnz} values for {p.numel} elements")
 
     def decode(self, p: Packed) -> np.ndarray:
         layout = WeightLayout(p.layout, tuple(p.shape))

@@ -1,8 +1,9 @@
-"""Lossless sparse weight deltas (SparseRL-Sync): send only the elements that changed.
+"""Lossless sparse weight deltas (SparseRL-Sync): send only the elements that changed, and
+never let a receiver end up with wrong weights.
 
-``encode_delta(old, new)`` compares every tensor *bitwise* (through its unsigned integer
-view, so NaN payloads, ``-0.0`` and subnormals are changes like any other), and for each
-tensor sends either
+``encode_delta(old, new, from_version=v, to_version=v + 1)`` compares every tensor *bitwise*
+(through its unsigned integer view, so NaN payloads, ``-0.0`` and subnormals are changes like
+any other), and for each tensor sends either
 
 * **sparse**: the changed positions, gap-coded (:mod:`sparsecraft.formats.varint`: PFOR with
   8-bit slots, LEB128 or the smallest fixed int, whichever is smallest), and the new values
@@ -12,55 +13,67 @@ tensor sends either
 Tied tensors (same memory, e.g. an LM head tied to the embedding) are sent once; a receiver
 whose copies are not tied gets the source copied into them.
 
-Records are cut so none exceeds ``bucket_bytes`` and packed greedily into buckets; each
-bucket is ``MAGIC | u32 header length | u32 CRC32 | JSON header | body``. The JSON header
-lists the records (tensor, dtype, shape, mode, base, count, index coding, byte lengths).
-``apply_delta(old, payload)`` writes the records into ``old`` in place; the receiver ends
-bit-identical to the sender's ``new``. The reference cost is ~6 bytes per changed element
-(int32 index + bf16 value, ALGORITHMS.md "Communication"); with gap coding the index costs
-~1.15 bytes at 1% changed.
+Records are cut so none exceeds ``bucket_bytes`` and packed greedily into buckets, each
+self-describing and CRC32-checked (:mod:`.delta_wire`). Every bucket carries the from/to
+version numbers, its number and the bucket count; bucket 0 carries the *manifest*: for every
+tensor of the state its dtype, shape, the digest of its base (``old``) and of its result
+(``new``) (:mod:`.digest`: a bitwise, position-weighted 64-bit word sum).
+``apply_delta(state, payload)`` verifies everything -- every bucket, every size, every base
+digest, and the result digest predicted from the staged changes -- before it writes anything
+(:mod:`.delta_apply`); any failure raises a one-line :class:`DeltaError` naming the tensor and
+the reason and leaves ``state`` bit-identical. Afterwards ``state`` is bit for bit ``new``.
+:func:`encode_full` makes a full resend (every tensor dense, no base to check) for a
+receiver that missed an update.
+
+The reference cost is ~6 bytes per changed element (int32 index + bf16 value, ALGORITHMS.md
+"Communication"); with gap coding the index costs ~1.15 bytes at 1% changed; the manifest
+adds ~60 bytes plus the name per tensor.
 
 Speed (the goal is >= 1 GB/s of model size per core for encode + apply): every step is a
 vectorised numpy pass with no Python loop over elements or changes -- one ``!=`` on the
 integer views into a reused boolean scratch, a SIMD ``count_nonzero`` (so a mostly changed
 tensor goes dense without ever listing positions), one ``flatnonzero``, a gather of the new
-values; apply is a gap decode, one in-place ``cumsum`` and one scatter. Payloads of the first
-release (LEB128/fixed codings only) still apply; a coding this version does not know is a
-``DeltaError`` naming it.
+values, one digest pass over the base; apply is one digest pass over the base, a gap decode,
+one in-place ``cumsum``, one weight per change for the result digest, and one scatter.
+Payloads of the first release (format 1: no versions, no digests) still apply, with a
+:class:`DeltaWarning` that the base was not checked.
 """
 
 from __future__ import annotations
 
-import json
-import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from sparsecraft.errors import SparsecraftError
 from sparsecraft.formats.base import bits_view, dtype_name
-from sparsecraft.formats.varint import decode_gaps, encode_gaps, to_gaps
+from sparsecraft.formats.delta_apply import DeltaWarning, apply_payload, storage_key
+from sparsecraft.formats.delta_wire import MAGIC_V2, DeltaError, dump, manifest_crc, pack_bucket
+from sparsecraft.formats.digest import MASK, changes_digest, digest_hex, tensor_digest
+from sparsecraft.formats.varint import encode_gaps, to_gaps
 
-MAGIC = b"SCD1"
-_HEAD = struct.Struct("<4sII")
+__all__ = ["DEFAULT_BUCKET", "DeltaError", "DeltaPayload", "DeltaWarning", "apply_delta", "changed_indices",
+           "encode_delta", "encode_full", "storage_key"]
+
+MAGIC = MAGIC_V2
 CHUNK = 1 << 24  # elements compared per step (bounds the boolean scratch to 16 MiB)
 SAMPLE = 4093  # stride of the sample that guesses whether a chunk is mostly changed
 DEFAULT_BUCKET = 32 << 20
 
 
-class DeltaError(SparsecraftError):
-    """A delta payload is corrupted or does not match the state it is applied to."""
-
-
 @dataclass
 class DeltaPayload:
-    """Buckets of bytes (each self-describing and CRC-checked) plus statistics."""
+    """Buckets of bytes (each self-describing and CRC-checked), statistics, and what the
+    sender knows: the versions, the result digest of every tensor (the next delta's base
+    digests) and the tensors that have records (``touched``)."""
 
     buckets: list[bytes]
     stats: dict[str, Any] = field(default_factory=dict)
+    from_version: int | None = 0
+    to_version: int = 1
+    result_digests: dict[str, int] = field(default_factory=dict)
+    touched: list[str] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -107,25 +120,28 @@ def changed_indices(a: np.ndarray, b: np.ndarray, give_up: int | None = None) ->
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), count
 
 
-def storage_key(t: torch.Tensor) -> tuple:
-    """Tensors with equal keys are the same memory (tied weights)."""
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-
-
-def _records(name: str, old: torch.Tensor, new: torch.Tensor, limit: int) -> tuple[list, int]:
-    """(header, [index bytes, value bytes]) records for one tensor, each <= ``limit`` bytes,
-    and the number of changed elements."""
-    if old.shape != new.shape or old.dtype != new.dtype:
+def _same_kind(name: str, old: torch.Tensor | None, new: torch.Tensor) -> None:
+    if old is not None and (old.shape != new.shape or old.dtype != new.dtype):
         raise DeltaError(
             f"tensor {name!r}: old is {old.dtype}{tuple(old.shape)}, new is {new.dtype}{tuple(new.shape)}"
         )
-    a, b = bits_view(old).reshape(-1), bits_view(new).reshape(-1)
+
+
+def _records(name: str, old: torch.Tensor | None, new: torch.Tensor, limit: int) -> tuple[list, int, int | None]:
+    """(header, [index bytes, value bytes]) records for one tensor, each <= ``limit`` bytes,
+    the number of changed elements, and ``D(new) - D(old)`` when it was cheaper to get from
+    the changes than from a pass over ``new`` (else None). ``old=None``: everything, dense."""
+    _same_kind(name, old, new)
+    b = bits_view(new).reshape(-1)
     vb = b.itemsize
     head = {"k": name, "dt": dtype_name(new.dtype), "sh": list(new.shape)}
-    # every index costs >= 1 byte, so past this many changes dense is certainly not larger
-    idx, changed = changed_indices(a, b, give_up=b.size * vb // (vb + 1))
-    if changed == 0:
-        return [], 0
+    idx, changed = None, b.size
+    if old is not None:
+        a = bits_view(old).reshape(-1)
+        # every index costs >= 1 byte, so past this many changes dense is certainly not larger
+        idx, changed = changed_indices(a, b, give_up=b.size * vb // (vb + 1))
+        if changed == 0:
+            return [], 0, 0
     coded, base = [], 0
     per = max(1, limit // (vb + 8))  # changes per record: a u64 index bounds every coding
     for s in range(0, 0 if idx is None else idx.size, per):
@@ -140,137 +156,142 @@ def _records(name: str, old: torch.Tensor, new: torch.Tensor, limit: int) -> tup
             ({**head, "m": "d", "lo": lo, "n": min(step, b.size - lo), "ib": 0, "vb": min(step, b.size - lo) * vb},
              [b[lo : lo + step].view(np.uint8)])
             for lo in range(0, b.size, step)
-        ], changed
-    out = []
+        ], changed, None
+    out, delta = [], 0
+    cheap = changed * 16 <= b.size  # one weight per change beats a pass over the tensor
     for base, part, coding, ib in coded:
-        values = b[part].view(np.uint8)
+        values = b[part]
+        if cheap:
+            delta += changes_digest(part, a[part], values)
         out.append(({**head, "m": "s", "lo": base, "n": int(part.size), "c": coding,
-                     "ib": int(ib.size), "vb": int(values.size)}, [ib, values]))
-    return out, changed
+                     "ib": int(ib.size), "vb": int(values.nbytes)}, [ib, values.view(np.uint8)]))
+    return out, changed, (delta & MASK if cheap else None)
 
 
-def _bucket(records: list[tuple[dict, list[np.ndarray]]]) -> bytes:
-    header = json.dumps([r for r, _ in records], separators=(",", ":")).encode()
-    parts = [np.ascontiguousarray(arr).view(np.uint8) for _, arrs in records for arr in arrs]
-    crc = zlib.crc32(header)
-    for part in parts:
-        crc = zlib.crc32(part, crc)
-    return b"".join([_HEAD.pack(MAGIC, len(header), crc), header, *parts])  # one copy
+def _version(v: Any, what: str, allow_none: bool = False) -> None:
+    if (v is None and allow_none) or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+        return
+    raise DeltaError(f"{what} must be an integer >= 0, got {v!r}")
+
+
+def _encode(old_state: dict[str, torch.Tensor] | None, new_state: dict[str, torch.Tensor], bucket_bytes: int,
+            from_version: int | None, to_version: int, base_digests: dict[str, int] | None) -> DeltaPayload:
+    if old_state is not None and old_state.keys() != new_state.keys():
+        diff = sorted(set(old_state) ^ set(new_state))
+        raise DeltaError(f"old and new states differ in their tensors: {diff[:5]}")
+    if type(bucket_bytes) is not int or bucket_bytes < 64:
+        raise DeltaError(f"bucket_bytes must be an integer >= 64, got {bucket_bytes!r}")
+    for name, d in (base_digests or {}).items():
+        if type(d) is not int or not 0 <= d <= MASK:
+            raise DeltaError(f"base_digests[{name!r}] must be an integer in [0, 2**64), got {d!r}")
+    stats = {"tensors": len(new_state), "tied": 0, "numel": 0, "model_bytes": 0, "changed": 0,
+             "dense_tensors": [], "index_bytes": 0, "value_bytes": 0,
+             "from_version": from_version, "to_version": to_version}
+    digest_of: dict[tuple, int] = {}
+
+    def digest(t: torch.Tensor) -> int:
+        key = storage_key(t)
+        if key not in digest_of:
+            digest_of[key] = tensor_digest(t)
+        return digest_of[key]
+
+    groups: list[list] = [[]]
+    size, seen, touched = 0, {}, []
+    base_d: dict[str, int | None] = {}
+    result_d: dict[str, int] = {}
+    for name, new in new_state.items():
+        old = None if old_state is None else old_state[name]
+        if old is not None:
+            given = (base_digests or {}).get(name)
+            base_d[name] = given if given is not None else digest(old)
+        else:
+            base_d[name] = None
+        first = seen.setdefault(storage_key(new), name)
+        if first != name:  # tied to an earlier tensor: same memory, sent once
+            _same_kind(name, old, new)
+            stats["tied"] += 1
+            result_d[name] = result_d[first]
+            records, changed = [], 0
+            same = old is not None and first not in touched and (
+                storage_key(old) == storage_key(old_state[first]) or np.array_equal(bits_view(old), bits_view(new)))
+            if not same:  # receivers without the tie get a copy of the source
+                records = [({"k": name, "m": "a", "src": first, "dt": dtype_name(new.dtype),
+                             "sh": list(new.shape), "n": 0, "ib": 0, "vb": 0}, [])]
+        else:
+            stats["numel"] += new.numel()
+            stats["model_bytes"] += new.numel() * new.element_size()
+            records, changed, delta = _records(name, old, new, bucket_bytes)
+            if old is not None and changed == 0:
+                result_d[name] = base_d[name]
+            elif delta is not None:
+                result_d[name] = (base_d[name] + delta) & MASK
+            else:
+                result_d[name] = tensor_digest(new)
+        stats["changed"] += changed
+        if records:
+            touched.append(name)
+        for rec, arrs in records:
+            stats["index_bytes"] += rec["ib"]
+            stats["value_bytes"] += rec["vb"]
+            if rec["m"] == "d" and name not in stats["dense_tensors"]:
+                stats["dense_tensors"].append(name)
+            if groups[-1] and size + rec["ib"] + rec["vb"] > bucket_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append((rec, arrs))
+            size += rec["ib"] + rec["vb"]
+    manifest = [[name, dtype_name(t.dtype), list(t.shape), None if base_d[name] is None else digest_hex(base_d[name]),
+                 digest_hex(result_d[name])] for name, t in new_state.items()]
+    common = {"f": 2, "from": from_version, "to": to_version, "of": len(groups), "m": manifest_crc(manifest)}
+    buckets = []
+    for i in range(len(groups)):
+        group, groups[i] = groups[i], []  # free each group's arrays once it is packed
+        header = {**common, "i": i, "r": [rec for rec, _ in group], **({"man": manifest} if i == 0 else {})}
+        buckets.append(pack_bucket(header, [arr for _, arrs in group for arr in arrs]))
+    stats["buckets"] = len(buckets)
+    stats["manifest_bytes"] = len(dump(manifest))
+    stats["header_bytes"] = sum(len(b) for b in buckets) - stats["index_bytes"] - stats["value_bytes"]
+    return DeltaPayload(buckets, stats, from_version, to_version, result_d, touched)
 
 
 def encode_delta(
     old_state: dict[str, torch.Tensor],
     new_state: dict[str, torch.Tensor],
     bucket_bytes: int = DEFAULT_BUCKET,
+    *,
+    from_version: int = 0,
+    to_version: int | None = None,
+    base_digests: dict[str, int] | None = None,
 ) -> DeltaPayload:
-    """The lossless delta turning ``old_state`` into ``new_state`` (same keys, shapes, dtypes)."""
-    if old_state.keys() != new_state.keys():
-        diff = sorted(set(old_state) ^ set(new_state))
-        raise DeltaError(f"old and new states differ in their tensors: {diff[:5]}")
-    if bucket_bytes < 64:
-        raise DeltaError(f"bucket_bytes must be >= 64, got {bucket_bytes}")
-    buckets, current, size = [], [], 0
-    stats = {"tensors": len(new_state), "tied": 0, "numel": 0, "model_bytes": 0, "changed": 0,
-             "dense_tensors": [], "index_bytes": 0, "value_bytes": 0}
-    seen: dict[tuple, str] = {}
-    touched: set[str] = set()
-    for name, new in new_state.items():
-        first = seen.setdefault(storage_key(new), name)
-        if first != name:  # tied to an earlier tensor: same memory, sent once
-            stats["tied"] += 1
-            records, changed = [], 0
-            if first in touched:  # receivers without the tie get a copy of the source
-                records = [({"k": name, "m": "a", "src": first, "dt": dtype_name(new.dtype),
-                             "sh": list(new.shape), "n": 0, "ib": 0, "vb": 0}, [])]
-        else:
-            stats["numel"] += new.numel()
-            stats["model_bytes"] += new.numel() * new.element_size()
-            records, changed = _records(name, old_state[name], new, bucket_bytes)
-        stats["changed"] += changed
-        if records:
-            touched.add(name)
-        for rec, arrs in records:
-            stats["index_bytes"] += rec["ib"]
-            stats["value_bytes"] += rec["vb"]
-            if rec["m"] == "d" and name not in stats["dense_tensors"]:
-                stats["dense_tensors"].append(name)
-            if current and size + rec["ib"] + rec["vb"] > bucket_bytes:
-                buckets.append(_bucket(current))
-                current, size = [], 0
-            current.append((rec, arrs))
-            size += rec["ib"] + rec["vb"]
-    if current:
-        buckets.append(_bucket(current))
-    stats["buckets"] = len(buckets)
-    stats["header_bytes"] = sum(len(b) for b in buckets) - stats["index_bytes"] - stats["value_bytes"]
-    return DeltaPayload(buckets, stats)
+    """The lossless delta turning ``old_state`` (version ``from_version``) into ``new_state``
+    (version ``to_version``, default ``from_version + 1``); same keys, shapes, dtypes.
+
+    ``base_digests``: digests of ``old_state``'s tensors already known, e.g. the previous
+    payload's ``result_digests`` when ``old_state`` is what that payload produced; they save
+    the pass over ``old_state``. Wrong ones make every receiver refuse the payload."""
+    _version(from_version, "from_version")
+    to_version = from_version + 1 if to_version is None else to_version
+    _version(to_version, "to_version")
+    if to_version <= from_version:
+        raise DeltaError(f"to_version must be greater than from_version, got {from_version} -> {to_version}")
+    return _encode(old_state, new_state, bucket_bytes, from_version, to_version, base_digests)
 
 
-def _target(state: dict[str, torch.Tensor], rec: dict) -> np.ndarray:
-    name = rec["k"]
-    if name not in state:
-        raise DeltaError(f"delta names tensor {name!r}, which the receiving state does not have")
-    t = state[name]
-    if dtype_name(t.dtype) != rec["dt"] or list(t.shape) != rec["sh"]:
-        raise DeltaError(f"tensor {name!r}: delta is for {rec['dt']}{rec['sh']}, state has {t.dtype}{list(t.shape)}")
-    if t.device.type != "cpu" or not t.is_contiguous():
-        raise DeltaError(f"tensor {name!r}: apply_delta needs contiguous CPU tensors")
-    return bits_view(t).reshape(-1)
+def encode_full(new_state: dict[str, torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET, *,
+                to_version: int) -> DeltaPayload:
+    """A full resend: every tensor dense (tied ones once, plus alias records), no base to
+    check. Applies to any receiving state with the same names, dtypes and shapes."""
+    _version(to_version, "to_version")
+    return _encode(None, new_state, bucket_bytes, None, to_version, None)
 
 
-def _indices(coding: str, buf: np.ndarray, count: int, base: int) -> np.ndarray:
-    """Decoded gaps -> int64 positions, in place (``decode_gaps`` returns a fresh array)."""
-    idx = decode_gaps(coding, buf, count).view(np.int64)
-    if idx.size:
-        idx += 1
-        idx[0] += base - 1
-        np.cumsum(idx, out=idx)
-    return idx
-
-
-def apply_bucket(state: dict[str, torch.Tensor], bucket: bytes | memoryview) -> int:
-    """Apply one bucket in place; returns the number of elements written."""
-    buf = memoryview(bucket)
-    if len(buf) < _HEAD.size:
-        raise DeltaError(f"delta bucket of {len(buf)} bytes is truncated")
-    magic, hlen, crc = _HEAD.unpack_from(buf)
-    if magic != MAGIC:
-        raise DeltaError("not a sparsecraft delta bucket (bad magic)")
-    header, body = buf[_HEAD.size : _HEAD.size + hlen], buf[_HEAD.size + hlen :]
-    if zlib.crc32(body, zlib.crc32(header)) != crc:
-        raise DeltaError("delta bucket is corrupted (CRC32 mismatch)")
-    raw = np.frombuffer(body, dtype=np.uint8)
-    pos = written = 0
-    for rec in json.loads(bytes(header)):
-        flat = _target(state, rec)
-        ib, vb = rec["ib"], rec["vb"]
-        values = raw[pos + ib : pos + ib + vb].view(flat.dtype)
-        if rec["m"] == "a":  # tied tensor: copy its source unless it is the same memory
-            src = _target(state, {**rec, "k": rec["src"]})
-            if not np.shares_memory(src, flat):
-                flat[:] = src
-        elif rec["m"] == "d":
-            flat[rec["lo"] : rec["lo"] + rec["n"]] = values
-        else:
-            try:
-                idx = _indices(rec["c"], raw[pos : pos + ib], rec["n"], rec["lo"])
-            except ValueError as e:
-                raise DeltaError(f"tensor {rec['k']!r}: bad index block ({e})") from None
-            if idx.size and (idx[-1] >= flat.size or values.size != idx.size):
-                raise DeltaError(f"tensor {rec['k']!r}: indices/values do not fit the tensor")
-            if not values.flags.aligned:  # a sequential copy beats an unaligned scatter
-                values = values.copy()
-            flat[idx] = values
-        written += rec["n"]
-        pos += ib + vb
-    return written
-
-
-def apply_delta(old_state: dict[str, torch.Tensor], payload: DeltaPayload | list[bytes]) -> dict[str, torch.Tensor]:
-    """Write ``payload`` into ``old_state`` in place (and return it): afterwards it is bit
-    for bit the sender's ``new_state``."""
-    buckets = payload.buckets if isinstance(payload, DeltaPayload) else payload
-    with torch.no_grad():
-        for bucket in buckets:
-            apply_bucket(old_state, bucket)
+def apply_delta(old_state: dict[str, torch.Tensor], payload: DeltaPayload | list[bytes],
+                version: int | None = None) -> dict[str, torch.Tensor]:
+    """Write ``payload`` into ``old_state`` in place (and return it): afterwards it is bit for
+    bit the sender's ``new_state``. Everything is verified first (buckets, sizes, base and
+    result digests); on any failure a :class:`DeltaError` names the tensor and the reason and
+    ``old_state`` is bit-identical to before. ``version``: the version ``old_state`` is at,
+    when the caller tracks it; a delta from another version is refused before any digest."""
+    _version(version, "version", allow_none=True)
+    apply_payload(old_state, payload.buckets if isinstance(payload, DeltaPayload) else payload, version)
     return old_state

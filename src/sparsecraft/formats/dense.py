@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsecraft.formats.base import FORMATS, Format, Packed
+from sparsecraft.formats.base import FORMATS, Format, Packed, expect_parts
 from sparsecraft.layout import WeightLayout
 
 
@@ -20,6 +20,9 @@ class Dense(Format):
 
     def encode(self, x: np.ndarray, layout: WeightLayout | None) -> dict[str, np.ndarray]:
         return {"values": np.ascontiguousarray(x).reshape(-1)}
+
+    def check_parts(self, p: Packed) -> None:
+        expect_parts(p, {"values"}, {"values": p.numel})
 
     def decode(self, p: Packed) -> np.ndarray:
         return p.parts["values"].reshape(p.shape)

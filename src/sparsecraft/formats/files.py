@@ -11,7 +11,6 @@ Tensors are bit-identical both ways.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from sparsecraft import atomic
 from sparsecraft.errors import CheckpointError
-from sparsecraft.formats.checkpoint import atomic_save_file, read_checkpoint, save_state
+from sparsecraft.formats.checkpoint import read_checkpoint, save_state
+from sparsecraft.formats.checkpoint_doc import check_document
 from sparsecraft.formats.container import probe
 from sparsecraft.layout import WeightLayout
 from sparsecraft.masks import MASK_SUFFIX
@@ -86,7 +87,7 @@ def decompress_file(src: str | os.PathLike, dst: str | os.PathLike, drop_masks: 
                 continue  # tied copies are re-tied by the loader; masks and quantization buffers are
                 # sparsecraft's (the weights themselves are the dequantized floats)
             plain[key] = t.contiguous()
-        atomic_save_file(plain, dst, foreign)
+        atomic.write_safetensors(dst, plain, foreign)
     else:
         for key, target in doc.get("aliases", {}).items():
             state[key] = state[target].clone()
@@ -99,7 +100,7 @@ def format_counts(packed_file: Path) -> dict[str, int]:
     meta = (probe(packed_file).get("__metadata__") or {}).get("sparsecraft")
     if not meta:
         return {}
-    doc = json.loads(meta)
+    doc = check_document(meta, packed_file)
     counts: dict[str, int] = {}
     for h in doc.get("packed", {}).values():
         counts[h["format"]] = counts.get(h["format"], 0) + 1

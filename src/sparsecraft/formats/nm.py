@@ -21,7 +21,17 @@ from functools import lru_cache
 
 import numpy as np
 
-from sparsecraft.formats.base import FORMATS, Format, Packed, from_rows, pack_uint, rows_of, unpack_uint
+from sparsecraft.formats.base import (
+    FORMATS,
+    Format,
+    Packed,
+    expect_parts,
+    from_rows,
+    pack_uint,
+    row_layout,
+    rows_of,
+    unpack_uint,
+)
 from sparsecraft.layout import WeightLayout
 
 
@@ -130,6 +140,14 @@ class NM(Format):
         order = group_positions(nz, self.n, codes)
         values = np.take(groups.reshape(-1), _flat_positions(order, self.m))  # 1-D take: no broadcast index
         return {"values": values, "index": pack_uint(order.reshape(-1), index_bits(self.m))}
+
+    def check_parts(self, p: Packed) -> None:
+        n, m = self.n, self.m
+        layout = row_layout(p)
+        if layout.cols % m:
+            raise ValueError(f"N:M groups of {m} do not tile rows of {layout.cols}")
+        kept = p.numel // m * n
+        expect_parts(p, {"values", "index"}, {"values": kept, "index": (kept * index_bits(m) + 7) // 8})
 
     def decode(self, p: Packed) -> np.ndarray:
         n, m = int(p.params["n"]), int(p.params["m"])

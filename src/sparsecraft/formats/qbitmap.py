@@ -29,6 +29,9 @@ class QBitmap(QuantFormat):
         return {"bitmap": np.packbits(flat, bitorder="little"),
                 "codes": pack_uint(np.compress(flat, codes.reshape(-1)), self.bits)}
 
+    def mask_parts(self, rows: int, cols: int) -> dict[str, int]:
+        return {"bitmap": (rows * cols + 7) // 8}
+
     def quant_codes(self, p: Packed, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray | None]:
         stored = _check_bitmap(p.parts.get("bitmap"), rows * cols, "bitmap")
         nnz = int(np.count_nonzero(stored))

@@ -26,7 +26,17 @@ import numpy as np
 import torch
 
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.formats.base import FORMATS, Format, Packed, bits_view, dtype_name, pack_uint, unpack_uint
+from sparsecraft.formats.base import (
+    FORMATS,
+    Format,
+    Packed,
+    bits_view,
+    dtype_name,
+    expect_parts,
+    pack_uint,
+    row_layout,
+    unpack_uint,
+)
 from sparsecraft.layout import WeightLayout
 from sparsecraft.quant.grid import BITS, QuantSpec
 from sparsecraft.quant.state import SCALE, SPEC, ZERO, QuantState, spec_tensor
@@ -44,13 +54,14 @@ class QuantFormat(Format):
 
     needs_rows = True
 
-    def __init__(self, bits: int = 4, group: int = 64, sym: bool = True) -> None:
-        if bits not in BITS or not isinstance(group, int) or group < 1 or not isinstance(sym, bool):
+    def __init__(self, bits: int = 4, group: int = 64, sym: bool | int = True) -> None:
+        # sym comes back from a checkpoint header as 0/1 (headers hold integers only)
+        if bits not in BITS or not isinstance(group, int) or group < 1 or sym not in (True, False, 0, 1):
             raise ValueError(f"bad quantized format parameters bits={bits!r} group={group!r} sym={sym!r}")
         self.bits, self.group, self.sym = int(bits), int(group), bool(sym)
 
     def params(self) -> dict[str, Any]:
-        return {"bits": self.bits, "group": self.group, "sym": self.sym}
+        return {"bits": self.bits, "group": self.group, "sym": int(self.sym)}
 
     # plain tensors carry no scales: these formats are reached through pack_quantized only
     def size(self, x: np.ndarray, layout: WeightLayout | None, nz: np.ndarray | None = None) -> int | None:
@@ -84,9 +95,10 @@ class QuantFormat(Format):
             raise ValueError(f"group {self.group} does not divide {cols} inputs")
         ng = cols // self.group
         scales = p.parts.get("scales")
-        if scales is None or scales.dtype != np.float16 or scales.size != rows * ng:
+        if scales is None or scales.dtype != np.uint16 or scales.size != rows * ng:
             got = "missing" if scales is None else f"{scales.size} {scales.dtype}"
-            raise ValueError(f"scales: expected {rows * ng} float16, got {got}")
+            raise ValueError(f"scales: expected {rows * ng} float16 bit patterns (uint16), got {got}")
+        scales = scales.view(np.float16)
         if self.sym:
             zeros = np.full(rows * ng, 1 << (self.bits - 1), dtype=np.int64)
         else:
@@ -95,6 +107,38 @@ class QuantFormat(Format):
                 raise ValueError(f"zeros: expected {packed_len(rows * ng, self.bits)} bytes")
             zeros = unpack_uint(zp, self.bits, rows * ng)
         return scales.astype(np.float32).reshape(rows, ng), zeros.reshape(rows, ng)
+
+    @classmethod
+    def side_state_bytes(cls, header: dict[str, Any]) -> int:
+        """float32 scales + uint8 zero points per group, and the 3 int64 of the spec
+        (:mod:`sparsecraft.quant.state`); 0 for a header whose shape/layout/group do not fit,
+        which the caller's size check then reports."""
+        group = header.get("params", {}).get("group", 0)
+        try:
+            layout = WeightLayout(header.get("layout") or "linear", tuple(header["shape"]))
+            ngroups = layout.rows * (layout.cols // group) if isinstance(group, int) and group > 0 else 0
+        except Exception:
+            return 0
+        return ngroups * (4 + 1) + 3 * 8
+
+    def mask_parts(self, rows: int, cols: int) -> dict[str, int]:
+        """The byte count of each part that says which positions are stored (none: all are)."""
+        return {}
+
+    def check_parts(self, p: Packed) -> None:
+        """Names and sizes of every part against the shape and parameters, before any decode
+        allocates from them (the code count is bounded by the dense code count)."""
+        layout = row_layout(p)
+        rows, cols = layout.rows, layout.cols
+        if cols % self.group:
+            raise ValueError(f"{p.format}: group {self.group} does not divide {cols} inputs")
+        ng = rows * (cols // self.group)
+        sizes = {"scales": ng, **self.mask_parts(rows, cols)}
+        if not self.sym:
+            sizes["zeros"] = packed_len(ng, self.bits)
+        expect_parts(p, {"codes", *sizes}, sizes)
+        if p.parts["codes"].size > packed_len(rows * cols, self.bits):
+            raise ValueError(f"{p.format}: {p.parts['codes'].size} code bytes for {rows * cols} weights")
 
     def decode(self, p: Packed) -> np.ndarray:
         layout = WeightLayout(p.layout or "linear", tuple(p.shape))
@@ -156,7 +200,8 @@ def pack_quantized(t: torch.Tensor, state: QuantState, layout: WeightLayout, for
         if fmt.quant_size(nz) is None:
             raise SparsecraftError(f"{what}: format {format!r} cannot hold its zero pattern")
     parts = fmt.quant_encode(codes, nz)
-    parts["scales"] = state.scale.detach().cpu().to(torch.float16).numpy().reshape(-1)
+    # float16 scales travel as their bit patterns: every part of a packed tensor is unsigned
+    parts["scales"] = state.scale.detach().cpu().to(torch.float16).numpy().reshape(-1).view(np.uint16)
     if not state.spec.sym:
         parts["zeros"] = pack_uint(state.zero.detach().cpu().numpy().astype(np.uint8).reshape(-1), state.spec.bits)
     return Packed(format=fmt.registry_name, shape=tuple(t.shape), dtype="float32", parts=parts,

@@ -21,7 +21,7 @@ from sparsecraft.formats.qcommon import GROUPS, QuantFormat, _check_bitmap, _che
 class QGroup(QuantFormat):
     """1 bit per group of g inputs + the stored groups' codes + float16 scales per group."""
 
-    def __init__(self, bits: int = 4, group: int = 64, sym: bool = True, g: int = 16) -> None:
+    def __init__(self, bits: int = 4, group: int = 64, sym: bool | int = True, g: int = 16) -> None:
         super().__init__(bits, group, sym)
         if g not in GROUPS:
             raise ValueError(f"qgroup g must be one of {GROUPS}, got {g!r}")
@@ -51,6 +51,11 @@ class QGroup(QuantFormat):
         flat = groups.reshape(-1)
         kept = codes.reshape(-1, self.g)[flat]
         return {"gbitmap": np.packbits(flat, bitorder="little"), "codes": pack_uint(kept.reshape(-1), self.bits)}
+
+    def mask_parts(self, rows: int, cols: int) -> dict[str, int]:
+        if cols % self.g:
+            raise ValueError(f"group of {self.g} does not divide {cols} inputs")
+        return {"gbitmap": (rows * cols // self.g + 7) // 8}
 
     def quant_codes(self, p: Packed, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray | None]:
         if cols % self.g:

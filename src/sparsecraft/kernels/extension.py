@@ -18,6 +18,8 @@ A failed build is not fatal: :func:`extension_status` returns ``(False, reason)`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -25,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +40,9 @@ OPS_NAMESPACE = "sparsecraft_kernels"
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+BUILD_WAIT_S = 900.0  # longest wait for another process's build of the same tag
+
+
 
 
 class ExtensionBuildError(SparsecraftError):
@@ -102,6 +109,34 @@ def _tag(files: list[Path], cflags: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _build_lock(build_dir: Path, wait_s: float) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``build_dir/.sparsecraft.lock`` while building.
+
+    The kernel drops a ``flock`` when its holder dies, so a killed build never blocks the next
+    one (torch's own ``lock`` file does: its waiter spins forever on a file a dead process left).
+    While we hold ours, any torch ``lock`` file in the folder is such a leftover and is removed.
+    """
+    fd = os.open(build_dir / ".sparsecraft.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ExtensionBuildError(
+                        f"another process has been building the kernels in {build_dir} for over "
+                        f"{wait_s:.0f} s; stop it or set SPARSECRAFT_CACHE_DIR to another folder"
+                    ) from None
+                time.sleep(0.2)
+        (build_dir / "lock").unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
+
+
 def build(files: list[Path] | None = None, verbose: bool = False) -> None:
     """Compile (or load from the cache) and register ``torch.ops.sparsecraft_kernels``."""
     if shutil.which(_compiler()) is None:
@@ -115,25 +150,32 @@ def build(files: list[Path] | None = None, verbose: bool = False) -> None:
 
     cflags, ldflags = build_flags()
     build_dir = cache_dir() / _tag([*files, *headers()], cflags)
-    build_dir.mkdir(parents=True, exist_ok=True)
     try:
-        cpp_extension.load(
-            name=f"sparsecraft_kernels_{build_dir.name}",
-            sources=[str(f) for f in files],
-            extra_cflags=cflags,
-            extra_ldflags=ldflags,
-            build_directory=str(build_dir),
-            is_python_module=False,
-            verbose=verbose or os.environ.get("SPARSECRAFT_DEBUG_BUILD") == "1",
-        )
-    except Exception as e:  # compiler errors surface as RuntimeError/CalledProcessError
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "error:" in ln] or [ln for ln in lines if "error" in ln.lower()]
-        detail = errors[0] if errors else (lines[-1] if lines else type(e).__name__)
-        raise ExtensionBuildError(
-            f"building {', '.join(f.name for f in files)} with {_compiler()} failed: {detail[:300]} "
-            f"(build dir {build_dir}; SPARSECRAFT_DEBUG_BUILD=1 shows the full log)"
-        ) from e
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExtensionBuildError(f"cannot create the kernel cache folder {build_dir}: {e}") from e
+    name = f"sparsecraft_kernels_{build_dir.name}"
+    with _build_lock(build_dir, BUILD_WAIT_S):
+        try:
+            cpp_extension.load(
+                name=name,
+                sources=[str(f) for f in files],
+                extra_cflags=cflags,
+                extra_ldflags=ldflags,
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=verbose or os.environ.get("SPARSECRAFT_DEBUG_BUILD") == "1",
+            )
+        except Exception as e:  # compiler errors surface as RuntimeError/CalledProcessError
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            errors = [ln for ln in lines if "error:" in ln] or [
+                ln for ln in lines if "error" in ln.lower()
+            ]
+            detail = errors[0] if errors else (lines[-1] if lines else type(e).__name__)
+            raise ExtensionBuildError(
+                f"building {', '.join(f.name for f in files)} with {_compiler()} failed: "
+                f"{detail[:300]} (build dir {build_dir}; SPARSECRAFT_DEBUG_BUILD=1 shows the full log)"
+            ) from e
 
 
 def extension_status() -> tuple[bool, str]:

@@ -49,7 +49,7 @@ from sparsecraft.oneshot.blockwise import BlockInput, batched, block_forward, bl
 from sparsecraft.oneshot.owl import outlier_ratio, owl_sparsities
 from sparsecraft.oneshot.stats import StatsCollector
 from sparsecraft.patterns import Pattern, PerRow, Unstructured, parse_pattern
-from sparsecraft.pruning import Override, _overrides, current_scores, prune_by_criterion
+from sparsecraft.pruning import Override, current_scores, layer_choices, parse_overrides, prune_by_criterion
 from sparsecraft.quant.state import set_quant
 from sparsecraft.report import SparsityReport, report
 from sparsecraft.targets import Target, check_regexes
@@ -137,7 +137,7 @@ def prune(
     pat = parse_pattern(pattern)
     targets = check_regexes(targets, "targets") or None
     ignore = check_regexes(ignore, "ignore")
-    ovs = _overrides(overrides)
+    ovs = parse_overrides(overrides)
     for ov in ovs:
         check_regexes([ov.match], "overrides.match")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -179,21 +179,11 @@ def _layer_plan(per_block: list[list[Target]], pat: Pattern, dist: Distribution,
                 sparsity: float, skip_unfit: bool,
                 pruner: OneShotPruner | None = None) -> dict[str, tuple[Pattern, float | None]]:
     """Every target's pattern and (override or distribution) sparsity; OWL's come later."""
-    plan: dict[str, tuple[Pattern, float | None]] = {}
-    for t in (t for ts in per_block for t in ts):
-        p, s = pat, None
-        for ov in ovs:
-            if ov.applies(t):
-                p = parse_pattern(ov.pattern) if ov.pattern is not None else p
-                s = ov.sparsity if ov.sparsity is not None else s
-                break
-        if not p.fits(t.layout.rows, t.layout.cols):
-            if skip_unfit:
-                continue
-            p.check(t.layout.rows, t.layout.cols, t.name)
-        if pruner is not None:
+    chosen = layer_choices([t for ts in per_block for t in ts], pat, ovs, skip_unfit)
+    if pruner is not None:
+        for t, _, _ in chosen:
             pruner.check_layer(t.layout.rows, t.layout.cols, t.name, t.param.dtype)
-        plan[t.name] = (p, s)
+    plan: dict[str, tuple[Pattern, float | None]] = {t.name: (p, s) for t, p, s in chosen}
     if not isinstance(dist, OWL):
         if dist.needs_scores:
             raise SparsecraftError(

@@ -203,19 +203,17 @@ def load_table(
 
 def write_csv(path: str | Path, records: list[dict[str, Any]]) -> Path:
     """Write flat records as CSV atomically; columns = union of keys, first-seen order."""
-    import os
+    from sparsecraft import atomic
 
     path = Path(path)
     cols: list[str] = []
     for r in records:
         cols += [k for k in r if k not in cols]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic.replacing(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in records:
             w.writerow({k: _cell(r.get(k)) for k in cols})
-    os.replace(tmp, path)
     return path
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.scaling.laws import Law, make_law
 
@@ -134,13 +134,8 @@ class FitResult:
         )
 
     def save(self, path: str | Path) -> Path:
-        """Write the fit as JSON atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
-        return path
+        """Write the fit as JSON atomically (:mod:`sparsecraft.atomic`)."""
+        return atomic.write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 def load_fit(path: str | Path) -> FitResult:

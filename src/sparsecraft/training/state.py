@@ -31,7 +31,7 @@ from torch import nn
 
 from sparsecraft import atomic
 from sparsecraft.errors import CheckpointError
-from sparsecraft.formats.checkpoint import atomic_save_file, load, save, tensor_crc
+from sparsecraft.formats.checkpoint import load, save, tensor_crc
 from sparsecraft.methods.base import SparseMethod
 from sparsecraft.methods.optimizer_state import optimizer_from_tensors, optimizer_to_tensors
 
@@ -70,7 +70,8 @@ def save_training_state(
         crc, size = file_crc(tmp / MODEL_FILE)
         doc["model_file"] = {"name": MODEL_FILE, "crc32": crc, "nbytes": size}
         text = json.dumps(doc)
-        atomic_save_file(tensors, tmp / STATE_FILE, {DOC_KEY: text, DOC_CRC_KEY: str(zlib.crc32(text.encode()))})
+        meta = {DOC_KEY: text, DOC_CRC_KEY: str(zlib.crc32(text.encode()))}
+        atomic.write_safetensors(tmp / STATE_FILE, tensors, meta)
     return folder
 
 
@@ -133,7 +134,7 @@ def load_training_state(
     the ``extra`` dict."""
     folder = Path(folder)
     tensors, doc = read_training_state(folder)
-    load(folder / MODEL_FILE, model)
+    load(model, folder / MODEL_FILE)
     if method is not None:
         if doc.get("method") is None:
             raise CheckpointError(f"{folder} holds a dense run; cannot resume method {method.name!r}")
