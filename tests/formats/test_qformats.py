@@ -80,6 +80,26 @@ def test_truncated_parts_fail_before_decoding(part, cut):
         unpack(p)
 
 
+@pytest.mark.parametrize("fmt,part", [("qdense", "scales"), ("qbitmap", "bitmap"), ("qgroup", "gbitmap"),
+                                      ("qdense", "codes")])
+def test_check_parts_refuses_wrong_sizes_before_decoding(fmt, part):
+    # what a reader runs on a file's parts before decode allocates from the declared shape
+    from sparsecraft.formats.select import make_format
+
+    keep = (torch.rand(8, 4) > 0.5).repeat_interleave(16, 1)
+    w, st = _quantized(keep=keep)
+    p = _pack(w, st, fmt)
+    checker = make_format(p.format, **p.params)
+    checker.check_parts(p)  # the intact packing passes
+    assert p.parts["scales"].dtype == np.uint16  # float16 bit patterns: every stored part is unsigned
+    grown = dict(p.parts)
+    grown[part] = np.concatenate([p.parts[part], p.parts[part]])  # 8 x 64 has 256 code bytes at most
+    with pytest.raises(ValueError, match=part):
+        checker.check_parts(type(p)(**{**p.__dict__, "parts": grown}))
+    with pytest.raises(ValueError):  # a shape claimed 1000x larger than the parts hold
+        checker.check_parts(type(p)(**{**p.__dict__, "shape": (8000, 64)}))
+
+
 def test_bitmap_with_more_set_bits_than_codes_is_refused():
     w, st = _quantized(keep=torch.rand(8, 64) > 0.5)
     p = _pack(w, st, "qbitmap")

@@ -138,7 +138,8 @@ class QuantFormat(Format):
             sizes["zeros"] = packed_len(ng, self.bits)
         expect_parts(p, {"codes", *sizes}, sizes)
         if p.parts["codes"].size > packed_len(rows * cols, self.bits):
-            raise ValueError(f"{p.format}: {p.parts['codes'].size} code bytes for {rows * cols} weights")
+            raise ValueError(f"{p.format} part 'codes' has {p.parts['codes'].size} bytes; {rows * cols} weights "
+                             f"need at most {packed_len(rows * cols, self.bits)}")
 
     def decode(self, p: Packed) -> np.ndarray:
         layout = WeightLayout(p.layout or "linear", tuple(p.shape))
