@@ -81,6 +81,7 @@ def test_prune_cli_owl_and_recovery(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["prune", "--model", str(model_dir), "--criterion", "wanda", "--sparsity", "0.6",
                "--distribution", '{"type": "owl", "lam": 0.05}', "--recover-steps", "3", "--recover-lr", "1e-3",
+               "--recover-loss", "lm+squarehead", "--recover-feature-weight", "0.5", "--recover-kd-weight", "0.2",
                "--calib", str(text),
                "--out", str(out), "--no-save", "--json", *ARGS])
     assert rc == 0
@@ -89,7 +90,8 @@ def test_prune_cli_owl_and_recovery(tiny, tmp_path, capsys):
     assert row["criterion"] == "wanda" and row["distribution"] == "owl" and row["config"] == "wanda+owl 60%"
     assert len(row["owl_ratios"]) == 2
     assert sum(row["block_sparsities"]) / 2 == pytest.approx(0.6)
-    assert row["recovery"]["loss"] == "squarehead" and "perplexity_pruned" in row
+    assert row["recovery"]["loss"] == "lm+squarehead" and "perplexity_pruned" in row
+    assert set(row["recovery"]["first_parts"]) == {"task", "feature", "kd"}
     assert not (out / "model").exists()
 
 

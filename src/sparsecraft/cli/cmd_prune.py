@@ -44,8 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_prune_arguments(p)
     add_data_arguments(p)
     p.add_argument("--recover-steps", type=int, default=0, help="SquareHead recovery fine-tune steps (0 = none)")
-    p.add_argument("--recover-loss", default="squarehead", choices=["squarehead", "lm"])
+    p.add_argument("--recover-loss", default="squarehead", choices=["squarehead", "lm", "lm+squarehead"],
+                   help="SquareHead features, next-token loss, or both (the paper's task + lambda x SquareHead)")
     p.add_argument("--recover-lr", type=float, default=1e-5)
+    p.add_argument("--recover-feature-weight", type=float, default=1.0, help="lambda of the SquareHead term")
+    p.add_argument("--recover-kd-weight", type=float, default=0.0, help="> 0 adds logit distillation")
+    p.add_argument("--recover-kd-temperature", type=float, default=1.0, help="logit distillation temperature")
     p.set_defaults(sparsity=None)  # 0.5, or 0 for gptq
     p.add_argument("--quantize", type=int, default=None, choices=[4, 8],
                    help="quantize the kept weights to 4 or 8 bits (methods sparsegpt, gptq, gqsa)")
@@ -90,7 +94,9 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
         "targets": args.targets,
         "ignore": args.ignore,
         "batch_size": args.batch_size,
-        "recovery": {"steps": args.recover_steps, "loss": args.recover_loss, "lr": args.recover_lr},
+        "recovery": {"steps": args.recover_steps, "loss": args.recover_loss, "lr": args.recover_lr,
+                     "feature_weight": args.recover_feature_weight, "kd_weight": args.recover_kd_weight,
+                     "kd_temperature": args.recover_kd_temperature},
         "save": not args.no_save,
         "plot": False,
         "threads": args.threads,

@@ -212,7 +212,17 @@ def save(
     sidecar: bool = False,
 ) -> Path:
     """Write ``model``'s state_dict (weights, masks as bits, metadata) to ``path`` atomically.
-    ``format="auto"`` stores every weight in its smallest lossless packed format."""
+    ``format="auto"`` stores every weight in its smallest lossless packed format.
+
+    ``format="compressed-tensors"`` (or ``"sparse-bitmask"`` / ``"sparse-24-bitmask"``) writes a
+    Hugging Face *folder* at ``path`` in the compressed-tensors sparse layout instead (a
+    transformers model only; :func:`sparsecraft.formats.compressed_tensors.save_compressed_tensors`)."""
+    from sparsecraft.formats.compressed_tensors import WRITE_FORMATS, save_compressed_tensors
+
+    if format in WRITE_FORMATS:
+        if extra or sidecar:
+            raise SparsecraftError("the compressed-tensors layout has no place for extra= or sidecar=")
+        return save_compressed_tensors(model, path, format=format)
     metas = {f"{mp.name}{MASK_SUFFIX}": mp.meta.to_dict() for mp in masked_params(model)}
     return save_state(
         model.state_dict(), path, format=format, layouts=model_layouts(model), extra=extra,

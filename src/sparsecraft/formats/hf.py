@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -190,9 +191,14 @@ def compress_dir(src: str | os.PathLike, dst: str | os.PathLike, format: str = "
 def decompress_dir(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
     """Sparse HF directory -> standard HF directory with ``model.safetensors`` (built aside
     and swapped in whole, like :func:`compress_dir`)."""
+    from sparsecraft.formats.compressed_tensors import decompress_ct_dir, is_compressed_tensors_dir
+
     src, dst = Path(src), Path(dst)
+    if not (src / SPARSE_WEIGHTS).is_file() and is_compressed_tensors_dir(src):
+        return decompress_ct_dir(src, dst)
     if not (src / SPARSE_WEIGHTS).is_file():
-        raise CheckpointError(f"{src} has no {SPARSE_WEIGHTS}: not a sparse Hugging Face directory")
+        raise CheckpointError(f"{src} has no {SPARSE_WEIGHTS} and no compressed-tensors sparsity_config in its "
+                              "config.json: not a sparse Hugging Face directory")
     weights = _inside(src.resolve(), src / SPARSE_WEIGHTS, "weights")
     side = _side_files(src)
     _replaceable(dst, src, DENSE_WEIGHTS, "Hugging Face model folder")
@@ -209,7 +215,14 @@ def save_pretrained_sparse(
 ) -> Path:
     """Write config (+ generation config, + tokenizer if given) and packed weights. The
     folder is built aside and swapped in whole (other files already in it are kept), so a
-    failed or killed save never leaves a new config beside old weights."""
+    failed or killed save never leaves a new config beside old weights.
+
+    ``format="compressed-tensors"`` (or ``"sparse-bitmask"`` / ``"sparse-24-bitmask"``) writes the
+    compressed-tensors layout instead (:func:`.compressed_tensors.save_compressed_tensors`)."""
+    from sparsecraft.formats.compressed_tensors import WRITE_FORMATS, save_compressed_tensors
+
+    if format in WRITE_FORMATS:
+        return save_compressed_tensors(model, directory, format=format, tokenizer=tokenizer)
     directory = Path(directory)
     metas = {f"{mp.name}{MASK_SUFFIX}": mp.meta.to_dict() for mp in masked_params(model)}
     with atomic.directory(directory, keep_others=True) as tmp:
@@ -258,12 +271,14 @@ def load_pretrained_sparse(directory: str | os.PathLike, cls: Any = None, **kwar
     """A normal transformers model from a sparse directory (``cls.from_pretrained``; the
     class defaults to the one in ``config.architectures``); weights bit-identical. Quantized
     weights come back dequantized (their float values), so plain ``transformers`` runs them.
-    A prune run folder (``DIR/model``) is accepted too."""
+    A prune run folder (``DIR/model``) is accepted too, and a compressed-tensors sparse folder
+    (its notes, e.g. ignored keys, are warnings)."""
     tf = _transformers()
     directory = resolve_dir(directory)
     tmp = Path(tempfile.mkdtemp(prefix="sparsecraft-hf-"))
     try:
-        decompress_dir(directory, tmp)
+        for note in decompress_dir(directory, tmp).get("notes", []):
+            warnings.warn(f"{directory}: {note}", stacklevel=2)
         cls = cls or model_class(tf.AutoConfig.from_pretrained(str(tmp)))
         kwargs.setdefault("dtype", "auto")
         return cls.from_pretrained(str(tmp), **kwargs)

@@ -33,7 +33,8 @@ from sparsecraft.jobs.quantize_config import QuantizeConfig, TuneConfig, preflig
 from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, regex_list_validator
 from sparsecraft.masks import MASK_SUFFIX, remove_masks
 
-RECOVERY_LOSSES = ("squarehead", "lm")  #: sparsecraft.oneshot.recovery.LOSSES (not imported: torch-heavy)
+#: sparsecraft.oneshot.recovery.LOSSES (not imported: torch-heavy; a test keeps the two equal)
+RECOVERY_LOSSES = ("squarehead", "lm", "lm+squarehead")
 
 
 class DataConfig(Strict):
@@ -122,9 +123,12 @@ class RunConfig(Strict):
 
 class RecoveryConfig(Strict):
     steps: int = Field(0, ge=0)  #: 0 = no recovery fine-tune
-    loss: str = "squarehead"
+    loss: str = "squarehead"  #: squarehead, lm, or lm+squarehead (task + feature_weight x SquareHead)
     lr: float = Field(1e-5, gt=0)
     batch_size: int = Field(1, ge=1)
+    feature_weight: float = Field(1.0, ge=0.0)  #: lambda of the SquareHead term
+    kd_weight: float = Field(0.0, ge=0.0)  #: > 0 adds logit distillation
+    kd_temperature: float = Field(1.0, gt=0.0)
 
     @field_validator("loss")
     @classmethod
@@ -293,8 +297,10 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
         if cfg.recovery.steps:
             teacher = copy.deepcopy(lm.model)
             teacher.load_state_dict({k: v for k, v in dense_state.items()}, strict=False)
-            rec = recover(lm.model, proto.calib, teacher, cfg.recovery.loss, cfg.recovery.steps,
-                          cfg.recovery.lr, cfg.recovery.batch_size, progress=cfg.progress)
+            rc = cfg.recovery
+            rec = recover(lm.model, proto.calib, teacher, rc.loss, rc.steps, rc.lr, rc.batch_size,
+                          progress=cfg.progress, feature_weight=rc.feature_weight, kd_weight=rc.kd_weight,
+                          kd_temperature=rc.kd_temperature)
             del teacher
             row["recovery"] = rec.to_dict()
             row["perplexity_pruned"] = row["perplexity"]

@@ -25,6 +25,13 @@ Two engines, chosen from what is asked for:
 For a model with a block stack (a transformer) the default targets are the Linear layers inside
 the blocks (embeddings and the LM head are never pruned by default); otherwise every Linear /
 Conv. The maths of each method lives in its own module (``sparsegpt``, ``owl``, ...).
+
+Fused mixture-of-experts weights (3-D ``gate_up_proj`` / ``down_proj``) are targets too. The
+calibrated engine treats each expert as its own layer: Wanda norms and SparseGPT Hessians come
+from the tokens routed to that expert (:mod:`sparsecraft.oneshot.stats`), every expert's matrix is
+pruned to the layer's sparsity and pattern (N:M along its input dimension); an expert that no
+calibration token reached is pruned by magnitude instead (listed in ``info["experts_without_tokens"]``).
+Data-free criteria rank a fused weight as one tensor, like any other weight.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from tqdm.auto import tqdm
 from sparsecraft.criteria import CRITERIA, Criterion, LossFn, make_criterion, wanda_scores
 from sparsecraft.distributions import OWL, Distribution, make_distribution
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.masks import MaskMeta, set_mask
+from sparsecraft.masks import MASK_SUFFIX, MaskMeta, set_mask
 from sparsecraft.oneshot.base import ONESHOT, OneShotPruner, make_pruner
 from sparsecraft.oneshot.blockwise import BlockInput, batched, block_forward, block_targets, find_blocks, run_sequential
 from sparsecraft.oneshot.owl import outlier_ratio, owl_sparsities
@@ -225,6 +232,8 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
         info.update(owl_ratios=ratios, block_sparsities=block_s)
     needs_hessian = pruner is not None and pruner.needs_hessian
 
+    no_tokens: dict[str, list[int]] = {}
+
     def prune_block(i: int, block: nn.Module, inputs: list[BlockInput]) -> None:
         ts = [t for t in per_block[i] if t.name in plan]
         if not ts:
@@ -232,12 +241,19 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
         stats = _collect(block, inputs, ts, needs_hessian).stats
         for t in ts:
             p, s = plan[t.name]
+            if t.layout.experts > 1 and (pruner is not None or crit.needs_activations):
+                missing = _prune_experts(t, stats.get(t.name), p, float(s), pruner, crit, what, step)
+                if missing:
+                    no_tokens[t.name] = missing
+                continue
             _prune_target(t, stats.get(t.module_name), p, float(s), pruner, crit, what, step)
 
     run_sequential(model, stack, batches, prune_block, _bar(f"{what} blocks", progress))
     if pruner is not None:
         info.update(pruner.finish(model))
     info["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    if no_tokens:
+        info["experts_without_tokens"] = no_tokens
     names = list(plan)
     rep = report(model, targets=[f"^{re.escape(n)}$" for n in names])
     rep.info.update(info)
@@ -267,19 +283,90 @@ def _prune_target(t: Target, stats: Any, pattern: Pattern, sparsity: float, prun
 
 
 @torch.no_grad()
+def _prune_experts(t: Target, per_expert: list[Any] | None, pattern: Pattern, sparsity: float,
+                   pruner: OneShotPruner | None, crit: Criterion, label: str, step: int) -> list[int]:
+    """Prune a fused experts weight expert by expert from each expert's own calibration statistics
+    (SparseGPT's update or Wanda's |W| * ||X_e||); experts without tokens fall back to magnitude.
+    Returns the experts that had no calibration tokens."""
+    layout = t.layout
+    w = layout.to_rows(t.param.detach()).to(torch.float32)
+    old = getattr(t.module, t.param_name + MASK_SUFFIX, None)
+    old_rows = layout.to_rows(old) if old is not None else None
+    per_rows = layout.rows // layout.experts
+    keep = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+    new_w = w.clone()
+    missing = []
+    for e in range(layout.experts):
+        rows = slice(e * per_rows, (e + 1) * per_rows)
+        st = per_expert[e] if per_expert is not None else None
+        if st is None or st.n == 0 or pruner is None:
+            if st is None or st.n == 0:
+                missing.append(e)
+                scores = w[rows].abs()
+            else:
+                scores = wanda_scores(w[rows], st.col_norms)
+            if old_rows is not None:
+                scores = scores.masked_fill(~old_rows[rows], float("-inf"))
+            group = PerRow() if crit.group == "row" and type(pattern) is Unstructured else pattern
+            keep[rows] = group.mask(scores, sparsity)
+            new_w[rows] = w[rows] * keep[rows]
+        else:
+            upd, k = pruner.prune(w[rows], st, pattern, sparsity)
+            keep[rows] = k
+            if upd is not None:
+                new_w[rows] = upd
+    t.param.data.copy_(layout.from_rows(new_w).to(t.param.dtype))
+    achieved = 1.0 - float(keep.sum()) / keep.numel() if keep.numel() else 0.0
+    set_mask(t.module, layout.from_rows(keep), t.param_name, MaskMeta(pattern.spec(), achieved, label, step))
+    return missing
+
+
+def _input_norms(t: Target, stats: dict[str, Any]) -> Any:
+    """A target's input column norms: one tensor, or for fused experts one per expert (None for an
+    expert that saw no calibration token)."""
+    if t.layout.experts > 1:
+        return [st.col_norms.clone() if st is not None else None for st in stats[t.name]]
+    return stats[t.module_name].col_norms.clone()
+
+
+def _wanda_rows(t: Target, norms: Any) -> torch.Tensor:
+    """Wanda scores of a target's row view (per expert from each expert's norms for fused experts)."""
+    w = t.layout.to_rows(t.param.detach())
+    if t.layout.experts == 1:
+        return wanda_scores(w, norms)
+    per = w.shape[0] // t.layout.experts
+    parts = [wanda_scores(w[e * per:(e + 1) * per], n if n is not None else torch.zeros(w.shape[1]))
+             for e, n in enumerate(norms)]
+    return torch.cat(parts)
+
+
+
+def dense_input_norms(model: nn.Module, batches: list[Any], per_block: list[list[Target]],
+                      progress: bool = True) -> list[dict[str, torch.Tensor]]:
+    """Per block, ``{target name: ||X_j||_2}`` of every target's input on the *dense* model (the
+    statistics OWL's outlier ratios are computed from; the weights are not changed)."""
+    stack = find_blocks(model)
+    norms: list[dict[str, torch.Tensor]] = [{} for _ in per_block]
+
+    def measure(i: int, block: nn.Module, inputs: list[BlockInput]) -> None:
+        if per_block[i]:
+            stats = _collect(block, inputs, per_block[i], hessian=False).stats
+            norms[i] = {t.name: _input_norms(t, stats) for t in per_block[i]}
+
+    run_sequential(model, stack, batches, measure, _bar("OWL input norms", progress))
+    return norms
+
+
+def block_outlier_ratios(per_block: list[list[Target]], norms: list[dict[str, torch.Tensor]],
+                         m: float = 5.0) -> list[float]:
+    """OWL's outlier ratio of every block: the Wanda scores of all its targets together, from the
+    input norms of :func:`dense_input_norms` (0 for a block without targets). One dense pass
+    serves every M (an OWL sweep shares it)."""
+    return [outlier_ratio([_wanda_rows(t, nb[t.name]) for t in ts], m) if ts else 0.0
+            for ts, nb in zip(per_block, norms)]
+
+
 def owl_ratios(model: nn.Module, batches: list[Any], per_block: list[list[Target]], m: float = 5.0,
                progress: bool = True) -> list[float]:
     """OWL's outlier ratio of every block, from the dense model's calibration activations."""
-    stack = find_blocks(model)
-    ratios: list[float] = [0.0] * len(per_block)
-
-    def measure(i: int, block: nn.Module, inputs: list[BlockInput]) -> None:
-        ts = per_block[i]
-        if not ts:
-            return
-        stats = _collect(block, inputs, ts, hessian=False).stats
-        scores = [wanda_scores(t.layout.to_rows(t.param), stats[t.module_name].col_norms) for t in ts]
-        ratios[i] = outlier_ratio(scores, m)
-
-    run_sequential(model, stack, batches, measure, _bar("OWL outlier ratios", progress))
-    return ratios
+    return block_outlier_ratios(per_block, dense_input_norms(model, batches, per_block, progress), m)
