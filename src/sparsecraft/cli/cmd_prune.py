@@ -11,6 +11,19 @@ Example::
     sparsecraft prune --model models/llama --criterion wanda --offload disk --out runs/big   # larger than RAM
     torchrun --nproc-per-node 2 -m sparsecraft prune --distributed --method sparsegpt ...      # data parallel
 
+Sparse *and* quantized (``docs/quantization.md``)::
+
+    sparsecraft prune --method sparsegpt --sparsity 0.5 --quantize 4 --group-size 64 --out runs/w4s50
+    sparsecraft prune --method gqsa --sparsity 0.5 --pattern block:1x16 --quantize 4 --out runs/gqsa
+    sparsecraft prune --method gptq --quantize 4 --quantize-embedding 8 --out runs/w4
+
+``--quantize 4|8`` quantizes the kept weights in the same OBS sweep (groups of ``--group-size``
+inputs, symmetric unless ``--asym``; ``--quantize-embedding 4|8`` also the embedding / LM head);
+``gptq`` only quantizes (sparsity 0), ``gqsa`` prunes groups of consecutive inputs
+(``--pattern block:1xG``, G in 4/8/16) and ``--tune-steps N`` runs its second stage (end-to-end
+tuning of the scales). The ``--out`` folder's ``model/`` then holds packed int4/int8 weights that
+``sparsecraft generate``, ``sparsecraft inspect`` and ``load_pretrained_sparse`` read.
+
 Without ``--method`` or ``--criterion`` it runs SparseGPT. The flags are the ones every command uses
 (``--sparsity --pattern --distribution --targets --ignore --calib --n-calib --n-eval --seq-len
 --batch-size --threads --out --json``), with the words of ``sparsecraft.prune``.
@@ -46,6 +59,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recover-feature-weight", type=float, default=1.0, help="lambda of the SquareHead term")
     p.add_argument("--recover-kd-weight", type=float, default=0.0, help="> 0 adds logit distillation")
     p.add_argument("--recover-kd-temperature", type=float, default=1.0, help="logit distillation temperature")
+    p.set_defaults(sparsity=None)  # 0.5, or 0 for gptq
+    p.add_argument("--quantize", type=int, default=None, choices=[4, 8],
+                   help="quantize the kept weights to 4 or 8 bits (methods sparsegpt, gptq, gqsa)")
+    p.add_argument("--group-size", type=int, default=64, help="inputs per quantization scale (default 64)")
+    p.add_argument("--asym", action="store_true", help="asymmetric grid (a zero point per group)")
+    p.add_argument("--quantize-embedding", type=int, default=None, choices=[4, 8],
+                   help="also quantize the token embedding / LM head (round to nearest)")
+    p.add_argument("--tune-steps", type=int, default=0, help="end-to-end scale tuning steps (GQSA stage 2)")
+    p.add_argument("--tune-lr", type=float, default=1e-5)
+    p.add_argument("--tune-loss", default="lm", choices=["lm", "squarehead"])
     p.add_argument("--no-save", action="store_true", help="do not write the pruned model")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
     p.add_argument("--offload", default="auto", choices=["auto", "disk", "none"],
@@ -77,14 +100,28 @@ def parse_options(items: list[str]) -> dict:
 def recipe_from_args(args: argparse.Namespace) -> dict:
     if args.method is None and args.criterion is None:
         args.method = "sparsegpt"
+    sparsity = args.sparsity
+    if sparsity is None:  # gptq only quantizes; every other method defaults to 50%
+        sparsity = "0" if args.method == "gptq" else "0.5"
+    if args.method == "gptq" and args.quantize is None:
+        raise SparsecraftError("--method gptq quantizes: give --quantize 4 or 8")
+    quantize = None
+    if args.quantize is not None:
+        quantize = {"bits": args.quantize, "group": args.group_size, "sym": not args.asym,
+                    "embedding": args.quantize_embedding}
+    elif args.quantize_embedding is not None or args.tune_steps:
+        raise SparsecraftError("--quantize-embedding and --tune-steps need --quantize 4 or 8")
+    run = {"method": args.method, "criterion": args.criterion, "sparsity": one_float(sparsity),
+           "pattern": args.pattern, "distribution": args.distribution}
+    if quantize is not None:
+        run["quantize"] = quantize
     return {
         "job": "prune-llm",
         "model": args.model,
         "data": {"calib": args.calib, "eval": args.eval, "n_calib": args.n_calib, "n_eval": args.n_eval,
                  "seq_len": args.seq_len, "seed": args.seed},
-        "runs": [{"method": args.method, "criterion": args.criterion, "sparsity": one_float(args.sparsity),
-                  "pattern": args.pattern, "distribution": args.distribution,
-                  **({"options": parse_options(args.option)} if args.option else {})}],
+        "runs": [run],
+        "tune": {"steps": args.tune_steps, "lr": args.tune_lr, "loss": args.tune_loss},
         "dense": not args.no_dense,
         "targets": args.targets,
         "ignore": args.ignore,
@@ -128,6 +165,11 @@ def run(args: argparse.Namespace) -> int:
     if "data_parallel" in pruned:
         dp = pruned["data_parallel"]
         print(f"data parallel   {dp['world_size']} ranks, {dp['batches']} calibration batches")
+    if pruned.get("quantize"):
+        fp, fa = pruned["footprint"], pruned["footprint_all"]
+        print(f"quantized       {pruned['quantize']['bits']}-bit, {fp['bytes_per_weight']:.3f} bytes per pruned "
+              "weight, "
+              f"{fa['bytes'] / 2**20:.1f} MiB all weights ({', '.join(f'{k} {v}' for k, v in fa['formats'].items())})")
     if pruned["perplexity"] is None:
         print("perplexity      not measured (the model was pruned block by block; evaluate the saved folder)")
     elif dense:

@@ -188,6 +188,12 @@ class Format:
     def params(self) -> dict[str, Any]:
         return {}
 
+    @classmethod
+    def side_state_bytes(cls, header: dict[str, Any]) -> int:
+        """Bytes of the buffers that decoding gives back beside the tensor (a quantized
+        format's scales / zero points / spec); plain formats give back the tensor only."""
+        return 0
+
 
 def expect_parts(p: Packed, names: set[str], sizes: dict[str, int]) -> None:
     """``ValueError`` unless ``p`` has exactly the parts ``names``, with the element counts

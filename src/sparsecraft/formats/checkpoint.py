@@ -4,6 +4,9 @@ File layout (one ``.safetensors`` file):
 
 * with ``format="dense"`` (the default) every ``state_dict`` tensor except the masks is
   stored as is, under its own key;
+* a quantized weight (``sparsecraft.quant``: ``_qscale``/``_qzero``/``_qspec`` buffers beside
+  it) is stored, with any format but ``dense``, as codes + float16 scales in the smallest of
+  ``qdense`` / ``qbitmap`` / ``qgroup`` (:mod:`sparsecraft.formats.qcommon`), its buffers inside;
 * with ``format="auto"|"bitmap"|"csr"|"nm"|"bsr"`` a floating-point tensor of at least
   ``MIN_PACK`` elements is packed (:mod:`sparsecraft.formats`; ``auto`` = the smallest
   lossless format per tensor, dense when sparse does not pay; a named format is used where
@@ -58,13 +61,17 @@ from sparsecraft.formats.checkpoint_doc import (
     seal,
 )
 from sparsecraft.formats.container import from_entries, probe, to_entries
+from sparsecraft.formats.qcommon import QUANT_FORMATS, pack_quantized
 from sparsecraft.formats.select import make_format, pack_if_fits
 from sparsecraft.layout import WeightLayout, layout_for
 from sparsecraft.masks import MASK_SUFFIX, MaskMeta, masked_params, prepare_for_state_dict
+from sparsecraft.quant.state import SUFFIXES as QUANT_SUFFIXES
+from sparsecraft.quant.state import QuantState, siblings, state_from_siblings
+from sparsecraft.quant.state import prepare_for_state_dict as prepare_quant_for_state_dict
 
 __all__ = [
     "BITS_SUFFIX", "FORMAT_VERSION", "MIN_PACK", "SIDECAR", "load", "model_layouts", "pack_bits", "read_checkpoint",
-    "save", "save_state", "tensor_crc", "unpack_bits",
+    "quantized_keys", "save", "save_state", "tensor_crc", "unpack_bits",
 ]
 SIDECAR = "sparsity_config.json"
 MIN_PACK = 64
@@ -106,6 +113,18 @@ def model_layouts(model: nn.Module) -> dict[str, WeightLayout]:
     return out
 
 
+def quantized_keys(state: dict[str, torch.Tensor]) -> dict[str, QuantState]:
+    """Every quantized weight of a state dict (one with ``_qscale/_qzero/_qspec`` siblings)."""
+    out = {}
+    for key in state:
+        if key.endswith(QUANT_SUFFIXES):
+            continue
+        sib = siblings(state, key)
+        if sib is not None:
+            out[key] = state_from_siblings(sib)
+    return out
+
+
 def _alias_key(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
@@ -133,15 +152,24 @@ def save_state(
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
     dense_bytes = 0
+    quant = quantized_keys(state) if format != "dense" else {}
+    consumed = {key + s for key in quant for s in QUANT_SUFFIXES}
     for key, value in tqdm(state.items(), desc=f"save {path.name}", disable=None, leave=False):
         value = value.detach().cpu()
         dense_bytes += value.numel() * value.element_size()
+        if key in consumed:  # scales / zero points / spec travel inside the packed weight
+            continue
         if format != "dense" and value.numel() > 0:
             first = seen.setdefault(_alias_key(value), key)
             if first != key:
                 aliases[key] = first
                 continue
-        if key.endswith(MASK_SUFFIX) and value.dtype == torch.bool:
+        if key in quant:
+            layout = layouts.get(key) or WeightLayout("linear", tuple(value.shape))
+            p = pack_quantized(value, quant[key], layout, "auto", key)
+            tensors.update(to_entries(key, p))
+            packed[key] = {**p.header(), "crc32": tensor_crc(value), "nbytes": p.nbytes}
+        elif key.endswith(MASK_SUFFIX) and value.dtype == torch.bool:
             info = {"shape": list(value.shape), **given.get(key, MaskMeta().to_dict())}
             wkey = key[: -len(MASK_SUFFIX)]
             weight = state.get(wkey)
@@ -203,7 +231,12 @@ def save(
 
 
 
-def _decode(path: Path, key: str, header: dict[str, Any], raw: dict[str, torch.Tensor]) -> torch.Tensor:
+def _decode(
+    path: Path, key: str, header: dict[str, Any], raw: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The tensor of packed entry ``key`` and, for a quantized format, its quantization
+    buffers by state-dict key (scales / zero points / spec)."""
+    extra: dict[str, torch.Tensor] = {}
     try:
         p = from_entries(key, header, raw)
         fmt = make_format(p.format, **p.params)
@@ -211,13 +244,15 @@ def _decode(path: Path, key: str, header: dict[str, Any], raw: dict[str, torch.T
             raise ValueError(f"parameters {p.params}; {p.format} takes {sorted(fmt.params())}")
         fmt.check_parts(p)  # sizes agree with the shape before decode allocates it
         t = unpack(p)
+        if p.format in QUANT_FORMATS:
+            extra = {key + s: v for s, v in fmt.quant_state(p).items()}
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except Exception as e:  # a damaged header/payload: report it, never a traceback
         raise CheckpointError(f"{path}: tensor {key!r} cannot be decoded ({e})") from None
     if tensor_crc(t) != header["crc32"]:
         raise CheckpointError(f"{path}: tensor {key!r} decodes to wrong bytes (CRC32 mismatch)")
-    return t
+    return t, extra
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -245,7 +280,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             raise CheckpointError(f"{path}: tensor {key!r} is corrupted (size or CRC32 mismatch)")
     state: dict[str, torch.Tensor] = {}
     for key, header_ in doc.get("packed", {}).items():
-        state[key] = _decode(path, key, header_, raw)
+        state[key], quant_buffers = _decode(path, key, header_, raw)
+        state.update(quant_buffers)
     for key, kind in kinds.items():
         if kind == "plain":
             state[key] = raw[key]
@@ -289,6 +325,13 @@ def _plan(
                 unexpected.append(key)
                 continue
             target = target.bool()
+        if target is None and key.endswith(QUANT_SUFFIXES):  # buffers a fresh model gets on load
+            mname, _, bname = key.rpartition(".")
+            suffix = next(x for x in QUANT_SUFFIXES if bname.endswith(x))
+            weight = getattr(modules.get(mname), bname[: -len(suffix)], None)
+            if not isinstance(weight, torch.Tensor):
+                unexpected.append(key)
+            continue
         if target is None:
             unexpected.append(key)
             continue
@@ -332,6 +375,7 @@ def load(
     state, doc = read_checkpoint(path)
     state, metas = _plan(model, state, doc, strict, convert_dtype)
     prepare_for_state_dict(model, state)
+    prepare_quant_for_state_dict(model, state)
     model.load_state_dict(state, strict=False)
     for module, pname, meta in metas.values():
         module.sparsecraft_meta[pname] = meta

@@ -202,6 +202,7 @@ def check_declared_sizes(path: Path, doc: dict[str, Any], header: dict[str, Any]
     bits must be exactly ``ceil(n/8)`` bytes, and the decoded sizes must add up to the
     document's ``dense_bytes``."""
     sizes: dict[str, int] = {}
+    side: dict[str, int] = {}
     for key, kind in kinds.items():
         begin, end = header[key]["data_offsets"]
         if kind == "plain":
@@ -220,12 +221,13 @@ def check_declared_sizes(path: Path, doc: dict[str, Any], header: dict[str, Any]
         if key in sizes:
             raise CheckpointError(f"{path}: tensor {key!r} is stored twice (packed and plain)")
         sizes[key] = math.prod(h["shape"]) * torch.empty((), dtype=DTYPES[h["dtype"]]).element_size()
+        side[key] = FORMATS.get(h["format"]).side_state_bytes(h)  # e.g. a quantized weight's scales
     aliases = doc.get("aliases", {})
     for key, target in aliases.items():
         if key in sizes or target in aliases or target not in sizes:
             raise CheckpointError(f"{path}: tied tensor {key!r} -> {target!r} does not name a stored tensor")
         sizes[key] = sizes[target]
-    total, want = sum(sizes.values()), doc.get("sizes", {}).get("dense_bytes")
+    total, want = sum(sizes.values()) + sum(side.values()), doc.get("sizes", {}).get("dense_bytes")
     if want is not None and total != want:
         raise CheckpointError(
             f"{path}: declared shapes add up to {total} bytes, the metadata says {want}: "

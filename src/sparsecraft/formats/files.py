@@ -25,6 +25,7 @@ from sparsecraft.formats.checkpoint_doc import check_document
 from sparsecraft.formats.container import probe
 from sparsecraft.layout import WeightLayout
 from sparsecraft.masks import MASK_SUFFIX
+from sparsecraft.quant.state import is_quant_key
 
 _MASK_FIELDS = ("pattern", "target", "method", "step")
 
@@ -81,8 +82,10 @@ def decompress_file(src: str | os.PathLike, dst: str | os.PathLike, drop_masks: 
     if foreign or drop_masks:
         plain = {}
         for key, t in state.items():
-            if key in doc.get("aliases", {}) or (key.endswith(MASK_SUFFIX) and t.dtype == torch.bool):
-                continue  # tied copies are re-tied by the loader; masks are sparsecraft's
+            if key in doc.get("aliases", {}) or (key.endswith(MASK_SUFFIX) and t.dtype == torch.bool) \
+                    or is_quant_key(key):
+                continue  # tied copies are re-tied by the loader; masks and quantization buffers are
+                # sparsecraft's (the weights themselves are the dequantized floats)
             plain[key] = t.contiguous()
         atomic.write_safetensors(dst, plain, foreign)
     else:

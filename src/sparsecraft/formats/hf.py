@@ -240,12 +240,41 @@ def save_pretrained_sparse(
     return directory
 
 
+def resolve_dir(path: str | os.PathLike) -> Path:
+    """``path`` if it holds a ``config.json``, else its ``model/`` folder (the run folder that
+    ``sparsecraft prune --out DIR`` writes), else a one-line error."""
+    path = Path(path)
+    for d in (path, path / "model"):
+        if (d / "config.json").is_file():
+            return d
+    raise CheckpointError(f"{str(path)!r} is not a model directory (no config.json in it or in its model/ folder)")
+
+
+def load_sparse_model(directory: str | os.PathLike) -> nn.Module:
+    """A transformers model (float32, eval mode) *with* sparsecraft's state: masks and the
+    quantization scales of quantized weights (what the kernels and the decode path read). Reads a
+    sparse directory (``sparse_model.safetensors``), a prune run folder, or a plain HF directory."""
+    from sparsecraft.formats.checkpoint import load
+
+    tf = _transformers()
+    d = resolve_dir(directory)
+    if not (d / SPARSE_WEIGHTS).is_file():
+        return model_class(tf.AutoConfig.from_pretrained(str(d))).from_pretrained(str(d), dtype=torch.float32).eval()
+    config = tf.AutoConfig.from_pretrained(str(d))
+    cls = model_class(config)
+    model = (cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)).float()
+    load(path=d / SPARSE_WEIGHTS, model=model)
+    return model.eval()
+
+
 def load_pretrained_sparse(directory: str | os.PathLike, cls: Any = None, **kwargs: Any) -> nn.Module:
     """A normal transformers model from a sparse directory (``cls.from_pretrained``; the
-    class defaults to the one in ``config.architectures``); weights bit-identical. A
-    compressed-tensors sparse folder loads too (its notes, e.g. ignored keys, are warnings)."""
+    class defaults to the one in ``config.architectures``); weights bit-identical. Quantized
+    weights come back dequantized (their float values), so plain ``transformers`` runs them.
+    A prune run folder (``DIR/model``) is accepted too, and a compressed-tensors sparse folder
+    (its notes, e.g. ignored keys, are warnings)."""
     tf = _transformers()
-    directory = Path(directory)
+    directory = resolve_dir(directory)
     tmp = Path(tempfile.mkdtemp(prefix="sparsecraft-hf-"))
     try:
         for note in decompress_dir(directory, tmp).get("notes", []):

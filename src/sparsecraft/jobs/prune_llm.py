@@ -34,6 +34,7 @@ from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.formats.checkpoint import save as save_sparse
 from sparsecraft.jobs.prune_config import check_pattern_spec
+from sparsecraft.jobs.quantize_config import QuantizeConfig, TuneConfig, preflight_quantize
 from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, regex_list_validator
 from sparsecraft.masks import remove_masks
 
@@ -61,6 +62,7 @@ class RunConfig(Strict):
     name: str | None = None
     save: bool | None = None  #: save this run's model (None = the job's ``save``)
     options: dict[str, Any] = {}  #: method options (slicegpt: embeddings, round_to; depth: blocks; heads: head_mode)
+    quantize: QuantizeConfig | None = None  #: quantize the kept weights (method sparsegpt, gptq or gqsa)
 
     @model_validator(mode="after")
     def _one_of(self) -> RunConfig:
@@ -68,6 +70,10 @@ class RunConfig(Strict):
             raise ValueError(f"give method {self.method!r} or criterion {self.criterion!r}, not both")
         if self.options and self.method is None:
             raise ValueError("options belong to a method; give method too")
+        if self.quantize is not None and self.method is None:
+            raise ValueError(
+                "quantize needs a one-shot method that updates the weights: method sparsegpt, gptq or gqsa"
+            )
         return self
 
     @property
@@ -117,10 +123,12 @@ class RunConfig(Strict):
         if self.name:
             return self.name
         dist = self.distribution if isinstance(self.distribution, str) else self.distribution.get("type", "")
-        amount = self.pattern if ":" in self.pattern else f"{round(self.sparsity * 100)}%"
+        nm = ":" in self.pattern and "block" not in self.pattern
+        amount = self.pattern if nm else f"{round(self.sparsity * 100)}%"
         if self.method == "depth" and self.options.get("blocks") is not None:
             amount = f"{self.options['blocks']} blocks"
-        return f"{self.algorithm}{'+' + dist if dist != 'uniform' else ''} {amount}"
+        quant = f" {self.quantize.label()}" if self.quantize is not None else ""
+        return f"{self.algorithm}{'+' + dist if dist != 'uniform' else ''}{quant} {amount}"
 
 
 def structural(method: str | None, attr: str = "structural") -> bool:
@@ -160,6 +168,7 @@ class PruneLLMConfig(Strict):
     batch_size: int = Field(8, ge=1)  #: calibration windows per forward
     eval_batch_size: int = Field(2, ge=1)
     recovery: RecoveryConfig = RecoveryConfig()
+    tune: TuneConfig = TuneConfig()  #: end-to-end scale tuning of quantized runs (GQSA's stage 2)
     save: bool = True
     plot: bool = True
     threads: int | None = Field(None, ge=1)
@@ -202,6 +211,27 @@ def save_hf(model: torch.nn.Module, tokenizer: Any, dest: Path) -> Path:
     from sparsecraft.structure.hf import save_pretrained
 
     return save_pretrained(model, dest, tokenizer)
+
+
+def save_quantized_hf(model: torch.nn.Module, tokenizer: Any, dest: Path) -> Path:
+    """A sparse Hugging Face directory with packed quantized weights (codes + float16 scales),
+    atomically: ``load_pretrained_sparse`` gives back plain transformers (dequantized),
+    ``sparsecraft generate`` runs the int4/int8 kernels on it."""
+    from sparsecraft.formats.hf import save_pretrained_sparse
+
+    with atomic.directory(dest) as tmp:
+        save_pretrained_sparse(model, tmp, tokenizer=tokenizer, format="auto")
+    return dest
+
+
+def _teacher(model: torch.nn.Module, dense_state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from sparsecraft.quant.state import quantized_params, remove_quant
+
+    teacher = copy.deepcopy(model)
+    for _, module, pname, _ in list(quantized_params(teacher)):
+        remove_quant(module, pname)
+    teacher.load_state_dict(dense_state, strict=False)
+    return teacher.eval()
 
 
 def table_markdown(rows: list[dict[str, Any]], extra: dict[str, str] | None = None) -> str:
@@ -250,10 +280,13 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
     from sparsecraft.data.text import build_protocol
     from sparsecraft.distributed import group
     from sparsecraft.evaluation.perplexity import perplexity
+    from sparsecraft.formats.footprint import weight_footprint
     from sparsecraft.models import load_model
     from sparsecraft.oneshot.api import prune
     from sparsecraft.oneshot.memory import PeakRSS
     from sparsecraft.oneshot.recovery import recover
+    from sparsecraft.oneshot.scale_tuning import tune_scales
+    from sparsecraft.quant.state import quantized_params, remove_quant
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -265,6 +298,7 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
     lm = load_model(cfg.model, kind="causal-lm")
     if lm.tokenizer is None:
         raise SparsecraftError(f"model {cfg.model!r} has no tokenizer files")
+    preflight_quantize(lm.model, cfg.runs, cfg.targets, cfg.ignore)
     d = cfg.data
     proto = build_protocol(lm.tokenizer, d.calib, d.eval, d.n_calib, d.n_eval, d.seq_len, d.seed)
     dense_state = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
@@ -297,12 +331,15 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
             lm.model = load_model(cfg.model, kind="causal-lm").model
         elif i:
             remove_masks(lm.model)
+            for _, module, pname, _ in list(quantized_params(lm.model)):
+                remove_quant(module, pname)  # the next row starts from the float model
             lm.model.load_state_dict(dense_state)
+        options = {"quantize": r.quantize.as_option()} if r.quantize is not None else {}
         with PeakRSS() as mem:
             rep = prune(lm.model, r.sparsity, method=r.method, criterion=r.criterion, pattern=r.pattern,
                         distribution=r.distribution, targets=cfg.targets, ignore=cfg.ignore, calib=proto.calib,
                         batch_size=cfg.batch_size, progress=cfg.progress, distributed=cfg.distributed or None,
-                        **r.options)
+                        **r.options, **options)
         row = {"config": r.label(), **rep.info, "true_sparsity": rep.sparsity, "peak_rss_mb": round(mem.peak_mb, 1)}
         if "structure" in rep.info:
             row["params"] = rep.info["structure"]["params_after"]
@@ -324,13 +361,26 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
             row["recovery"] = rec.to_dict()
             row["perplexity_pruned"] = row["perplexity"]
             row["perplexity"] = ppl()
+        if r.quantize is not None and cfg.tune.steps:
+            tuned = tune_scales(lm.model, proto.calib, cfg.tune.steps, cfg.tune.lr, cfg.tune.loss,
+                                _teacher(lm.model, dense_state) if cfg.tune.loss == "squarehead" else None,
+                                progress=cfg.progress)
+            row["tune"] = tuned.to_dict()
+            row["perplexity_before_tuning"] = row["perplexity"]
+            row["perplexity"] = ppl()
+        pruned_names = [f"^{x['name']}$" for x in rep.to_dict()["layers"]]
+        row["footprint"] = weight_footprint(lm.model, pruned_names)  # bytes as save(format="auto") stores them
+        row["footprint_all"] = weight_footprint(lm.model)
         if writer and (cfg.save if r.save is None else r.save):
             folder = run_dir / (f"{i:02d}-{r.label().replace(' ', '-').replace('%', 'pct').replace(':', 'of')}"
                                 if many else "")
-            row["saved_hf"] = str(save_hf(lm.model, lm.tokenizer, folder / "model"))
+            quantized = r.quantize is not None
+            save_dir = save_quantized_hf if quantized else save_hf
+            row["saved_hf"] = str(save_dir(lm.model, lm.tokenizer, folder / "model"))
             if "structure" not in rep.info:  # a smaller dense model has no masks to pack
                 row["saved_sparse"] = str(save_sparse(lm.model, folder / "sparse.safetensors",
-                                                      extra={"method": r.algorithm, "pattern": r.pattern}))
+                                                      extra={"method": r.algorithm, "pattern": r.pattern},
+                                                      format="auto" if quantized else "dense"))
             atomic.write_text(folder / "sparsity.md", rep.to_markdown() + "\n")
         row["layers"] = rep.to_dict()["layers"]
         rows.append(row)

@@ -18,6 +18,11 @@ reads only the weight columns of nonzero inputs. ``auto`` measures it with input
 sparsity against the dense calls (and the weight-sparse kernels when the weight itself is
 sparse) under the same rule: converted only when clearly faster, never slower than dense.
 ``backend="act-sparse"`` converts exactly those layers.
+
+Quantized layers (:mod:`sparsecraft.quant`) are always eligible: ``auto`` picks among ``dense``,
+``quant-dense`` and the sparse quantized kernels
+(:func:`sparsecraft.kernels.quant_calibrate.choose_quant_backend`: never slower than the dense
+quantized kernel).
 """
 
 from __future__ import annotations
@@ -31,9 +36,12 @@ import torch
 from torch import nn
 
 from sparsecraft.errors import SparsecraftError
+from sparsecraft.kernels.backend_quant import group_size
 from sparsecraft.kernels.backends import backend_names, get_backend
 from sparsecraft.kernels.calibrate import Decision, MeasureFn, choose_backend
+from sparsecraft.kernels.quant_calibrate import choose_quant_backend
 from sparsecraft.kernels.sparse_linear import SparseLinear, effective_weight
+from sparsecraft.quant.state import get_quant
 from sparsecraft.targets import find_targets
 
 log = logging.getLogger("sparsecraft.kernels")
@@ -202,15 +210,25 @@ def convert(
                             dense_bytes=weight.numel() * weight.element_size())
         report.layers.append(entry)
         tied = [n for n in shared.get(module.weight.data_ptr(), []) if n != f"{module_name}.weight"]
+        quant = get_quant(module)
         if module_name in sparse_inputs:
             entry.input_sparsity = sparse_inputs[module_name]
         if tied:
             entry.reason = f"weight is tied to {', '.join(tied)}; left as nn.Linear"
+        elif quant is not None and backend == "auto":  # quantized: dense quantized kernel or better
+            key = ("quant", shape, quant.spec, round(sparsity, 2), group_size(weight != 0), batch)
+            if key not in memo:
+                memo[key] = (choose_quant_backend(module, batch=batch, measure=measure), module_name)
+            decision, measured_on = memo[key]
+            entry.backend, entry.reason = decision.backend, decision.reason
+            if measured_on != module_name:
+                entry.reason += f" (measured on {measured_on}: same shape, grid and sparsity)"
+            entry.dense_ms, entry.chosen_ms = decision.dense_ms, decision.chosen_ms
         elif module_name in sparse_inputs and backend in ("auto", ACT_SPARSE):
             _decide_sparse_input(entry, weight, module, backend, batch, min_sparsity, measure, memo)
         elif backend == ACT_SPARSE:
             entry.reason = "its input is not activation-sparse (no top-k / threshold rule in front); left as nn.Linear"
-        elif sparsity < min_sparsity:
+        elif sparsity < min_sparsity and quant is None:
             entry.reason = f"only {sparsity:.1%} zeros (< min_sparsity {min_sparsity:.0%})"
         elif backend == "auto":
             key = (shape, weight.dtype, round(sparsity, 2), _is_24(weight), batch)
@@ -225,7 +243,10 @@ def convert(
         else:
             impl = get_backend(backend)
             avail, why = impl.available()
-            why = why if not avail else impl.supports(weight)
+            if getattr(impl, "quantized", False):
+                why = why if not avail else impl.supports_linear(module)
+            else:
+                why = why if not avail else impl.supports(weight)
             if why:
                 entry.reason = f"requested backend {backend} cannot run it: {why}; left as nn.Linear"
                 warnings.warn(f"sparsecraft.convert: {module_name}: {entry.reason}", RuntimeWarning,

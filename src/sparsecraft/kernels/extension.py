@@ -95,6 +95,11 @@ def sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.cpp"))
 
 
+def headers() -> list[Path]:
+    """The headers the sources include (part of the cache tag, so editing one rebuilds)."""
+    return sorted(SOURCE_DIR.glob("*.h"))
+
+
 def _tag(files: list[Path], cflags: list[str]) -> str:
     h = hashlib.sha256()
     for f in files:
@@ -144,7 +149,7 @@ def build(files: list[Path] | None = None, verbose: bool = False) -> None:
     from torch.utils import cpp_extension
 
     cflags, ldflags = build_flags()
-    build_dir = cache_dir() / _tag(files, cflags)
+    build_dir = cache_dir() / _tag([*files, *headers()], cflags)
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -20,6 +20,7 @@ from sparsecraft.errors import SparsecraftError
 from sparsecraft.kernels.backends import Backend, Packed, get_backend
 from sparsecraft.kernels.calibrate import Decision, MeasureFn, choose_backend
 from sparsecraft.masks import MASK_SUFFIX
+from sparsecraft.quant.state import get_quant
 
 PREFIX = "packed_"
 
@@ -75,14 +76,21 @@ class SparseLinear(nn.Module):
         decision = None
         if backend == "auto":
             bias = linear.bias.detach() if linear.bias is not None else None
-            decision = choose_backend(weight, batch=batch, measure=measure, bias=bias)
+            if get_quant(linear) is not None:
+                from sparsecraft.kernels.quant_calibrate import choose_quant_backend
+
+                decision = choose_quant_backend(linear, batch=batch, measure=measure)
+            else:
+                decision = choose_backend(weight, batch=batch, measure=measure, bias=bias)
             backend = decision.backend
         impl = get_backend(backend)
         avail, reason = impl.available()
-        reason = reason if not avail else impl.supports(weight)
+        quantized = getattr(impl, "quantized", False)  # packs from the layer's codes and scales
+        reason = reason if not avail else (impl.supports_linear(linear) if quantized else impl.supports(weight))
         if reason:
             raise SparsecraftError(f"backend {backend!r} cannot run this layer: {reason}")
-        return cls(linear.in_features, linear.out_features, backend, impl.pack(weight), linear.bias, decision)
+        packed = impl.pack_linear(linear) if quantized else impl.pack(weight)
+        return cls(linear.in_features, linear.out_features, backend, packed, linear.bias, decision)
 
     def _packed(self) -> Packed:
         if self._cache is None:

@@ -60,6 +60,7 @@ from sparsecraft.oneshot.prune_args import check_sparsity, parse_args
 from sparsecraft.oneshot.stats import InputStats, StatsCollector
 from sparsecraft.patterns import Pattern, PerRow, Unstructured
 from sparsecraft.pruning import Override, current_scores, layer_choices, prune_by_criterion
+from sparsecraft.quant.state import set_quant
 from sparsecraft.report import SparsityReport, report
 from sparsecraft.targets import Target
 
@@ -107,10 +108,14 @@ def prune(
     Args:
         sparsity: fraction of zeros over the targeted weights (N:M patterns fix it themselves).
         method: ``None`` (mask by ``criterion``) or a one-shot method that also updates the kept
-            weights: ``"sparsegpt"`` (options ``blocksize=128``, ``percdamp=0.01``); or one that removes
-            structures (smaller shapes, docs/structure.md): ``"slicegpt"`` (``sparsity`` = fraction of the
-            hidden size sliced), ``"channels"`` / ``"heads"`` (fraction of MLP or conv channels / query
-            heads removed, scored by ``criterion``), ``"depth"`` (fraction of blocks, or ``blocks=n``).
+            weights: ``"sparsegpt"`` (options ``blocksize=128``, ``percdamp=0.01``,
+            ``quantize={"bits": 4, "group": 64, "sym": True, "embedding": 8}`` for the joint
+            prune-and-quantize mode), ``"gptq"`` (quantize only: ``quantize=``), ``"gqsa"`` (group
+            sparsity ``group=16`` + quantization; see ``docs/quantization.md``);
+            or one that removes structures (smaller shapes, docs/structure.md): ``"slicegpt"``
+            (``sparsity`` = fraction of the hidden size sliced), ``"channels"`` / ``"heads"`` (fraction of
+            MLP or conv channels / query heads removed, scored by ``criterion``), ``"depth"`` (fraction of
+            blocks, or ``blocks=n``).
         criterion: ``"magnitude"`` (default), ``"random"``, ``"saliency"``/``"movement"``/
             ``"gradient"`` (gradients over ``calib`` with ``loss_fn``), ``"wanda"`` (activations).
         pattern: ``"unstructured"``, ``"2:4"`` (any N:M), ``"row"``, ``"block:4x4"``, ``"channel"``.
@@ -197,9 +202,13 @@ def collect_stats(block: nn.Module, inputs: Sequence[BlockInput], targets: list[
 
 
 def _layer_plan(per_block: list[list[Target]], pat: Pattern, dist: Distribution, ovs: list[Override],
-                sparsity: float, skip_unfit: bool) -> dict[str, tuple[Pattern, float | None]]:
+                sparsity: float, skip_unfit: bool,
+                pruner: OneShotPruner | None = None) -> dict[str, tuple[Pattern, float | None]]:
     """Every target's pattern and (override or distribution) sparsity; OWL's come later."""
     chosen = layer_choices([t for ts in per_block for t in ts], pat, ovs, skip_unfit)
+    if pruner is not None:
+        for t, _, _ in chosen:
+            pruner.check_layer(t.layout.rows, t.layout.cols, t.name, t.param.dtype)
     plan: dict[str, tuple[Pattern, float | None]] = {t.name: (p, s) for t, p, s in chosen}
     if not isinstance(dist, OWL):
         if dist.needs_scores:
@@ -219,11 +228,12 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
                      progress: bool, dp: DataParallel | None = None) -> SparsityReport:
     if pruner is not None:
         pat = pruner.check_pattern(pat)
+        pruner.check_sparsity(sparsity, [ov.sparsity for ov in ovs if ov.sparsity is not None])
     if isinstance(dist, OWL) and pat.fixed_sparsity:
         raise SparsecraftError(f"distribution 'owl' sets per-block sparsities; pattern {pat.spec()!r} fixes its own")
     stack = find_blocks(model)
     per_block = block_targets(model, stack, targets, ignore)
-    plan = _layer_plan(per_block, pat, dist, ovs, sparsity, skip_unfit)
+    plan = _layer_plan(per_block, pat, dist, ovs, sparsity, skip_unfit, pruner)
     what = pruner.registry_name if pruner is not None else crit.registry_name  # type: ignore[attr-defined]
     batches = batched(calib, batch_size) if calib is not None else []
     if not batches:
@@ -265,6 +275,8 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
             prune_target(t, stats.get(t.module_name), p, float(s), pruner, crit, what, step)
 
     run_sequential(model, stack, batches, prune_block, _bar(f"{what} blocks", progress))
+    if pruner is not None:
+        info.update(pruner.finish(model))
     info["wall_time_s"] = round(time.perf_counter() - t0, 3)
     if no_tokens:
         info["experts_without_tokens"] = no_tokens
@@ -283,6 +295,9 @@ def prune_target(t: Target, stats: Any, pattern: Pattern, sparsity: float, prune
         new_w, keep = pruner.prune(w, stats, pattern, sparsity)
         if new_w is not None:
             t.param.data.copy_(layout.from_rows(new_w).to(t.param.dtype))
+        qstate = pruner.pop_quant()
+        if qstate is not None:
+            set_quant(t.module, qstate, t.param_name)
     else:
         if crit.needs_activations:
             crit.set_input_norms(t, stats.col_norms)  # type: ignore[attr-defined]

@@ -9,11 +9,17 @@ lives in its own module.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.oneshot.stats import InputStats
 from sparsecraft.patterns import NM, Pattern, PerRow, Unstructured, fast_lowest_k_mask, parse_pattern
+from sparsecraft.quant.embedding import quantize_embeddings
+from sparsecraft.quant.grid import QuantSpec
+from sparsecraft.quant.state import QuantState
 from sparsecraft.registry import Registry
 
 ONESHOT: Registry[type[OneShotPruner]] = Registry("one-shot method", package="sparsecraft.oneshot")
@@ -37,10 +43,43 @@ class OneShotPruner:
             )
         return pattern
 
+    def check_sparsity(self, sparsity: float, overrides: list[float]) -> None:
+        """Refuse a sparsity the method cannot produce before any work starts."""
+
     def prune(
         self, w: torch.Tensor, stats: InputStats | None, pattern: Pattern, sparsity: float
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         raise NotImplementedError
+
+    # -- quantizing methods (GPTQ, SparseGPT's joint mode, GQSA) --------------------------
+    quant: QuantSpec | None = None  #: the grid kept weights are quantized to, if any
+    last_quant: QuantState | None = None  #: scales chosen by the last ``prune`` call
+
+    def check_layer(self, rows: int, cols: int, name: str, dtype: torch.dtype = torch.float32) -> None:
+        """Refuse a layer before any work starts (one line naming it); e.g. a quantization
+        group that does not divide its inputs."""
+        if self.quant is not None:
+            self.quant.check_layer(cols, name)
+            if dtype != torch.float32:
+                raise SparsecraftError(
+                    f"layer {name!r} is {str(dtype).removeprefix('torch.')}: quantization needs float32 weights "
+                    "(the dequantized values s*(q-z) are exact in float32 only); load the model in float32"
+                )
+
+    def pop_quant(self) -> QuantState | None:
+        """The quantization of the layer just pruned (``None`` if not quantized), once."""
+        out, self.last_quant = self.last_quant, None
+        return out
+
+    def finish(self, model: nn.Module) -> dict[str, Any]:
+        """After every block: quantize the embedding / LM head when ``quant.embedding`` asks
+        for it; returns what to add to the report's ``info``."""
+        if self.quant is None:
+            return {}
+        info: dict[str, Any] = {"quantize": self.quant.to_dict()}
+        if self.quant.embedding is not None:
+            info["quantized_embeddings"] = quantize_embeddings(model, self.quant, self.quant.embedding)
+        return info
 
 
 class StructuralPruner(OneShotPruner):

@@ -26,12 +26,16 @@ broken by position.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.oneshot.base import ONESHOT, OneShotPruner, fast_lowest_k_mask
 from sparsecraft.oneshot.stats import InputStats
-from sparsecraft.patterns import NM, Pattern, Unstructured, count_to_prune
+from sparsecraft.patterns import NM, Block, Pattern, Unstructured, count_to_prune
+from sparsecraft.quant.grid import parse_spec
 
 
 def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,17 +61,20 @@ def sparsegpt_prune(
     pattern: Pattern,
     sparsity: float,
     blocksize: int = 128,
+    quantizer: Callable[..., torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prune and reconstruct the (out, in) matrix ``w``; returns (new W, keep mask)."""
+    """Prune and reconstruct the (out, in) matrix ``w``; returns (new W, keep mask).
+    ``quantizer(j, block, k, q, pruned)``, if given, quantizes each column after pruning (the
+    joint mode, :mod:`sparsecraft.oneshot.quantizer`)."""
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        return _prune(w, Hinv, dead, pattern, sparsity, blocksize)
+        return _prune(w, Hinv, dead, pattern, sparsity, blocksize, quantizer)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
 
-def _prune(w, Hinv, dead, pattern, sparsity, blocksize):
+def _prune(w, Hinv, dead, pattern, sparsity, blocksize, quantizer=None):
     W = w.detach().to(torch.float32).clone()
     W[:, dead] = 0
     rows, cols = W.shape
@@ -97,6 +104,8 @@ def _prune(w, Hinv, dead, pattern, sparsity, blocksize):
                 idx = torch.argsort(score, dim=1, stable=True)[:, :n_prune]
                 mask1[:, i : i + nm.m].scatter_(1, idx, True)
             q = w_col.masked_fill(mask1[:, i], 0.0)
+            if quantizer is not None:
+                q = quantizer(i1 + i, W1, i, q, mask1)
             Q1[:, i] = q
             err = (w_col - q) / d[i]
             W1[:, i:].sub_(torch.outer(err, Hinv1[i, i:]))
@@ -112,22 +121,27 @@ def _prune(w, Hinv, dead, pattern, sparsity, blocksize):
 
 @ONESHOT.register("sparsegpt")
 class SparseGPT(OneShotPruner):
-    """Mask by w^2/[H^-1]_ii^2 per 128-column block, OBS update of the remaining weights."""
+    """Mask by w^2/[H^-1]_ii^2 per 128-column block, OBS update of the remaining weights;
+    with ``quantize={"bits": 4, "group": 64, "sym": True}`` the kept weights are quantized in
+    the same sweep (the paper's joint mode; :mod:`sparsecraft.oneshot.quantizer`)."""
 
     needs_hessian = True
-    patterns = (Unstructured, NM)
+    patterns = (Unstructured, NM, Block)
 
-    def __init__(self, blocksize: int = 128, percdamp: float = 0.01) -> None:
+    def __init__(self, blocksize: int = 128, percdamp: float = 0.01, quantize: Any = None) -> None:
         if blocksize < 1 or not 0 <= percdamp:
             raise SparsecraftError(f"bad sparsegpt options blocksize={blocksize}, percdamp={percdamp}")
         self.blocksize = blocksize
         self.percdamp = percdamp
+        self.quant = None if quantize is None else parse_spec(quantize)
 
     def prune(self, w: torch.Tensor, stats: InputStats | None, pattern: Pattern, sparsity: float):
         if stats is None or stats.H is None:
-            raise SparsecraftError("sparsegpt needs the calibration Hessian")
+            raise SparsecraftError(f"{self.registry_name} needs the calibration Hessian")  # type: ignore[attr-defined]
         key = f"hinv@{self.percdamp}"
         if key not in stats.cache:  # shared by every layer that reads the same input
             stats.cache[key] = inverse_hessian_factor(stats.hessian(), self.percdamp)
         Hinv, dead = stats.cache[key]
-        return sparsegpt_prune(w, Hinv, dead, pattern, sparsity, self.blocksize)
+        from sparsecraft.oneshot.joint import joint_sweep  # joint.py imports this module
+
+        return joint_sweep(w, Hinv, dead, pattern, sparsity, self.blocksize, self)

@@ -10,7 +10,8 @@
 //               masked load of x, FMA ((1-s)*4 + 1/8 bytes per weight).
 //   nm24_mm   : 2:4 -- per 4 columns, 2 kept values + two 2-bit positions; per 32 columns,
 //               16 values and one uint32 of positions; x lanes are picked with permutex2var.
-// Rows are split across threads with at::parallel_for (torch's OpenMP pool).
+// Rows are split across threads on sparsecraft's pool (sc_pool.h: a call never waits for a
+// descheduled helper thread); bitmap_mm's batch > 1 path and very wide batches use at::parallel_for.
 // Every kernel has a portable scalar path when AVX-512 is not available at compile time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -19,6 +20,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <vector>
+
+#include "sc_pool.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -126,11 +129,13 @@ at::Tensor csr16_mm(const at::Tensor& values, const at::Tensor& cols, const at::
   const int64_t* rp = rowptr.data_ptr<int64_t>();
   float* yp = y.data_ptr<float>();
   const int64_t grain = grain_for(out, values.numel() * N);
+  sc::sync_threads();
+  std::vector<c10::IValue> keep{values, cols, rowptr, x, y};
   if (N == 1) {
     const float* xp = x.data_ptr<float>();
-    at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) yp[r] = csr16_dot(v + rp[r], c + rp[r], rp[r + 1] - rp[r], xp);
-    });
+    sc::parallel_rows(out, 1, yp, grain, [=](int64_t b, int64_t e, float* buf) {
+      for (int64_t r = b; r < e; ++r) buf[r - b] = csr16_dot(v + rp[r], c + rp[r], rp[r + 1] - rp[r], xp);
+    }, keep);
     return y;
   }
   // xT[in, ld]: the batch padded with zeros to 8 (N <= 8) or to a multiple of 16.
@@ -138,15 +143,16 @@ at::Tensor csr16_mm(const at::Tensor& values, const at::Tensor& cols, const at::
   at::Tensor xT = at::zeros({in_features, ld}, x.options());
   xT.narrow(1, 0, N).copy_(x.t());
   const float* xt = xT.data_ptr<float>();
-  at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
+  auto rows = [=](int64_t b, int64_t e, float* res) {  // res[j * (e - b) + (r - b)] = y[j, r]
     alignas(64) float buf[64];
+    const int64_t nr = e - b;
     for (int64_t r = b; r < e; ++r) {
       const float* vr = v + rp[r];
       const uint16_t* cr = c + rp[r];
       const int64_t n = rp[r + 1] - rp[r];
       if (ld == 8) {
         csr16_tile8(vr, cr, n, xt, buf);
-        for (int64_t j = 0; j < N; ++j) yp[j * out + r] = buf[j];
+        for (int64_t j = 0; j < N; ++j) res[j * nr + (r - b)] = buf[j];
         continue;
       }
       for (int64_t t = 0; t < ld;) {
@@ -157,11 +163,21 @@ at::Tensor csr16_mm(const at::Tensor& values, const at::Tensor& cols, const at::
           case 2: csr16_tile<2>(vr, cr, n, xt + t, ld, buf); break;
           default: csr16_tile<1>(vr, cr, n, xt + t, ld, buf); break;
         }
-        for (int64_t j = 0; j < 16 * nv && t + j < N; ++j) yp[(t + j) * out + r] = buf[j];
+        for (int64_t j = 0; j < 16 * nv && t + j < N; ++j) res[(t + j) * nr + (r - b)] = buf[j];
         t += 16 * nv;
       }
     }
-  });
+  };
+  if (N > sc::kBufFloats) {  // too wide for a chunk buffer: torch's pool writes y directly
+    at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
+      std::vector<float> res((e - b) * N);
+      rows(b, e, res.data());
+      for (int64_t j = 0; j < N; ++j) std::copy(&res[j * (e - b)], &res[(j + 1) * (e - b)], yp + j * out + b);
+    });
+    return y;
+  }
+  keep.emplace_back(xT);
+  sc::parallel_rows(out, (int)N, yp, grain, rows, keep);
   return y;
 }
 
@@ -259,9 +275,10 @@ at::Tensor bitmap_mm(const at::Tensor& values, const at::Tensor& masks, const at
   float* yp = y.data_ptr<float>();
   const int64_t grain = grain_for(out, (values.numel() + out * words * 4) * N);
   if (N == 1) {
-    at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) yp[r] = bitmap_dot(M + r * words, words, v + ro[r], xp, in_features);
-    });
+    sc::sync_threads();
+    sc::parallel_rows(out, 1, yp, grain, [=](int64_t b, int64_t e, float* buf) {
+      for (int64_t r = b; r < e; ++r) buf[r - b] = bitmap_dot(M + r * words, words, v + ro[r], xp, in_features);
+    }, {values, masks, rowoff, x, y});
     return y;
   }
 #if SC_AVX512
@@ -316,7 +333,8 @@ at::Tensor nm24_mm(const at::Tensor& values, const at::Tensor& pos, const at::Te
   const uint32_t* P = reinterpret_cast<const uint32_t*>(pos.data_ptr<int32_t>());
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, out, grain_for(out, values.numel() * N), [&](int64_t b, int64_t e) {
+  auto rows = [=](int64_t b, int64_t e, float* res) {  // res[i * (e - b) + (r - b)] = y[i, r]
+    const int64_t nr = e - b;
 #if SC_AVX512
     const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
@@ -339,7 +357,7 @@ at::Tensor nm24_mm(const at::Tensor& values, const at::Tensor& pos, const at::Te
             acc[t] = _mm512_fmadd_ps(vv, g, acc[t]);
           }
         }
-        for (int64_t t = 0; t < nb; ++t) yp[(i0 + t) * out + r] = _mm512_reduce_add_ps(acc[t]);
+        for (int64_t t = 0; t < nb; ++t) res[(i0 + t) * nr + (r - b)] = _mm512_reduce_add_ps(acc[t]);
       }
     }
 #else
@@ -351,11 +369,22 @@ at::Tensor nm24_mm(const at::Tensor& values, const at::Tensor& pos, const at::Te
         float s = 0.f;
         for (int64_t k = 0; k < blocks; ++k)
           for (int j = 0; j < 16; ++j) s += vr[16 * k + j] * xr[32 * k + nm24_col(pr[k], j)];
-        yp[i * out + r] = s;
+        res[i * nr + (r - b)] = s;
       }
     }
 #endif
-  });
+  };
+  const int64_t grain = grain_for(out, values.numel() * N);
+  if (N > sc::kBufFloats) {  // too wide for a chunk buffer: torch's pool writes y directly
+    at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
+      std::vector<float> res((e - b) * N);
+      rows(b, e, res.data());
+      for (int64_t i = 0; i < N; ++i) std::copy(&res[i * (e - b)], &res[(i + 1) * (e - b)], yp + i * out + b);
+    });
+    return y;
+  }
+  sc::sync_threads();
+  sc::parallel_rows(out, (int)N, yp, grain, rows, {values, pos, x, y});
   return y;
 }
 

@@ -1,0 +1,201 @@
+// Row dot products of the packed linear layers the quantized kernels and the decode loop run:
+// float32 dense / bitmap, and int4/int8 group-quantized dense / bitmap / group-bitmap weights,
+// dequantized in registers (w = s * (q - z), never written to memory), for 1..8 input rows.
+//
+// Kernel layouts (built by sparsecraft/kernels/backend_quant.py from the codes):
+//   qdense : codes (out, bytes_per_row). int8: one byte per code. int4: blocks of B = 32 inputs
+//            (B = 16 when the quantization group G is an odd multiple of 16) in B/2 bytes, byte j =
+//            code[j] | code[j + B/2] << 4, so one AND and one shift give the codes in order.
+//   qsparse: per row, per 64-input word, a 64-bit keep mask (g = 0: one bit per input; g = 4/8/16:
+//            one bit per group of g inputs, 64/g bits per word, expanded with pdep) and the codes of
+//            the kept inputs: int8 one byte each; int4 ceil(n/2) bytes for n kept, byte j = c[2j] |
+//            c[2j + 1] << 4. rowoff[r] = byte offset of row r; the stream is padded with 64 bytes.
+//   scales: float16 bits (out, in / G); zeros: uint8 (out, in / G); kept inputs contribute
+//   s * (q - z) * x, pruned ones 0.
+// AVX-512 (F, BW, VBMI2 for the byte expand) where compiled, AVX2 for the dense formats, and a
+// portable scalar path for all; isa_level() selects at run time (tests force each one).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI2__) && defined(__BMI2__)
+#define SCQ_AVX512 1
+#else
+#define SCQ_AVX512 0
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#define SCQ_AVX2 1
+#else
+#define SCQ_AVX2 0
+#endif
+
+namespace sc {
+
+enum Kind : int { kF32Dense = 0, kF32Bitmap = 1, kQDense = 2, kQSparse = 3 };
+
+inline int compiled_isa() { return SCQ_AVX512 ? 2 : (SCQ_AVX2 ? 1 : 0); }
+inline int& isa_level() {  // 0 scalar, 1 AVX2, 2 AVX-512
+  static int level = compiled_isa();
+  return level;
+}
+
+struct QLinear {
+  int kind = kF32Dense;
+  int64_t out = 0, in = 0;
+  int bits = 4, G = 64, g = 0, blk = 32;
+  int64_t mstride = 0, cstride = 0;  // uint64 masks per row; qdense bytes per row
+  const float* w = nullptr;          // f32 dense (out, in)
+  const float* vals = nullptr;       // f32 bitmap values (row-packed, padded with 16)
+  const uint64_t* masks = nullptr;   // bitmap / keep masks
+  const int64_t* rowoff = nullptr;   // f32 bitmap: value offsets; qsparse: byte offsets
+  const uint8_t* codes = nullptr;
+  const uint16_t* scales = nullptr;  // float16 bits
+  const uint8_t* zeros = nullptr;
+  const float* bias = nullptr;
+};
+
+// ------------------------------------------------------------------ helpers
+inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023;
+  uint32_t bits;
+  if (e == 0) {  // zero or subnormal: m * 2^-24
+    float f = (float)m * 5.9604644775390625e-08f;
+    std::memcpy(&bits, &f, 4);
+    bits |= sign;
+  } else if (e == 31) {
+    bits = sign | 0x7f800000u | (m << 13);
+  } else {
+    bits = sign | ((e + 112) << 23) | (m << 13);
+  }
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+#endif
+}
+
+inline int nibble_code(const uint8_t* base, int64_t j, int64_t half) {  // split-order nibble j
+  return j < half ? (base[j] & 15) : (base[j - half] >> 4);
+}
+inline int nibble_seq(const uint8_t* base, int64_t j) { return (base[j >> 1] >> (4 * (j & 1))) & 15; }
+
+inline uint64_t group_bits_to_mask(uint64_t bits, int g) {  // bit i -> g ones at g*i
+  uint64_t m = 0;
+  for (int i = 0; i < 64 / g; ++i)
+    if ((bits >> i) & 1) m |= ((g == 64 ? ~0ull : ((1ull << g) - 1)) << (g * i));
+  return m;
+}
+
+inline uint64_t keep_mask(const QLinear& L, int64_t r, int64_t w) {
+  const uint64_t* row = L.masks + r * L.mstride;
+  if (L.g == 0) return row[w];
+  const int per = 64 / L.g;
+  const int64_t bit = w * per;
+  const uint64_t bits = (row[bit >> 6] >> (bit & 63)) & (per == 64 ? ~0ull : ((1ull << per) - 1));
+#if SCQ_AVX512
+  static const uint64_t rep[17] = {0, 0, 0, 0, 0x1111111111111111ull, 0, 0, 0, 0x0101010101010101ull,
+                                   0, 0, 0, 0, 0, 0, 0, 0x0001000100010001ull};
+  return _pdep_u64(bits, rep[L.g]) * ((1ull << L.g) - 1);
+#else
+  return group_bits_to_mask(bits, L.g);
+#endif
+}
+
+// ------------------------------------------------------------------ scalar (portable)
+template <int N>
+void rows_scalar(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int64_t r1, float* out) {
+  const int64_t nr = r1 - r0, in = L.in, ng = in / (L.kind >= kQDense ? L.G : in);
+  for (int64_t r = r0; r < r1; ++r) {
+    double acc[N];
+    for (int n = 0; n < N; ++n) acc[n] = 0.0;
+    if (L.kind == kF32Dense) {
+      const float* wr = L.w + r * in;
+      for (int n = 0; n < N; ++n) {
+        float s = 0.f;
+        for (int64_t k = 0; k < in; ++k) s += wr[k] * x[n * ldx + k];
+        acc[n] = s;
+      }
+    } else if (L.kind == kF32Bitmap) {
+      const float* p = L.vals + L.rowoff[r];
+      float s[N] = {};
+      for (int64_t w = 0; w * 64 < in; ++w)
+        for (uint64_t m = L.masks[r * L.mstride + w]; m; m &= m - 1) {
+          const int64_t k = 64 * w + __builtin_ctzll(m);
+          for (int n = 0; n < N; ++n) s[n] += *p * x[n * ldx + k];
+          ++p;
+        }
+      for (int n = 0; n < N; ++n) acc[n] = s[n];
+    } else {
+      const uint16_t* sr = L.scales + r * ng;
+      const uint8_t* zr = L.zeros + r * ng;
+      float t[N] = {}, a[N] = {};
+      auto code_dense = [&](int64_t k) -> int {
+        const uint8_t* row = L.codes + r * L.cstride;
+        if (L.bits == 8) return row[k];
+        const int64_t b = k / L.blk, j = k % L.blk;
+        return nibble_code(row + b * (L.blk / 2), j, L.blk / 2);
+      };
+      const uint8_t* stream = L.kind == kQSparse ? L.codes + L.rowoff[r] : nullptr;
+      for (int64_t w = 0; w * 64 < in; ++w) {
+        const uint64_t m = L.kind == kQSparse ? keep_mask(L, r, w) : ~0ull;
+        const int64_t nk = __builtin_popcountll(m), half = (nk + 1) / 2;
+        int64_t idx = 0;
+        for (int64_t k = 64 * w; k < 64 * w + 64 && k < in; ++k) {
+          const int64_t gi = k / L.G;
+          if ((m >> (k - 64 * w)) & 1) {
+            int q = L.kind == kQDense ? code_dense(k)
+                                      : (L.bits == 8 ? stream[idx] : nibble_seq(stream, idx));
+            ++idx;
+            const float wq = (float)q - (float)zr[gi];
+            for (int n = 0; n < N; ++n) t[n] += wq * x[n * ldx + k];
+          }
+          if ((k + 1) % L.G == 0) {
+            for (int n = 0; n < N; ++n) { a[n] += half_to_float(sr[gi]) * t[n]; t[n] = 0.f; }
+          }
+        }
+        if (L.kind == kQSparse) stream += L.bits == 8 ? nk : half;
+      }
+      for (int n = 0; n < N; ++n) acc[n] = a[n];
+    }
+    for (int n = 0; n < N; ++n) out[n * nr + (r - r0)] = (float)acc[n] + (L.bias ? L.bias[r] : 0.f);
+  }
+}
+
+}  // namespace sc
+
+#include "qdot_simd.h"
+
+namespace sc {
+
+template <int N>
+void rows_dot(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int64_t r1, float* out) {
+  const int level = isa_level();
+#if SCQ_AVX512
+  if (level >= 2) { rows_avx512<N>(L, x, ldx, r0, r1, out); return; }
+#endif
+#if SCQ_AVX2
+  if (level >= 1 && (L.kind == kQDense || L.kind == kF32Dense) && L.in % 16 == 0) { rows_avx2<N>(L, x, ldx, r0, r1, out); return; }
+#endif
+  (void)level;
+  rows_scalar<N>(L, x, ldx, r0, r1, out);
+}
+
+inline void rows_dot_n(int n, const QLinear& L, const float* x, int64_t ldx, int64_t r0, int64_t r1, float* out) {
+  switch (n) {
+    case 1: rows_dot<1>(L, x, ldx, r0, r1, out); break;
+    case 2: rows_dot<2>(L, x, ldx, r0, r1, out); break;
+    case 3: rows_dot<3>(L, x, ldx, r0, r1, out); break;
+    case 4: rows_dot<4>(L, x, ldx, r0, r1, out); break;
+    case 5: rows_dot<5>(L, x, ldx, r0, r1, out); break;
+    case 6: rows_dot<6>(L, x, ldx, r0, r1, out); break;
+    case 7: rows_dot<7>(L, x, ldx, r0, r1, out); break;
+    default: rows_dot<8>(L, x, ldx, r0, r1, out); break;
+  }
+}
+
+}  // namespace sc

@@ -1,0 +1,138 @@
+// Running one packed linear layer on the pool (shared by the packed_linear op and the decode loop).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "qdot.h"
+#include "sc_pool.h"
+
+namespace sc {
+
+struct LinearCtx {
+  QLinear L;
+  const float* x;
+  int64_t ldx;
+  float* y;
+  int64_t rows_per;
+  int n;
+};
+
+inline void linear_chunk(const void* p, int64_t c, float* buf) {
+  const auto& k = *static_cast<const LinearCtx*>(p);
+  const int64_t r0 = c * k.rows_per, r1 = std::min(k.L.out, r0 + k.rows_per);
+  rows_dot_n(k.n, k.L, k.x, k.ldx, r0, r1, buf);
+}
+
+inline void linear_commit(const void* p, int64_t c, float* buf) {
+  const auto& k = *static_cast<const LinearCtx*>(p);
+  const int64_t r0 = c * k.rows_per, r1 = std::min(k.L.out, r0 + k.rows_per), nr = r1 - r0;
+  for (int n = 0; n < k.n; ++n) std::copy(buf + n * nr, buf + (n + 1) * nr, k.y + n * k.L.out + r0);
+}
+
+inline int64_t rows_per_chunk(int64_t out, int n, int threads) {
+  const int64_t cap = kBufFloats / std::max(1, n);
+  const int64_t want = (out + 8 * threads - 1) / (8 * threads);
+  return std::max<int64_t>(1, std::min<int64_t>(cap, std::max<int64_t>(16, want)));
+}
+
+// y[0:N, 0:out] (row stride out) = x[0:N] @ W^T through the pool; N <= 8.
+inline void run_linear(const QLinear& L, const float* x, int64_t ldx, int n, float* y,
+                       std::vector<c10::IValue> keep = {}, std::shared_ptr<void> owner = nullptr) {
+  Pool& p = pool();
+  LinearCtx ctx{L, x, ldx, y, rows_per_chunk(L.out, n, p.threads()), n};
+  const int64_t chunks = (L.out + ctx.rows_per - 1) / ctx.rows_per;
+  p.run(chunks, linear_chunk, linear_commit, ctx, std::move(keep), std::move(owner));
+}
+
+// Up to three layers reading the same input (q/k/v, gate/up) as one pool job, batch 1.
+struct MultiCtx {
+  QLinear L[3];
+  float* y[3];
+  const float* x;
+  int count;
+  int64_t rows_per[3];
+  int64_t first[4];  // first chunk of each layer, first[count] = total
+};
+
+inline int multi_which(const MultiCtx& k, int64_t c) {
+  int i = 0;
+  while (i + 1 < k.count && c >= k.first[i + 1]) ++i;
+  return i;
+}
+
+inline void multi_chunk(const void* p, int64_t c, float* buf) {
+  const auto& k = *static_cast<const MultiCtx*>(p);
+  const int i = multi_which(k, c);
+  const int64_t r0 = (c - k.first[i]) * k.rows_per[i], r1 = std::min(k.L[i].out, r0 + k.rows_per[i]);
+  rows_dot<1>(k.L[i], k.x, 0, r0, r1, buf);
+}
+
+inline void multi_commit(const void* p, int64_t c, float* buf) {
+  const auto& k = *static_cast<const MultiCtx*>(p);
+  const int i = multi_which(k, c);
+  const int64_t r0 = (c - k.first[i]) * k.rows_per[i], r1 = std::min(k.L[i].out, r0 + k.rows_per[i]);
+  std::copy(buf, buf + (r1 - r0), k.y[i] + r0);
+}
+
+inline void run_linears(const QLinear* const* Ls, float* const* ys, int count, const float* x,
+                        std::shared_ptr<void> owner) {
+  Pool& p = pool();
+  MultiCtx ctx;
+  ctx.x = x;
+  ctx.count = count;
+  ctx.first[0] = 0;
+  for (int i = 0; i < count; ++i) {
+    ctx.L[i] = *Ls[i];
+    ctx.y[i] = ys[i];
+    ctx.rows_per[i] = rows_per_chunk(Ls[i]->out, 1, p.threads());
+    ctx.first[i + 1] = ctx.first[i] + (Ls[i]->out + ctx.rows_per[i] - 1) / ctx.rows_per[i];
+  }
+  p.run(ctx.first[count], multi_chunk, multi_commit, ctx, {}, std::move(owner));
+}
+
+inline QLinear make_linear(const std::vector<at::Tensor>& parts, at::IntArrayRef meta) {
+  TORCH_CHECK(meta.size() >= 9, "sparsecraft.packed_linear: meta needs 9 entries");
+  QLinear L;
+  L.kind = (int)meta[0]; L.out = meta[1]; L.in = meta[2]; L.bits = (int)meta[3]; L.G = (int)meta[4];
+  L.g = (int)meta[5]; L.blk = (int)meta[6]; L.mstride = meta[7]; L.cstride = meta[8];
+  auto need = [&](size_t i, at::ScalarType t, int64_t numel, const char* what) {
+    TORCH_CHECK(parts.size() > i && parts[i].scalar_type() == t && parts[i].is_contiguous() &&
+                    parts[i].numel() >= numel,
+                "sparsecraft.packed_linear: part ", i, " (", what, ") has the wrong type or size");
+    return parts[i].data_ptr();
+  };
+  TORCH_CHECK(L.out >= 0 && L.in > 0, "sparsecraft.packed_linear: bad shape");
+  switch (L.kind) {
+    case kF32Dense: L.w = (const float*)need(0, at::kFloat, L.out * L.in, "weight"); break;
+    case kF32Bitmap:
+      L.masks = (const uint64_t*)need(1, at::kLong, L.out * L.mstride, "masks");
+      L.rowoff = (const int64_t*)need(2, at::kLong, L.out + 1, "rowoff");
+      L.vals = (const float*)need(0, at::kFloat, (L.out ? L.rowoff[L.out] : 0) + 16, "values");
+      break;
+    case kQDense:
+    case kQSparse: {
+      TORCH_CHECK((L.bits == 4 || L.bits == 8) && L.G >= 16 && L.G % 16 == 0 && L.in % L.G == 0,
+                  "sparsecraft.packed_linear: bits must be 4/8 and the group a multiple of 16 dividing in");
+      TORCH_CHECK(L.blk == 16 || L.blk == 32, "sparsecraft.packed_linear: int4 block must be 16 or 32");
+      L.scales = (const uint16_t*)need(1, at::kShort, L.out * (L.in / L.G), "scales");
+      L.zeros = (const uint8_t*)need(2, at::kByte, L.out * (L.in / L.G), "zeros");
+      if (L.kind == kQDense) {
+        L.codes = (const uint8_t*)need(0, at::kByte, L.out * L.cstride, "codes");
+      } else {
+        TORCH_CHECK(L.g == 0 || L.g == 4 || L.g == 8 || L.g == 16, "sparsecraft.packed_linear: g must be 0/4/8/16");
+        L.masks = (const uint64_t*)need(3, at::kLong, L.out * L.mstride, "masks");
+        L.rowoff = (const int64_t*)need(4, at::kLong, L.out + 1, "rowoff");
+        L.codes = (const uint8_t*)need(0, at::kByte, (L.out ? L.rowoff[L.out] : 0) + 64, "codes");
+      }
+      break;
+    }
+    default: TORCH_CHECK(false, "sparsecraft.packed_linear: unknown kind ", L.kind);
+  }
+  return L;
+}
+
+}  // namespace sc
+
