@@ -42,7 +42,9 @@ def test_summaries():
 def test_time_calls_orders_a_slow_and_a_fast_call():
     t = time_calls({"slow": lambda: time.sleep(0.002), "fast": lambda: None}, repeats=6, rounds=2)
     assert t["fast"] < t["slow"]
-    assert t["slow"] == pytest.approx(0.002, abs=0.01)
+    # a sleep never returns early, so the median is at least 2 ms in seconds; no upper bound: a loaded
+    # machine oversleeps (14 ms seen at load 20), and CI must pass on every run
+    assert t["slow"] >= 0.0019
 
 
 def test_busy_during_sees_a_busy_thread():

@@ -34,6 +34,7 @@ from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.formats.checkpoint import save as save_sparse
 from sparsecraft.jobs.prune_config import check_pattern_spec
+from sparsecraft.jobs.prune_llm_table import plot_perplexity, table_markdown  # noqa: F401 (re-exported)
 from sparsecraft.jobs.quantize_config import QuantizeConfig, TuneConfig, preflight_quantize
 from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict, regex_list_validator
 from sparsecraft.masks import remove_masks
@@ -232,47 +233,6 @@ def _teacher(model: torch.nn.Module, dense_state: dict[str, torch.Tensor]) -> to
         remove_quant(module, pname)
     teacher.load_state_dict(dense_state, strict=False)
     return teacher.eval()
-
-
-def table_markdown(rows: list[dict[str, Any]], extra: dict[str, str] | None = None) -> str:
-    """The results table; ``extra`` maps a column title to a row key (a parameter column is added
-    when a row removed structures)."""
-    extra = dict(extra or {})
-    if any("params_m" in r for r in rows if r.get("method") != "dense"):
-        extra = {"parameters (M)": "params_m", **extra}
-    head = ["config", "perplexity", "prune wall time (s)", "peak RSS (MB)", "true sparsity", *extra]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [
-            r["config"],
-            "-" if r.get("perplexity") is None else f"{r['perplexity']:.2f}",
-            "-" if r.get("wall_time_s") is None else f"{r['wall_time_s']:.1f}",
-            "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}",
-            f"{r['true_sparsity']:.4f}",
-            *[str(r.get(k, "-")) for k in extra.values()],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_perplexity(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 4))
-    ax.bar([r["config"] for r in rows], [r["perplexity"] for r in rows], color="#4878a8")
-    dense = [r["perplexity"] for r in rows if r["method"] == "dense"]
-    if dense:
-        ax.axhline(dense[0], color="k", ls="--", lw=1, label=f"dense {dense[0]:.2f}")
-        ax.legend()
-    ax.set_yscale("log")
-    ax.set_ylabel("perplexity (log)")
-    ax.set_title(title)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    return atomic.save_figure(fig, path, dpi=110)
 
 
 def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
