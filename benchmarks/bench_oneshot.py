@@ -15,6 +15,10 @@ of the official Wanda-repository code (ANCHORS.md, measured on the same kind of 
 Run (heavy; one at a time on the shared machine)::
 
     flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_oneshot.py
+
+The table is this script's section of ``docs/results/oneshot.md`` (``bench_owl.py`` writes its
+own sections there). ``--only A,B --update`` re-runs some configurations and replaces just
+their rows, with a note naming the command.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -29,10 +35,16 @@ from pathlib import Path
 
 import torch
 
-from sparsecraft.jobs.prune_llm import PruneLLMConfig, RunConfig, run_prune_llm, table_markdown
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sections import write_section  # noqa: E402
+
+from sparsecraft.jobs.prune_llm import PruneLLMConfig, RunConfig, run_prune_llm, table_markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "oneshot.md"
+SECTION = "bench_oneshot"
+TITLE = "One-shot pruning of SmolLM2-135M (Shakespeare protocol)"
+EXTRA = {"reference ppl": "ref_ppl", "reference time (s)": "ref_time"}
 
 # ANCHORS.md: official Wanda-repository code, float32, 1 thread, shared machine
 ANCHORS = {
@@ -70,16 +82,19 @@ def tie_fraction(m: int = 4, keep: int = 2) -> float:
     return ties / total
 
 
-def render(rows, fingerprint, command, threads, done, ties=None) -> str:
+def with_reference(rows):
     for r in rows:
         ref = ANCHORS.get(r["config"], (None, None))
         r["ref_ppl"] = "-" if ref[0] is None else f"{ref[0]}"
         r["ref_time"] = "-" if ref[1] is None else f"{ref[1]}"
+    return rows
+
+
+def render(rows, fingerprint, command, threads, done, ties=None) -> str:
+    with_reference(rows)
     fp_ok = all(fingerprint.get(k) == v for k, v in ANCHOR_FINGERPRINT.items())
     status = "complete" if done else f"PARTIAL ({len(rows)} of {len(RUNS) + 1} configurations so far)"
     lines = [
-        "# One-shot pruning of SmolLM2-135M (Shakespeare protocol)",
-        "",
         f"Produced by `{command}` on {datetime.date.today().isoformat()} ({status}).",
         f"Machine: 2 shared CPU cores, torch {torch.__version__}, {threads} torch threads, float32.",
         "",
@@ -94,7 +109,7 @@ def render(rows, fingerprint, command, threads, done, ties=None) -> str:
         "allocator kept from the previous evaluation. Reference columns: the official Wanda-repository code "
         "on the same protocol (ANCHORS.md; 1 thread, shared machine, times are upper bounds).",
         "",
-        table_markdown(rows, {"reference ppl": "ref_ppl", "reference time (s)": "ref_time"}),
+        table_markdown(rows, EXTRA),
         "",
     ]
     if (OUT.parent / "oneshot_perplexity.png").exists():
@@ -109,6 +124,32 @@ def render(rows, fingerprint, command, threads, done, ties=None) -> str:
     return "\n".join(lines)
 
 
+def section_text(path: Path) -> str:
+    """This script's section of ``path`` (empty when there is none yet)."""
+    text = path.read_text() if path.is_file() else ""
+    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+    if start not in text or end not in text:
+        return ""
+    return text[text.index(start) + len(start) : text.index(end)].strip("\n")
+
+
+def update_rows(section: str, rows, command: str) -> str:
+    """Replace the table rows of the configurations in ``rows`` and say which were re-run, how."""
+    lines = section.split("\n")
+    for r in with_reference(rows):
+        new = table_markdown([r], EXTRA).split("\n")[2]
+        hits = [i for i, line in enumerate(lines) if line.startswith(f"| {r['config']} |")]
+        if not hits:
+            raise SystemExit(f"--update: no row {r['config']!r} in the existing table")
+        lines[hits[0]] = new
+    note = (f"Re-run rows ({datetime.date.today().isoformat()}, after the one-shot fixes of issue 10): "
+            f"{', '.join(r['config'] for r in rows)}, by `{command}` (load average {os.getloadavg()[0]:.0f} "
+            "at the end: their times are not comparable with the other rows').")
+    lines = [line for line in lines if not line.startswith("Re-run rows")]
+    table_end = max(i for i, line in enumerate(lines) if line.startswith("|"))
+    return "\n".join(lines[: table_end + 1] + ["", note] + lines[table_end + 1 :])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -116,16 +157,20 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma list of config labels to run (default all)")
     ap.add_argument("--render-from", default=None, help="results.json of a run: only rewrite the table")
     ap.add_argument("--command", default=None, help="with --render-from: the command line that ran")
+    ap.add_argument("--update", action="store_true",
+                    help="with --only: replace just those rows of the existing table (no dense row, plot kept)")
     args = ap.parse_args(argv)
+    if args.update and not (args.only and section_text(args.out)):
+        ap.error(f"--update needs --only and an existing {SECTION} section in {args.out}")
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/bench_oneshot.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "benchmarks/bench_oneshot.py", *(sys.argv[1:] if argv is None else argv)])
     if args.render_from:  # re-render the table of a finished or stopped run
         doc = json.loads(Path(args.render_from).read_text())
         plot = Path(args.render_from).with_name("perplexity.png")
         if plot.exists():
             shutil.copy(plot, args.out.parent / "oneshot_perplexity.png")
-        args.out.write_text(render(doc["rows"], doc["protocol"], args.command or command, args.threads,
-                                   done=len(doc["rows"]) == len(RUNS) + 1, ties=tie_fraction()))
+        write_section(args.out, SECTION, render(doc["rows"], doc["protocol"], args.command or command, args.threads,
+                                                done=len(doc["rows"]) == len(RUNS) + 1, ties=tie_fraction()), TITLE)
         print(args.out.read_text())
         return 0
     runs = [{("method" if r[0] == "sparsegpt" else "criterion"): r[0], "sparsity": r[1], "pattern": r[2],
@@ -136,16 +181,15 @@ def main(argv=None) -> int:
     cfg = PruneLLMConfig.model_validate({
         "model": "smollm2-135m",
         "data": {"calib": "shakespeare", "n_calib": 32, "n_eval": 16, "seq_len": 512, "seed": 0},
-        "runs": runs, "save": False, "plot": True, "progress": False,
+        "runs": runs, "save": False, "plot": not args.update, "progress": False, "dense": not args.update,
     })
     state = {}
 
     def on_row(rows):
         fp = state.setdefault("fp", None)
-        text = render(rows, fp or {}, command, args.threads, done=False) if fp else ""
+        text = render(rows, fp or {}, command, args.threads, done=False) if fp and not args.update else ""
         if text:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
+            write_section(args.out, SECTION, text, TITLE)
         last = rows[-1]
         print(f"{last['config']:>16}  ppl {last['perplexity']:9.2f}  time {last.get('wall_time_s') or 0:7.1f} s  "
               f"sparsity {last['true_sparsity']:.4f}", flush=True)
@@ -161,9 +205,12 @@ def main(argv=None) -> int:
     state["fp"] = fp
     print("protocol fingerprints:", json.dumps({k: fp[k] for k in ANCHOR_FINGERPRINT}), flush=True)
     result = run_prune_llm(cfg, run_dir, on_row=on_row)
-    shutil.copy(run_dir / "perplexity.png", args.out.parent / "oneshot_perplexity.png")
-    text = render(result["rows"], result["protocol"], command, args.threads, done=True, ties=tie_fraction())
-    args.out.write_text(text)
+    if args.update:
+        text = update_rows(section_text(args.out), result["rows"], command)
+    else:
+        shutil.copy(run_dir / "perplexity.png", args.out.parent / "oneshot_perplexity.png")
+        text = render(result["rows"], result["protocol"], command, args.threads, done=True, ties=tie_fraction())
+    write_section(args.out, SECTION, text, TITLE)
     print(text)
     print(f"run folder (results.json, perplexity.png): {run_dir}", file=sys.stderr)
     return 0

@@ -1,7 +1,10 @@
 """Which parameters of a model are prunable ("targets"), and the keep-dense rules.
 
 A target is the ``weight`` of a ``nn.Linear``, ``nn.Conv1d/2d/3d`` or Hugging Face GPT-2
-``Conv1D``. 1-D parameters (biases, norm scales) and empty weights are never targets. The same two words select
+``Conv1D``, or a fused 3-D expert weight of a mixture-of-experts module (``gate_up_proj`` /
+``down_proj`` of transformers' Qwen2-MoE, Qwen3-MoE, Mixtral, OLMoE experts and of
+:class:`sparsecraft.moe.FusedExperts`; see :func:`sparsecraft.layout.expert_param_names`).
+1-D parameters (biases, norm scales) and empty weights are never targets. The same two words select
 layers everywhere (API, recipes, CLI): ``targets`` (names or regexes) narrows the search, e.g.
 to the decoder layers of a language model, and layers matching ``ignore`` stay untouched
 (dense). Regexes are matched with ``re.search`` against the module name
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.layout import WeightLayout, is_transposed_conv1d, layout_for
+from sparsecraft.layout import WeightLayout, expert_param_names, is_transposed_conv1d, layout_for
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -118,16 +121,19 @@ def find_targets(
     ignore = check_regexes(ignore, "ignore")
     by_tensor: dict[int, Target] = {}
     for mname, module in model.named_modules():
-        if not is_prunable_module(module):
-            continue
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or weight.numel() == 0:
-            continue  # 1-D parameters and empty layers (e.g. Linear(0, n)) have nothing to prune
-        first = by_tensor.get(id(weight))
-        if first is not None:  # a tied weight: one target, this module is an alias
-            first.aliases.append((mname, module))
-            continue
-        by_tensor[id(weight)] = Target(mname, module)
+        if is_prunable_module(module):
+            candidates = [Target(mname, module)]
+        else:
+            candidates = [Target(mname, module, p) for p in expert_param_names(module)]
+        for t in candidates:
+            weight = getattr(module, t.param_name, None)
+            if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or weight.numel() == 0:
+                continue  # 1-D parameters and empty layers (e.g. Linear(0, n)) have nothing to prune
+            first = by_tensor.get(id(weight))
+            if first is not None:  # a tied weight: one target, this module is an alias
+                first.aliases.append((mname, module))
+                continue
+            by_tensor[id(weight)] = t
     found = []
     for t in by_tensor.values():
         names = t.names

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -6,16 +8,22 @@ from sparsecraft.oneshot.stats import InputStats
 from sparsecraft.patterns import NM, Unstructured
 
 
-def planted(seed=0, rows=16, cols=64, n=512):
+def planted(seed=0, rows=16, cols=64, n=512, batches=4, scale=1.0, dead=()):
+    """Weights and calibration inputs as a layer sees them: ``batches`` batches of
+    (2 sequences, n / (2 * batches) tokens, cols); correlated features, a few strong ones,
+    the columns in ``dead`` never firing."""
     g = torch.Generator().manual_seed(seed)
     # correlated inputs: a low-rank mix plus noise, a few strong features
     base = torch.randn(n, 8, generator=g) @ torch.randn(8, cols, generator=g)
-    x = base + 0.3 * torch.randn(n, cols, generator=g)
+    x = scale * (base + 0.3 * torch.randn(n, cols, generator=g))
     x[:, :4] *= 5
+    x[:, list(dead)] = 0
     w = torch.randn(rows, cols, generator=g)
+    xs = list(x.reshape(batches, 2, -1, cols))
     st = InputStats(cols, hessian=True)
-    st.add(x)
-    return w, x, st
+    for xb in xs:
+        st.add(xb)
+    return w, x, st, xs
 
 
 def magnitude_mask(w, pattern, sparsity):
@@ -28,9 +36,9 @@ def recon_error(w, w2, x):
 
 @pytest.mark.parametrize("pattern", [Unstructured(), NM(2, 4), NM(4, 8)])
 def test_sparsegpt_beats_magnitude_reconstruction(pattern):
-    w, x, st = planted()
+    w, x, st, _ = planted()
     new_w, keep = SparseGPT().prune(w, st, pattern, 0.5)
-    assert bool((new_w[~keep] == 0).all())  # every pruned weight is zero (a kept one may be too)
+    assert torch.equal(new_w == 0, ~keep)  # pruned weights are 0; no input is dead here, so no kept one is
     assert int((~keep).sum()) == w.numel() // 2
     if isinstance(pattern, NM):
         assert (keep.reshape(w.shape[0], -1, pattern.m).sum(-1) == pattern.n).all()
@@ -58,26 +66,44 @@ def test_sparsegpt_identity_hessian_is_blockwise_magnitude():
 
 
 def test_sparsegpt_dead_inputs_are_zeroed():
-    w, x, _ = planted(cols=16)
-    x[:, 3] = 0
-    st = InputStats(16, hessian=True)
-    st.add(x)
+    w, x, st, _ = planted(cols=16, dead=[3])
     new_w, keep = SparseGPT().prune(w, st, Unstructured(), 0.25)
     assert (new_w[:, 3] == 0).all()
     assert torch.isfinite(new_w).all()
 
 
 def test_sparsegpt_nm_block_not_multiple_of_m():
-    w, x, st = planted(cols=48)
+    w, x, st, _ = planted(cols=48)
     new_w, keep = SparseGPT(blocksize=10).prune(w, st, NM(2, 4), 0.0)
     assert (keep.reshape(w.shape[0], -1, 4).sum(-1) == 2).all()
     assert bool((new_w[~keep] == 0).all())
 
 
-def literal_sparsegpt(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01):
-    """ALGORITHMS.md's SparseGPT, written out step by step (threshold cut, topk for N:M)."""
+def reference_hessian(batches):
+    """The reference's ``add_batch`` (IST-DASLab/sparsegpt), one batch at a time: a running mean
+    over calibration *sequences* (a batch (b, L, in) counts b) of 2 x x^T, kept normalised as it
+    goes: H <- H * n / (n + b); n <- n + b; H <- H + (sqrt(2 / n) X)(sqrt(2 / n) X)^T."""
+    cols = batches[0].shape[-1]
+    H = torch.zeros(cols, cols)
+    nsamples = 0
+    for inp in batches:
+        tmp = inp.shape[0] if inp.dim() == 3 else 1
+        inp = inp.reshape(-1, cols).t().float()
+        H *= nsamples / (nsamples + tmp)
+        nsamples += tmp
+        inp = math.sqrt(2 / nsamples) * inp
+        H += inp @ inp.t()
+    return H
+
+
+def literal_sparsegpt(W, batches, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01):
+    """ALGORITHMS.md's SparseGPT written out step by step from the raw calibration batches:
+    H = (2/n) X X^T as the reference accumulates it, dead inputs -> H_ii = 1 and W[:, i] = 0,
+    damping 1% of mean(diag H), upper Cholesky factor of H^-1, 128-column blocks, OBS updates.
+    The unstructured cut prunes exactly floor(s * block size) per block (the paper's rule; the
+    reference code's ``<= sorted[int(s * n)]`` prunes one more)."""
     W = W.clone().float()
-    H = H.clone()
+    H = reference_hessian(batches)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -113,8 +139,31 @@ def literal_sparsegpt(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdam
 
 @pytest.mark.parametrize("pattern, nm", [(Unstructured(), (0, 0)), (NM(2, 4), (2, 4)), (NM(4, 8), (4, 8))])
 def test_sparsegpt_matches_the_literal_algorithm(pattern, nm):
-    w, x, st = planted(rows=12, cols=96)
+    w, x, st, xs = planted(rows=12, cols=96)
     new_w, keep = SparseGPT(blocksize=32).prune(w, st, pattern, 0.5)
-    ref = literal_sparsegpt(w, st.H, 0.5, *nm, blocksize=32)
+    ref = literal_sparsegpt(w, xs, 0.5, *nm, blocksize=32)
     assert torch.equal(ref == 0, new_w == 0)
     assert torch.allclose(new_w, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pattern, nm", [(Unstructured(), (0, 0)), (NM(2, 4), (2, 4))])
+def test_sparsegpt_with_dead_inputs_matches_the_reference_scale(pattern, nm):
+    # Small activations: (2/n) X X^T has a diagonal far below 1, so the dead inputs' H_ii = 1
+    # weighs in the mean that sets the damping. Only a Hessian on the reference's scale gives
+    # the reference's damping and therefore its masks and weights.
+    dead = [5, 37, 70]
+    w, x, st, xs = planted(rows=16, cols=96, scale=0.02, dead=dead)
+    new_w, keep = SparseGPT(blocksize=32).prune(w, st, pattern, 0.5)
+    ref = literal_sparsegpt(w, xs, 0.5, *nm, blocksize=32)
+    assert (new_w[:, dead] == 0).all() and not keep[:, dead].any()
+    assert torch.equal(ref == 0, new_w == 0)
+    assert torch.allclose(new_w, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_hessian_is_two_over_n_sequences_times_xxt():
+    # by hand: two batches of one and two sequences of one token each: x = 1, 2, 3 (one feature)
+    st = InputStats(1, hessian=True)
+    st.add(torch.tensor([[[1.0]]]))
+    st.add(torch.tensor([[[2.0]], [[3.0]]]))
+    assert st.samples == 3 and st.n == 3
+    assert float(st.hessian()) == pytest.approx(2 / 3 * (1 + 4 + 9))

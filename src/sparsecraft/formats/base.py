@@ -202,7 +202,8 @@ def expect_parts(p: Packed, names: set[str], sizes: dict[str, int]) -> None:
 
 def row_layout(p: Packed) -> WeightLayout:
     """The row view ``p`` was stored with; ``ValueError`` when its layout does not fit its shape."""
-    fits = {"linear": len(p.shape) == 2, "transposed": len(p.shape) == 2, "conv": len(p.shape) >= 3}
+    fits = {"linear": len(p.shape) == 2, "transposed": len(p.shape) == 2, "conv": len(p.shape) >= 3,
+            "experts": len(p.shape) == 3, "experts_transposed": len(p.shape) == 3}
     if not fits.get(p.layout or "", False) or 0 in p.shape:
         raise ValueError(f"{p.format} layout {p.layout!r} does not fit shape {list(p.shape)}")
     return WeightLayout(p.layout, tuple(p.shape))

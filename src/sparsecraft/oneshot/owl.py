@@ -27,7 +27,7 @@ from sparsecraft.errors import SparsecraftError
 def outlier_ratio(scores: Sequence[torch.Tensor], m: float = 5.0) -> float:
     """Fraction of the entries of ``scores`` (concatenated) above ``m`` times their mean."""
     flat = torch.cat([s.reshape(-1).float() for s in scores])
-    return float((flat > m * flat.mean()).float().mean())
+    return int((flat > m * flat.mean()).sum()) / flat.numel()  # exact count, no float32 mean of 0/1
 
 
 def owl_sparsities(ratios: Sequence[float], target: float, lam: float = 0.08) -> list[float]:

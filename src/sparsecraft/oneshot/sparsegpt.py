@@ -1,10 +1,12 @@
 """SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately
 Pruned in One-Shot", ICML 2023): mask selection + optimal-brain-surgeon weight reconstruction.
 
-For a layer with weight W (out x in) and calibration inputs X (in x n):
+For a layer with weight W (out x in) and calibration inputs X (in x tokens):
 
-* H = (2/n) X X^T; inputs that never fire (H_jj = 0, "dead") get H_jj = 1 and W[:, j] = 0;
-  add ``percdamp * mean(diag H)`` (0.01) to the diagonal;
+* H = (2/n) X X^T with n the number of calibration sequences, exactly the scale of the
+  reference's ``add_batch`` (:meth:`sparsecraft.oneshot.stats.InputStats.hessian`); inputs that
+  never fire (H_jj = 0, "dead") get H_jj = 1 and W[:, j] = 0; then ``percdamp * mean(diag H)``
+  (0.01) is added to the diagonal;
 * Hinv = the upper Cholesky factor U of H^-1 (H^-1 = U^T U);
 * walk the columns in blocks of B = 128. Unstructured: at every block start, prune the
   floor(s * out * B) lowest of w^2 / [Hinv]_ii^2 over the whole (out x B) block. N:M: at every
@@ -12,11 +14,14 @@ For a layer with weight W (out x in) and calibration inputs X (in x n):
   i..i+M-1. For each column i: q = w with pruned entries set to 0; err = (w - q) / Hinv_ii;
   W[:, i:end] -= err (x) Hinv[i, i:end]; after the block, W[:, end:] -= Err @ Hinv[block, end:].
 
-Everything is float32 with TF32 disabled. Rescaling H does not change any choice (the mask
-score and the update are both invariant to H -> cH), so H may be accumulated unnormalised.
+Everything is float32 with TF32 disabled. The scale of H is part of the rule: without dead
+inputs, H -> cH changes no choice (the mask score and the update are invariant and the damping
+is relative), but the dead inputs' H_jj = 1 enters mean(diag H), so the damping (hence masks
+and weights) follows the reference only on the reference's scale.
 Documented deviations from the reference code: the unstructured count per block is exact
-(floor, not ``<= threshold`` which prunes ties too); for N:M the block size is rounded down to
-a multiple of M so groups never straddle two blocks; N:M ties are broken by position.
+(floor; the reference's ``<= sorted[int(s * n)]`` prunes one more, and ties); for N:M the block
+size is rounded down to a multiple of M so groups never straddle two blocks; N:M ties are
+broken by position.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from sparsecraft.patterns import NM, Pattern, Unstructured, count_to_prune
 
 
 def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, dead): U = upper Cholesky factor of (H + damp I)^-1 after the dead-input fix."""
+    """(U, dead): U = upper Cholesky factor of (H + damp I)^-1 after the dead-input fix.
+
+    ``H`` must be on the reference's scale, (2/n) X X^T (:meth:`InputStats.hessian`)."""
     H = H.detach().to(torch.float32).clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
@@ -121,6 +128,6 @@ class SparseGPT(OneShotPruner):
             raise SparsecraftError("sparsegpt needs the calibration Hessian")
         key = f"hinv@{self.percdamp}"
         if key not in stats.cache:  # shared by every layer that reads the same input
-            stats.cache[key] = inverse_hessian_factor(stats.H, self.percdamp)
+            stats.cache[key] = inverse_hessian_factor(stats.hessian(), self.percdamp)
         Hinv, dead = stats.cache[key]
         return sparsegpt_prune(w, Hinv, dead, pattern, sparsity, self.blocksize)
