@@ -8,7 +8,8 @@ recovery fine-tune (``--recover-steps`` steps of next-token loss on the calibrat
 1, AdamW ``--recover-lr``). Peers: SparseGPT 50% and 2:4 (masks, sparse kernels for timing).
 
 Protocol: 32 calibration windows of 512 tokens from the calibration pool (seed 0), 16 evaluation
-windows of 512. Two parts, results cached in ``--work`` (rerunning skips finished rows)::
+windows of 512. Two parts, results cached in ``--work`` (rerunning skips finished rows; a row is
+kept before its recovery, so ``--recover-steps 0`` first and a later run adds the recovered numbers)::
 
     python benchmarks/bench_structure.py --part quality
     flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_structure.py --part timing
@@ -74,29 +75,34 @@ def quality(args: argparse.Namespace, cache: dict, save: callable) -> None:
         cache["rows"]["dense"] = {"label": "dense", "params": count_params(lm.model),
                                   "ppl": perplexity(lm.model, proto.eval, 2, False)}
         save()
-    for key, label, method, sp, opts, crit, dist, pattern, rec in ROWS:
-        if key in cache["rows"] or (args.only and key not in args.only):
-            continue
-        model = load_model(args.model).model
-        t0 = time.perf_counter()
-        rep = prune(model, sp, method=method, criterion=crit, distribution=dist, pattern=pattern,
-                    calib=proto.calib, batch_size=8, progress=False, **opts)
-        row = {"label": label, "method": method, "prune_s": round(time.perf_counter() - t0, 1),
-               "params": count_params(model), "nonzero": nonzero_params(model)}
-        if "structure" in rep.info:
-            st = rep.info["structure"]
-            row.update({k: st[k] for k in ("blocks_removed", "width", "native_config") if k in st})
-        row["ppl"] = perplexity(model, proto.eval, 2, False)
-        save_pretrained(model, Path(args.work) / "models" / key)
-        if rec and args.recover_steps:
+    order = [r for k in args.only for r in ROWS if r[0] == k] if args.only else ROWS  # --only's order
+    for key, label, method, sp, opts, crit, dist, pattern, rec in order:
+        row = cache["rows"].get(key)
+        if row is None:
+            model = load_model(args.model).model
+            t0 = time.perf_counter()
+            rep = prune(model, sp, method=method, criterion=crit, distribution=dist, pattern=pattern,
+                        calib=proto.calib, batch_size=8, progress=False, **opts)
+            row = {"label": label, "method": method, "prune_s": round(time.perf_counter() - t0, 1),
+                   "params": count_params(model), "nonzero": nonzero_params(model)}
+            if "structure" in rep.info:
+                st = rep.info["structure"]
+                row.update({k: st[k] for k in ("blocks_removed", "width", "native_config") if k in st})
+            row["ppl"] = perplexity(model, proto.eval, 2, False)
+            save_pretrained(model, Path(args.work) / "models" / key)
+            cache["rows"][key] = row  # kept before recovery: a later run (--recover-steps > 0) adds it
+            print(f"{label}: {row}", flush=True)
+            save()
+            del model
+        if rec and args.recover_steps and "ppl_recovered" not in row:
+            model = load_model(Path(row.get("work", args.work)) / "models" / key).model
             r = recover(model, proto.calib, None, loss="lm", steps=args.recover_steps, lr=args.recover_lr,
                         batch_size=1, progress=False)
             row["recovery"] = r.to_dict()
             row["ppl_recovered"] = perplexity(model, proto.eval, 2, False)
-        cache["rows"][key] = row
-        print(f"{label}: {row}", flush=True)
-        save()
-        del model
+            print(f"{label} recovered: {row['ppl_recovered']:.2f}", flush=True)
+            save()
+            del model
 
 
 @torch.no_grad()
@@ -224,7 +230,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--part", choices=["quality", "timing", "render"], default="quality")
-    ap.add_argument("--only", nargs="*", default=None, help="row keys to run")
+    ap.add_argument("--only", nargs="*", default=None, help="row keys to run, in this order")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_structure"))
     ap.add_argument("--merge", nargs="*", default=[], help="other --work folders whose rows (and saved models) to "
                     "include (quality rows run in parallel processes)")
