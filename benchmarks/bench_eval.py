@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -65,6 +66,15 @@ def render(rows: list[dict], args: argparse.Namespace, threads: int, load0: floa
                      f"{fmt(ro.get('word_perplexity'), 2)} | {fmt(nl.get('acc'))} +- {fmt(nl.get('acc_stderr'))} | "
                      f"{fmt(nl.get('acc_norm'))} | {fmt(cz.get('acc'))} +- {fmt(cz.get('acc_stderr'))} | "
                      f"{fmt(cz.get('perplexity'), 1)} | {r['eval_s']:.0f} |")
+    dense = next((r for r in rows if r["config"] == "dense"), None)
+    word = dense and dense["results"].get(TASKS[2], {}).get("word_perplexity")
+    ratio = f"{math.log(word) / math.log(dense['perplexity']):.2f}" if word else "(no dense row yet)"
+    missing = [c for c in ["dense"] + [_pruned.label(a, pt) for a, pt in _pruned.CONFIGS]
+               if c not in {r["config"] for r in rows}]
+    if missing:
+        lines += ["", f"**Not measured yet: {', '.join(missing)}.** This run shared its 2 cores with many other "
+                  "processes (load average above) and had a deadline; `python benchmarks/bench_eval.py --threads 1` "
+                  "adds the missing rows (finished rows are kept and reused)."]
     lines += ["", "+- is the harness's standard error of the mean over documents.", "",
               "**Two perplexities.** The field's perplexity (SparseGPT, Wanda, OWL tables; "
               "`sparsecraft.evaluation.perplexity`) cuts the held-out text into non-overlapping windows of the "
@@ -72,10 +82,11 @@ def render(rows: list[dict], args: argparse.Namespace, threads: int, load0: floa
               "papers), scores every window on its own with no context carried over, and reports exp(mean NLL per "
               "*token*). The harness's `loglikelihood_rolling` (WikiText task) scores each *document* from its "
               "start, after an end-of-text token, in windows of the model's full context, and reports exp(total "
-              "NLL / number of *words*) (also per byte). A word spans 1.3-1.5 tokens, so word perplexity is "
-              "roughly the token perplexity to that power, and it depends on the tokenizer only through the "
-              "NLL, which makes it comparable across tokenizers; the two numbers are not interchangeable, "
-              "and neither matches a paper that used the other.", ""]
+              "NLL / number of *words*) (also per byte). Word perplexity is roughly the token perplexity to the "
+              "power tokens-per-word (1.3-1.5 for modern English; here log(rolling word ppl) / log(perplexity) = "
+              f"{ratio} for the dense model: the plays' spelling and names split into more tokens), and it depends "
+              "on the tokenizer only through the NLL, which makes it comparable across tokenizers; the two numbers "
+              "are not interchangeable, and neither matches a paper that used the other.", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -44,7 +44,7 @@ def per_layer(model) -> list[tuple[str, int, int]]:
 
 
 def render(rows: list[dict], args: argparse.Namespace, threads: int, load0: float, done: bool) -> str:
-    status = "complete" if done else ("PARTIAL: the SparseGPT configurations of the issue did not finish in the time "
+    status = "complete" if done else ("PARTIAL: not every SparseGPT configuration of the issue finished in the time "
                                       "this run had (see the note below the table)")
     tokens = args.steps * args.seq_len
     lines = _env.header("Recovery after one-shot pruning: masked LoRA (merged) vs full SquareHead fine-tuning",
@@ -63,6 +63,11 @@ def render(rows: list[dict], args: argparse.Namespace, threads: int, load0: floa
         lines.append(f"| {r['config']} | {r['before']:.2f} | {r['lora']:.2f} | {r['full']:.2f} | "
                      f"{r['lora_params']:,} | {'yes, every layer' if r['kept'] else 'NO'} | {r['lora_s']:.0f} | "
                      f"{r['full_s']:.0f} |")
+    missing = [_pruned.label(a, p) for a, p in CONFIGS if _pruned.label(a, p) not in {r["config"] for r in rows}]
+    if missing:
+        lines += ["", f"**Not measured yet: {', '.join(missing)}.** This run shared its 2 cores with many other "
+                  "processes (load average above) and had a deadline; `python benchmarks/bench_recovery.py "
+                  "--threads 1` adds the missing rows (finished rows are kept and reused)."]
     lines += ["", f"Dense perplexity on the same windows: {args.dense_ppl:.2f}.", "",
               "The learning rates are the usual defaults of each method (sparsecraft's `recover` default for full "
               "fine-tuning, a common LoRA rate for the adapters), not tuned here; with this few tokens the "

@@ -199,7 +199,8 @@ def test_cli_decompress(tmp_path, capsys):
 def test_cross_check_with_compressed_tensors(tmp_path):
     ct = pytest.importorskip(
         "compressed_tensors",
-        reason="compressed-tensors==0.14.0.1 pins transformers<5; install it with --no-deps to run this cross-check")
+        reason="compressed-tensors==0.14.0.1 pins transformers<5; install it and loguru with --no-deps --target DIR, "
+               "add DIR to PYTHONPATH to run this cross-check")
     from compressed_tensors.compressors import ModelCompressor
 
     for pattern, fmt in (("unstructured", "sparse-bitmask"), ("2:4", "sparse-24-bitmask")):
