@@ -17,7 +17,7 @@ SPEED_CONFIGS = [(512, 8, 512, 1), (512, 16, 256, 2), (512, 32, 128, 4), (512, 6
 TOKENS = 4096
 
 
-def run_speed(args: argparse.Namespace, results: Path, title: str) -> None:
+def run_speed(args: argparse.Namespace, results: Path, title: str, models: list[tuple[str, dict[str, Any]]]) -> None:
     from sparsecraft.kernels.timing import block_median, time_blocks
     from sparsecraft.moe import MoEFFN, SwiGLU
 
@@ -54,8 +54,43 @@ def run_speed(args: argparse.Namespace, results: Path, title: str) -> None:
         lines.append(f"| {d} | {e} x {w}, top-{k} | {k * w} | {1e3 * m:.1f} | {1e3 * dn:.1f} | {m / dn:.2f} | "
                      f"{'yes' if m / dn <= 1.5 else 'no'} |")
         print(lines[-1], flush=True)
+    lines += model_speed(args, models)
     lines.insert(4, _env.load_line(start, _env.load()) + "  ")
     write_section(results, "speed", "\n".join(lines), title)
+
+
+def model_speed(args: argparse.Namespace, models: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Training-step tokens/s of the parts' whole models, timed side by side in one process (the
+    training tables' tokens/s come from runs at different machine loads and cannot rank them)."""
+    from sparsecraft.kernels.timing import block_median, time_blocks
+    from sparsecraft.moe import SparseLM, SparseLMConfig, aux_loss
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (args.batch_size, args.seq_len + 1), generator=gen).to(args.device)
+    calls = {}
+    for name, cfg in models:
+        torch.manual_seed(0)
+        model = SparseLM(SparseLMConfig(vocab_size=256, max_seq_len=args.seq_len, **cfg)).to(args.device).train()
+
+        def step(model: SparseLM = model) -> None:
+            model.zero_grad(set_to_none=True)
+            out = model(input_ids=ids[:, :-1], labels=ids[:, 1:])
+            (out.loss + aux_loss(model)).backward()
+            _sync(args)
+
+        calls[name] = step
+    blocks = time_blocks(calls, rounds=7, block=5, warmup=1, pause_s=0.2)
+    tokens = args.batch_size * args.seq_len
+    ref = block_median(blocks[models[0][0]])
+    out = ["", f"Whole models of parts 1 and 3: one training step (forward, loss + router losses, backward; no "
+           f"optimizer) on {args.batch_size} x {args.seq_len} tokens, all models timed side by side in one "
+           "process (median of blocks).", "",
+           "| model | step (ms) | tokens/s | time / dense |", "|---|---|---|---|"]
+    for name, _ in models:
+        t = block_median(blocks[name])
+        out.append(f"| {name} | {1e3 * t:.1f} | {tokens / t:.0f} | {t / ref:.2f} |")
+        print(out[-1], flush=True)
+    return out
 
 
 def _sync(args: argparse.Namespace) -> None:

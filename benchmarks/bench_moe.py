@@ -13,7 +13,9 @@ the sections from it):
   FFN width of Engram's and STEM's models is solved so their FLOPs match the dense model's);
 * ``speed``: one MoE layer forward + backward at 4096 tokens vs a dense SwiGLU with the same active
   parameters, side by side in one process (median of blocks, :mod:`sparsecraft.kernels.timing`);
-  goal: at most 1.5x. Run it under the heavy lock;
+  goal: at most 1.5x; then one training step of the whole models of parts 1 and 3 (dense, top-1 x8,
+  top-2 x8, Engram, STEM), timed side by side (the training tables' tokens/s come from runs at
+  different machine loads). Run it under the heavy lock;
 * ``expert-pruning``: the top-2 / 8-expert model of part 1 (seed 0): remove 25% / 50% of the experts
   by frequency or saliency, and Wanda 50% / 2:4 on the expert weights: validation loss before/after.
 
@@ -33,6 +35,7 @@ import json
 import statistics
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +118,7 @@ def _match_flops(args: argparse.Namespace, **model: Any) -> int:
 def train(args: argparse.Namespace, part: str, name: str, recipe: dict[str, Any], seed: int) -> dict[str, Any]:
     recipe = {**recipe, "seed": seed}
     out = Path(args.work) / f"{part}-{abs(hash((name, seed))) % 10**8}-{time.time_ns()}"
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), _env.load()
     _, rep = run_recipe(recipe, out)
     f = rep["final"]
     row = {"part": part, "config": name, "seed": seed, "steps": args.steps, "d_model": args.d_model,
@@ -124,7 +127,8 @@ def train(args: argparse.Namespace, part: str, name: str, recipe: dict[str, Any]
            "flops_per_token": f["flops_per_token"], "load_cv": [ld["cv"] for ld in f["expert_load"]],
            "max_load": [ld["max_load"] for ld in f["expert_load"]], "dead": [ld["dead"] for ld in f["expert_load"]],
            "cv_curve": [c["load_cv"] for c in rep["curves"]], "run_dir": str(out),
-           "wall_s": round(time.perf_counter() - t0, 1), "command": _env.command("bench_moe.py")}  # fmt: skip
+           "wall_s": round(time.perf_counter() - t0, 1), "command": _env.command("bench_moe.py"),
+           "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}", "load": [load0, _env.load()]}  # fmt: skip
     RUNS.parent.mkdir(parents=True, exist_ok=True)
     with RUNS.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -154,26 +158,45 @@ def rows_of(part: str, args: argparse.Namespace) -> dict[str, list[dict[str, Any
     return by
 
 
-def render_training(part: str, args: argparse.Namespace, heading: str, note: str, load: tuple[float, float]) -> None:
+def runs_line(rows: list[dict[str, Any]]) -> str:
+    """When the rows' runs ran and under what machine load (rows written before the JSON lines
+    carried ``date`` / ``load`` are counted, not guessed)."""
+    dated = [r for r in rows if "date" in r]
+    text = ""
+    if dated:
+        loads = [x for r in dated for x in r["load"]]
+        text = (f"Runs: {min(r['date'] for r in dated)} to {max(r['date'] for r in dated)} UTC; 1-min load average "
+                f"{min(loads):.1f} to {max(loads):.1f} during them (2 shared cores: tokens/s is noisy). ")
+    if len(dated) < len(rows):
+        text += f"{len(rows) - len(dated)} of the {len(rows)} runs predate the date/load fields of moe_runs.jsonl."
+    return text.strip()
+
+
+def render_training(part: str, args: argparse.Namespace, heading: str, note: str) -> None:
     by = rows_of(part, args)
     if not by:
         return
     longer = args.steps != DEFAULT_STEPS  # a longer (or shorter) run gets its own section
     if longer:
         heading += f" ({args.steps} steps)"
-    lines = [f"## {heading}", "", f"Command: `{next(iter(by.values()))[0]['command']}`  ",
-             _env.environment(args.threads) + "  ", _env.load_line(*load), "", note, "",
+    commands = list(dict.fromkeys(r["command"] for rs in by.values() for r in rs))  # every run's, in order
+    rows = [r for rs in by.values() for r in rs]
+    lines = [f"## {heading}", "", *(f"Command: `{c}`  " for c in commands),
+             _env.environment(args.threads).replace("Date:", "Table written:") + "  ", runs_line(rows), "",
+             "Each row: the latest run of every config and seed in moe_runs.jsonl.", "", note, "",
              "| config | params (total / active) | FLOPs/token | val loss (mean ± sd) | train loss | tokens/s | "
-             "load CV per layer (seed 0) | max/mean load per layer (seed 0) | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "load CV per layer (mean of seeds) | max/mean load per layer (mean of seeds) | "
+             "dead experts per layer (sum of seeds) | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rs in by.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         r0 = rs[0]
-        cv = ", ".join(f"{c:.2f}" for c in r0["load_cv"]) or "-"
-        mx = ", ".join(f"{c:.2f}" for c in r0["max_load"]) or "-"
+        cv = ", ".join(f"{statistics.mean(c):.2f}" for c in zip(*(r["load_cv"] for r in rs))) or "-"
+        mx = ", ".join(f"{statistics.mean(c):.2f}" for c in zip(*(r["max_load"] for r in rs))) or "-"
+        dead = ", ".join(str(sum(c)) for c in zip(*(r["dead"] for r in rs))) or "-"
         lines.append(f"| {name} | {r0['params']:,} / {r0['active_params']:,} | {r0['flops_per_token'] / 1e6:.2f} M | "
                      f"{mean_sd([r['val_loss'] for r in rs])} | {mean_sd([r['train_loss'] for r in rs])} | "
-                     f"{statistics.mean(r['tokens_per_s'] for r in rs):.0f} | {cv} | {mx} | "
+                     f"{statistics.mean(r['tokens_per_s'] for r in rs):.0f} | {cv} | {mx} | {dead} | "
                      f"{' '.join(str(r['seed']) for r in rs)} |")
     write_section(RESULTS, f"{part}-{args.steps}" if longer else part, "\n".join(lines), TITLE)
 
@@ -188,19 +211,22 @@ NOTES = {
 }
 
 
+#: the whole models the speed part times side by side (dense first: the reference)
+SPEED_MODELS = ("dense", "top-1, 8 experts", "top-2, 16 experts", "engram", "stem")
+
+
 HEADINGS = {"dense-vs-moe": "1. Dense vs MoE at equal active parameters",
             "balance": "2. Load balance of top-1 over 16 experts",
             "memory": "3. Dense vs Engram vs STEM at equal active FLOPs"}
 
 
 def run_training_part(part: str, args: argparse.Namespace) -> None:
-    start = _env.load()
     for name, recipe in grid(args, part):
         if args.only and not any(o in name for o in args.only):
             continue
         for seed in args.seeds:
             train(args, part, name, recipe, seed)
-            render_training(part, args, HEADINGS[part], NOTES[part], (start, _env.load()))
+            render_training(part, args, HEADINGS[part], NOTES[part])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,11 +260,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for part in args.parts:
         if part == "speed":
-            run_speed(args, RESULTS, TITLE)
+            models = {name: recipe["model"] for part in ("dense-vs-moe", "memory") for name, recipe in grid(args, part)
+                      if name.startswith(SPEED_MODELS)}  # dense first (the reference), once
+            run_speed(args, RESULTS, TITLE, list(models.items()))
         elif part == "expert-pruning":
             run_expert_pruning(args, RESULTS, TITLE, rows_of("dense-vs-moe", args))
         elif args.render:
-            render_training(part, args, HEADINGS[part], NOTES[part], (_env.load(), _env.load()))
+            render_training(part, args, HEADINGS[part], NOTES[part])
         else:
             run_training_part(part, args)
     return 0

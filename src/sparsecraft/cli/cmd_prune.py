@@ -8,6 +8,8 @@ Example::
     sparsecraft prune --criterion wanda --sparsity 0.7 --distribution owl --n-calib 32 --seq-len 512
     sparsecraft prune --method slicegpt --sparsity 0.25                  # a smaller dense model
     sparsecraft prune --method depth --sparsity 0 --option blocks=4 --recover-steps 50 --recover-loss lm
+    sparsecraft prune --model models/llama --criterion wanda --offload disk --out runs/big   # larger than RAM
+    torchrun --nproc-per-node 2 -m sparsecraft prune --distributed --method sparsegpt ...      # data parallel
 
 Without ``--method`` or ``--criterion`` it runs SparseGPT. The flags are the ones every command uses
 (``--sparsity --pattern --distribution --targets --ignore --calib --n-calib --n-eval --seq-len
@@ -46,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recover-kd-temperature", type=float, default=1.0, help="logit distillation temperature")
     p.add_argument("--no-save", action="store_true", help="do not write the pruned model")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
+    p.add_argument("--offload", default="auto", choices=["auto", "disk", "none"],
+                   help="disk: read the model one block at a time from its safetensors (larger than RAM); "
+                        "auto (default): disk when the model would not fit in memory; none: load it whole")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel calibration under torchrun (each rank a shard of the windows; rank 0 writes)")
     add_run_arguments(p, "run folder (default runs/prune-llm-<time>)")
 
 
@@ -89,13 +96,20 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
         "plot": False,
         "threads": args.threads,
         "progress": not args.json,
+        "offload": args.offload,
+        "distributed": args.distributed,
     }
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparsecraft.distributed import group
     from sparsecraft.jobs.recipe import run_recipe
 
+    if args.distributed:
+        group.init_from_env()
     run_dir, result = run_recipe(recipe_from_args(args), args.out)
+    if not group.is_writer():
+        return 0
     if args.json:
         print_json({"run_dir": str(run_dir), **result})
         return 0
@@ -110,13 +124,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"parameters      {st['params_before']:,} -> {st['params_after']:,} ({st['param_reduction']:.1%} fewer)")
     else:
         print(f"true sparsity   {pruned['true_sparsity']:.4f} over the pruned Linear layers")
-    if dense:
+    print(f"offload         {pruned.get('offload', 'none')}")
+    if "data_parallel" in pruned:
+        dp = pruned["data_parallel"]
+        print(f"data parallel   {dp['world_size']} ranks, {dp['batches']} calibration batches")
+    if pruned["perplexity"] is None:
+        print("perplexity      not measured (the model was pruned block by block; evaluate the saved folder)")
+    elif dense:
         print(f"perplexity      {dense['perplexity']:.3f} dense -> {pruned['perplexity']:.3f} pruned")
     else:
         print(f"perplexity      {pruned['perplexity']:.3f} pruned")
     print(f"prune wall time {pruned['wall_time_s']:.1f} s (peak RSS {pruned['peak_rss_mb']:.0f} MB)")
     if "saved_hf" in pruned:
-        sparse = f" and {pruned['saved_sparse']}" if "saved_sparse" in pruned else ""
-        print(f"saved           {pruned['saved_hf']}{sparse}")
+        print(f"saved           {pruned['saved_hf']}" + (f" and {pruned['saved_sparse']}" if "saved_sparse" in pruned
+                                                          else " (masks as bits in its masks/ folder)"))
     print(f"report          {run_dir / 'report.json'}")
     return 0

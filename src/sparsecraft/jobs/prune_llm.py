@@ -164,7 +164,16 @@ class PruneLLMConfig(Strict):
     plot: bool = True
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+    offload: str = "none"  #: none | disk (block by block from the safetensors) | auto (disk when it would not fit)
+    distributed: bool = False  #: data-parallel calibration under torch.distributed (torchrun)
     output: OutputConfig = OutputConfig()
+
+    @field_validator("offload")
+    @classmethod
+    def _offload(cls, v: str) -> str:
+        if v not in ("none", "disk", "auto"):
+            raise ValueError(f"unknown offload {v!r}; allowed: none, disk, auto")
+        return v
 
     _layer_rules = regex_list_validator("targets", "ignore")
 
@@ -206,7 +215,7 @@ def table_markdown(rows: list[dict[str, Any]], extra: dict[str, str] | None = No
     for r in rows:
         cells = [
             r["config"],
-            f"{r['perplexity']:.2f}",
+            "-" if r.get("perplexity") is None else f"{r['perplexity']:.2f}",
             "-" if r.get("wall_time_s") is None else f"{r['wall_time_s']:.1f}",
             "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}",
             f"{r['true_sparsity']:.4f}",
@@ -239,6 +248,7 @@ def plot_perplexity(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
 def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
                   on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     from sparsecraft.data.text import build_protocol
+    from sparsecraft.distributed import group
     from sparsecraft.evaluation.perplexity import perplexity
     from sparsecraft.models import load_model
     from sparsecraft.oneshot.api import prune
@@ -247,6 +257,11 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    writer = group.is_writer()  # under torchrun only rank 0 writes
+    if cfg.offload != "none":
+        onloaded = _maybe_offloaded(cfg, run_dir)
+        if onloaded is not None:
+            return onloaded
     lm = load_model(cfg.model, kind="causal-lm")
     if lm.tokenizer is None:
         raise SparsecraftError(f"model {cfg.model!r} has no tokenizer files")
@@ -260,6 +275,8 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
     out: dict[str, Any] = {"model": cfg.model, "model_dir": str(lm.path), "protocol": proto.fingerprint, "rows": rows}
 
     def emit() -> None:
+        if not writer:
+            return
         _atomic_json(run_dir / "results.json", out)
         atomic.write_text(run_dir / "table.md", table_markdown(rows) + "\n")
         if on_row is not None:
@@ -284,7 +301,8 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
         with PeakRSS() as mem:
             rep = prune(lm.model, r.sparsity, method=r.method, criterion=r.criterion, pattern=r.pattern,
                         distribution=r.distribution, targets=cfg.targets, ignore=cfg.ignore, calib=proto.calib,
-                        batch_size=cfg.batch_size, progress=cfg.progress, **r.options)
+                        batch_size=cfg.batch_size, progress=cfg.progress, distributed=cfg.distributed or None,
+                        **r.options)
         row = {"config": r.label(), **rep.info, "true_sparsity": rep.sparsity, "peak_rss_mb": round(mem.peak_mb, 1)}
         if "structure" in rep.info:
             row["params"] = rep.info["structure"]["params_after"]
@@ -293,9 +311,9 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
         row["perplexity"] = ppl()
         row["eval_time_s"] = round(time.perf_counter() - t0, 2)
         if cfg.recovery.steps:
-            teacher = None
             rc = cfg.recovery
-            if "squarehead" in rc.loss or rc.kd_weight > 0:  # a removed model's dense teacher is loaded anew
+            teacher = None
+            if "squarehead" in rc.loss or rc.kd_weight > 0:  # the dense model is the teacher
                 teacher = load_model(cfg.model, kind="causal-lm").model if "structure" in rep.info \
                     else copy.deepcopy(lm.model)
                 teacher.load_state_dict({k: v for k, v in dense_state.items()}, strict=False)
@@ -306,7 +324,7 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
             row["recovery"] = rec.to_dict()
             row["perplexity_pruned"] = row["perplexity"]
             row["perplexity"] = ppl()
-        if cfg.save if r.save is None else r.save:
+        if writer and (cfg.save if r.save is None else r.save):
             folder = run_dir / (f"{i:02d}-{r.label().replace(' ', '-').replace('%', 'pct').replace(':', 'of')}"
                                 if many else "")
             row["saved_hf"] = str(save_hf(lm.model, lm.tokenizer, folder / "model"))
@@ -317,13 +335,30 @@ def run_prune_llm(cfg: PruneLLMConfig, run_dir: Path,
         row["layers"] = rep.to_dict()["layers"]
         rows.append(row)
         emit()
-    if cfg.plot and rows:
+    if cfg.plot and rows and writer:
         title = f"{cfg.model}: perplexity on {proto.fingerprint['eval_source']}"
         plot_perplexity(rows, run_dir / "perplexity.png", title)
         out["plot"] = str(run_dir / "perplexity.png")
     emit()
     out["table_markdown"] = table_markdown(rows)
     return out
+
+
+def _maybe_offloaded(cfg: PruneLLMConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Prune block by block when ``offload`` is ``disk``, or ``auto`` and the model would not fit."""
+    from transformers import AutoTokenizer
+
+    from sparsecraft.data.text import build_protocol
+    from sparsecraft.jobs.prune_offloaded import run_offloaded
+    from sparsecraft.models.sources import resolve_model_dir
+    from sparsecraft.oneshot.onloaded import decide_offload
+
+    path = resolve_model_dir(cfg.model)
+    d = cfg.data
+    proto = build_protocol(AutoTokenizer.from_pretrained(str(path)), d.calib, d.eval, d.n_calib, d.n_eval, d.seq_len,
+                           d.seed)
+    mode = decide_offload(path, cfg.offload, proto.calib, cfg.batch_size)
+    return run_offloaded(cfg, run_dir, path, proto, mode) if mode.startswith("disk") else None
 
 
 @JOBS.register("prune-llm")

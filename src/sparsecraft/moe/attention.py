@@ -3,11 +3,14 @@
 ``standard``: causal multi-head attention with rotary position embeddings (Su et al. 2021, RoFormer;
 the rotate-half form of Llama), no biases, ``F.scaled_dot_product_attention``.
 
-This registry is the hook for other attention variants (e.g. the gated attention of
-``ALGORITHMS.md``: SDPA output times sigmoid(X W_g) before the output projection): a class with
-``from_config(config, layer)`` and ``forward(x) -> x``-shaped output, registered as
-``@ATTENTION.register("name")``, is selected with ``SparseLMConfig(attention="name",
-attention_options={...})``; ``attention_options`` reach its ``from_config`` through the config.
+``gated``: the same with a sigmoid gate on every head's output (Qiu et al. 2025), in
+:mod:`sparsecraft.moe.attention_gated`.
+
+This registry is the hook for other attention variants: a class with ``from_config(config, layer)``
+and ``forward(x) -> x``-shaped output, registered as ``@ATTENTION.register("name")``, is selected
+with ``SparseLMConfig(attention="name", attention_options={...})``; ``attention_options`` reach its
+``from_config`` through the config, and an optional ``check_options(options)`` lets
+``SparseLMConfig.validate`` refuse bad options before anything is built.
 """
 
 from __future__ import annotations
@@ -54,10 +57,15 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
         self._rope: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """Refuse ``attention_options`` (the standard block has none); called by ``SparseLMConfig.validate``."""
+        if options:
+            raise SparsecraftError(f"attention 'standard' takes no options, got {sorted(options)}")
+
     @classmethod
     def from_config(cls, config: Any, layer: int) -> CausalSelfAttention:
-        if config.attention_options:
-            raise SparsecraftError(f"attention 'standard' takes no options, got {sorted(config.attention_options)}")
+        cls.check_options(config.attention_options)
         return cls(config.d_model, config.n_heads, config.rope_theta)
 
     def _tables(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,11 +74,14 @@ class CausalSelfAttention(nn.Module):
             self._rope = (cos.shape[0], device, cos, sin)
         return self._rope[2][:t], self._rope[3][:t]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention output per head, (batch, tokens, heads, head_dim), before ``o_proj``."""
+        b, t, _ = x.shape
         q, k, v = (p(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
         cos, sin = self._tables(t, x.device)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, d))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(self.heads(x).reshape(x.shape))

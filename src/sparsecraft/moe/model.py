@@ -102,7 +102,9 @@ class SparseLMConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             check_positive(name, getattr(self, name))
         kinds = self.ffn_kinds()
-        ATTENTION.get(self.attention)
+        check = getattr(ATTENTION.get(self.attention), "check_options", None)
+        if check is not None:
+            check(self.attention_options)
         if "moe" in kinds:
             moe_options(self.moe)
         if self.engram is not None:
