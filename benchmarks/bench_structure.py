@@ -188,8 +188,10 @@ def render(cache: dict, args: argparse.Namespace, load0: float) -> str:
     text = [*header("Structure removal on SmolLM2-135M (Shakespeare protocol)", "bench_structure.py", args.threads),
             load_line(load0, load()) + "  ",
             "Protocol: 32 x 512 calibration windows from the calibration pool (seed 0), 16 x 512 evaluation windows; "
-            f"recovery: {args.recover_steps} steps of next-token loss on the calibration windows, AdamW lr "
-            f"{args.recover_lr}, batch 1. Reduction = 1 - parameters / dense (tied weights once; for the SparseGPT "
+            + (f"recovery: {args.recover_steps} steps of next-token loss on the calibration windows, AdamW lr "
+               f"{args.recover_lr}, batch 1." if any("ppl_recovered" in r for r in rows.values()) else
+               "recovery: not run for any row yet (the 'after recovery' column is empty).")
+            + " Reduction = 1 - parameters / dense (tied weights once; for the SparseGPT "
             "peers the nonzero parameters). Speed goal: prefill time reduction >= 0.8 x parameter reduction.  ",
             _timing_line(cache),
             "", head, *lines, "", *_comparisons(rows, p0)]
