@@ -115,6 +115,8 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
            "pattern": args.pattern, "distribution": args.distribution}
     if quantize is not None:
         run["quantize"] = quantize
+    if args.option:
+        run["options"] = parse_options(args.option)
     return {
         "job": "prune-llm",
         "model": args.model,
