@@ -112,3 +112,41 @@ def test_per_run_save_flag_and_inspect_json(tiny, tmp_path, capsys):
     assert main(["inspect", str(run_dir / "01-wanda-2of4" / "sparse.safetensors"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["layers"] and all(l["pattern"] == "2:4" and l["sparsity"] == 0.5 for l in info["layers"])
+
+
+def test_prune_cli_structure_removal_saves_a_smaller_model(tiny, tmp_path, capsys):
+    model_dir, text = tiny
+    out = tmp_path / "run"
+    rc = main(["prune", "--model", str(model_dir), "--method", "depth", "--sparsity", "0", "--option", "blocks=1",
+               "--recover-steps", "2", "--recover-loss", "lm", "--calib", str(text), "--out", str(out), *ARGS])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "parameters      " in printed and "fewer" in printed and "sparse.safetensors" not in printed
+    report = json.loads((out / "report.json").read_text())
+    dense, pruned = report["rows"]
+    assert pruned["params"] < dense["params"] and pruned["structure"]["blocks_removed"] in ([0], [1])
+    assert pruned["recovery"]["steps"] == 2 and "parameters (M)" in (out / "table.md").read_text()
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(out / "model"))  # a plain config: one block fewer
+    assert hf.config.num_hidden_layers == 1 and not (out / "sparse.safetensors").exists()
+
+
+def test_prune_cli_slicegpt_and_refused_squarehead(tiny, tmp_path, capsys):
+    model_dir, text = tiny
+    rc = main(["prune", "--model", str(model_dir), "--method", "slicegpt", "--sparsity", "0.25", "--no-save",
+               "--recover-steps", "2", "--calib", str(text), "--out", str(tmp_path / "bad"), *ARGS])
+    assert rc == 2 and "SquareHead compares block outputs" in capsys.readouterr().err
+    out = tmp_path / "run"
+    rc = main(["prune", "--model", str(model_dir), "--method", "slicegpt", "--sparsity", "0.25", "--option",
+               "embeddings=slice", "--calib", str(text), "--out", str(out), "--json", *ARGS])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    st = doc["rows"][1]["structure"]
+    assert st["width"] == 24 and st["embeddings"] == "slice"
+    from sparsecraft.models import load_model
+
+    model = load_model(out / "model").model  # the sliced layers come back
+    assert model.model.layers[0].attn_shortcut.weight.shape == (24, 24)
+    assert main(["prune", "--model", str(model_dir), "--method", "depth", "--option", "blocks"]) == 2
+    assert "give KEY=VALUE" in capsys.readouterr().err

@@ -149,3 +149,55 @@ def test_nn_linear_kept_unless_another_dense_call_is_clearly_faster():
     assert not any(isinstance(m, SparseLinear) for m in model.modules())
     rep = convert(_mlp(), measure=_fixed({"dense": 1.0, "dense-t": 0.95}))
     assert [x.backend for x in rep.layers] == ["dense-t"] * 3
+
+
+# --------------------------------------------------------------- activation-sparse layers
+def _topk_mlp(k: int = 12):
+    from sparsecraft.activations import apply_transform
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 48), nn.ReLU(), nn.Linear(48, 16), nn.GELU(), nn.Linear(16, 4))
+    apply_transform(model, "topk", k=k)
+    return model
+
+
+def test_sparse_input_layer_gets_act_sparse_when_faster(native_ok):
+    model = _topk_mlp()
+    x = torch.randn(3, 16)
+    want = model(x)
+    seen = []
+
+    def measure(weight, batch, names):
+        seen.append(sorted(names))
+        return {n: (0.5 if n == "act-sparse" else 1.0) for n in names}
+
+    rep = convert(model, measure=measure)
+    by = {r.name: r for r in rep.layers}
+    assert by["2.inner"].backend == "act-sparse" and by["2.inner"].input_sparsity == pytest.approx(0.75)
+    assert "input 75.0% zeros" in by["2.inner"].reason
+    assert by["4.inner"].input_sparsity == pytest.approx(0.25)
+    assert by["4.inner"].backend == "act-sparse"
+    assert by["0"].backend == "(unchanged)" and by["0"].input_sparsity is None  # dense weight, dense input
+    assert all("act-sparse" in names and "dense" in names and "csr16" not in names for names in seen)
+    assert isinstance(model[2].inner, SparseLinear) and model[2].inner.backend == "act-sparse"
+    torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_input_layer_kept_dense_when_not_faster():
+    model = _topk_mlp()
+    rep = convert(model, measure=_fixed({"dense": 1.0, "act-sparse": 0.95}))
+    by = {r.name: r for r in rep.layers}
+    assert by["2.inner"].backend == "dense" and "needs <= 0.90x" in by["2.inner"].reason
+    assert not any(isinstance(m, SparseLinear) for m in model.modules())
+
+
+def test_low_input_sparsity_and_forced_act_sparse(native_ok):
+    model = _topk_mlp()
+    rep = convert(model, min_sparsity=0.5, measure=_fixed({"dense": 1.0, "act-sparse": 0.1}))
+    by = {r.name: r for r in rep.layers}
+    assert by["4.inner"].backend == "(unchanged)" and "input only 25.0% zeros" in by["4.inner"].reason
+    model = _topk_mlp()
+    rep = convert(model, backend="act-sparse")
+    by = {r.name: r for r in rep.layers}
+    assert by["2.inner"].backend == "act-sparse" and by["4.inner"].backend == "act-sparse"
+    assert by["0"].backend == "(unchanged)" and "not activation-sparse" in by["0"].reason

@@ -117,4 +117,5 @@ def test_auto_with_injected_measure_picks_fastest():
 
 
 def test_every_registered_backend_is_tested():
-    assert set(backend_names()) == {*ALL, "cuda-2:4"}  # cuda-2:4: tests/kernels/test_cuda_semi.py
+    # cuda-2:4: tests/kernels/test_cuda_semi.py; act-sparse: tests/kernels/test_backend_activation.py
+    assert set(backend_names()) == {*ALL, "cuda-2:4", "act-sparse"}

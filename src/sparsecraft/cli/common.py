@@ -52,9 +52,11 @@ def add_prune_arguments(p: Any, sparsity_help: str = "fraction of zeros over the
     p.add_argument("--ignore", action="append", default=None, help="regex of layers to leave dense (repeatable)")
 
 
-def add_data_arguments(p: Any, n_calib: int = 32, n_eval: int = 16) -> None:
-    """``--calib --eval --n-calib --n-eval --seq-len --seed --batch-size``."""
-    p.add_argument("--calib", default="shakespeare", help="calibration text: file, folder of .txt or built-in name")
+def add_data_arguments(p: Any, n_calib: int = 32, n_eval: int = 16, calib_aliases: tuple[str, ...] = ()) -> None:
+    """``--calib --eval --n-calib --n-eval --seq-len --seed --batch-size`` (``calib_aliases``: more
+    spellings of ``--calib``, e.g. ``--data``)."""
+    p.add_argument("--calib", *calib_aliases, dest="calib", default="shakespeare",
+                   help="calibration text: file, folder of .txt or built-in name")
     p.add_argument("--eval", default=None, help="evaluation text (default: the held-out part of --calib)")
     p.add_argument("--n-calib", type=int, default=n_calib, help=f"calibration windows (default {n_calib})")
     p.add_argument("--n-eval", type=int, default=n_eval, help=f"evaluation windows (default {n_eval})")

@@ -213,6 +213,12 @@ def run_recipe(source: str | Path | dict[str, Any], out_dir: str | Path | None =
     name = job.registry_name  # type: ignore[attr-defined]
     requested = out_dir or getattr(getattr(config, "output", None), "dir", None)
     resume = bool(getattr(config, "resume", False))
+    from sparsecraft.distributed import group
+
+    if not group.is_writer():  # under torchrun the other ranks compute along and write nothing
+        run_dir = Path(requested) if requested else Path("runs") / name
+        result = job.run(config, run_dir)
+        return run_dir, {"job": name, **result}
     if requested:
         check_run_dir(Path(requested), resume)
         job.preflight(config, Path(requested))

@@ -19,6 +19,7 @@ functions of (seed, epoch, step), so the result equals an uninterrupted run's bi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ from sparsecraft.training.state import (
     save_training_state,
 )
 
+#: callables given every epoch's curve entry (a Ray Tune trial reports it for ASHA early stopping)
+EPOCH_HOOKS: list[Callable[[dict[str, Any]], None]] = []
 SEED = Field(0, ge=0, lt=2**32)  #: torch and numpy generators take 0 <= seed < 2**32
 LAYER_RULE_KEYS = ("targets", "ignore")  #: regex-list options of a method
 
@@ -293,6 +296,8 @@ class TrainJob(Job):
             curves.append({"epoch": epoch + 1, "step": step, "train_loss": tr_loss, "train_accuracy": tr_acc,
                            "test_loss": te_loss, "test_accuracy": te_acc, "sparsity": rep.sparsity,
                            "lr": lr_at(step, total, os_.lr, os_.schedule, cycle)})  # fmt: skip
+            for hook in list(EPOCH_HOOKS):
+                hook(dict(curves[-1]))
             every = config.checkpoint.every_epochs
             stop = config.stop_after is not None and epoch + 1 >= config.stop_after and epoch + 1 < config.epochs
             if (every and (epoch + 1) % every == 0) or epoch + 1 == config.epochs or stop:

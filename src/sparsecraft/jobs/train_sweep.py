@@ -7,6 +7,12 @@ that folder already has a ``report.json`` (so an interrupted sweep resumes). The
 reports are written to ``OUT/runs.csv`` (dotted keys such as ``final.test_loss``), the table
 ``sparsecraft fit`` reads. A grid point interrupted mid-run (a ``checkpoint/`` but no report)
 continues with ``resume: true`` when its job can resume. ``jobs > 1`` runs the grid in that many worker processes.
+
+``engine="ray"`` runs every grid point as a Ray Tune trial instead (:mod:`sparsecraft.distributed.ray_tune`,
+extra ``[ray]``) with ``resources`` per trial (``{"cpu": 1, "gpu": 0}``) and optional ASHA early stopping
+(``asha={"metric": "test_loss", "max_t": epochs}``; the ``train`` job reports every epoch): the same run
+folders and the same ``runs.csv`` as the local runner (a run stopped early by ASHA has
+``status = stopped`` and its last metrics), so ``sparsecraft fit`` reads either.
 """
 
 from __future__ import annotations
@@ -94,6 +100,9 @@ def train_sweep(
     out: str | Path = "runs/sweep",
     jobs: int = 1,
     progress: bool = True,
+    engine: str = "local",
+    resources: dict[str, float] | None = None,
+    asha: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the grid (skipping finished runs) and write ``OUT/runs.csv``; returns its rows.
 
@@ -103,6 +112,15 @@ def train_sweep(
 
     from sparsecraft.jobs.recipe import JOBS, read_recipe_text
 
+    if engine not in ("local", "ray"):
+        raise SparsecraftError(f"unknown engine {engine!r}; allowed: local, ray")
+    if engine == "local" and (resources or asha):
+        raise SparsecraftError("per-trial resources and ASHA early stopping need engine='ray' (--engine ray)")
+    if engine == "ray":
+        from sparsecraft.distributed.ray_tune import check_asha, require_ray
+
+        require_ray()
+        check_asha(asha)
     doc = recipe if isinstance(recipe, dict) else read_recipe_text(recipe)
     seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
     grid = grid_docs(doc, sparsities, seed_list)
@@ -128,7 +146,25 @@ def train_sweep(
         write_csv(out / "runs.csv", [rows[k] for k in sorted(rows)])
         bar.update(1)
 
-    if jobs <= 1:
+    if engine == "ray":
+        from sparsecraft.distributed.ray_tune import run_trials
+
+        res = resources or {}
+        points = [{"sparsity": s, "seed": seed, "doc": d, "run_dir": str(rd.resolve()), "job_module": job_module}
+                  for s, seed, d, rd in todo]
+        for o in run_trials(points, ray_trial, out / "ray", cpus_per_trial=float(res.get("cpu", 1)),
+                            gpus_per_trial=float(res.get("gpu", 0)), asha=asha,
+                            max_concurrent=jobs if jobs > 1 else None):
+            s, seed, rd = o.point["sparsity"], o.point["seed"], Path(o.point["run_dir"])
+            if o.status == "done" and (rd / "report.json").is_file():
+                finish(s, seed, rd, _read_report(rd / "report.json"), None)
+            elif o.status == "stopped":
+                rows[(s, seed)] = _row(s, seed, rd, "stopped", {"final": _last(o.metrics)})
+                write_csv(out / "runs.csv", [rows[k] for k in sorted(rows)])
+                bar.update(1)
+            else:
+                finish(s, seed, rd, None, o.error or "trial ended without a report")
+    elif jobs <= 1:
         for s, seed, d, run_dir in todo:
             try:
                 finish(s, seed, run_dir, _run_one(d, str(run_dir), None), None)
@@ -147,6 +183,25 @@ def train_sweep(
     table = [rows[k] for k in sorted(rows)]
     write_csv(out / "runs.csv", table)
     return table
+
+
+def ray_trial(point: dict[str, Any], report: Any) -> None:
+    """One grid point as a Ray Tune trial: run its recipe (the ``train`` job reports every
+    epoch's curve entry, for ASHA); the run folder and report are the local runner's."""
+    from sparsecraft.jobs import train
+
+    hook = lambda entry: report({k: v for k, v in entry.items() if isinstance(v, (int, float))})  # noqa: E731
+    train.EPOCH_HOOKS.append(hook)
+    try:
+        _run_one(point["doc"], point["run_dir"], point["job_module"])
+    finally:
+        train.EPOCH_HOOKS.remove(hook)
+
+
+def _last(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The curve entry a stopped trial reported last (Ray's bookkeeping keys dropped)."""
+    keep = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "sparsity", "lr")
+    return {k: metrics[k] for k in keep if k in metrics}
 
 
 def _read_report(path: Path) -> dict[str, Any]:

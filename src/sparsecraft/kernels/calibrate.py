@@ -68,10 +68,13 @@ def measure_backends(
     block: int = 20,
     block_s: float = 0.02,
     bias: torch.Tensor | None = None,
+    input_sparsity: float = 0.0,
 ) -> dict[str, float]:
     """Real measurement: seconds per forward of a layer holding ``weight`` on ``batch`` rows,
     for each backend, as the model will run it: ``dense`` is a plain ``nn.Linear``, every other
     backend a :class:`~sparsecraft.kernels.SparseLinear` (wrapper cost included).
+    ``input_sparsity``: that fraction of the input entries is zero (independently per row, the
+    unfavourable case for kernels that skip columns zero in every row of the batch).
 
     Block-wise (:func:`~sparsecraft.kernels.timing.time_blocks`, ``rounds`` rounds, blocks of
     about ``block_s`` seconds, 3 to ``block`` calls), summarised by the fastest block median."""
@@ -81,6 +84,8 @@ def measure_backends(
 
     out, inp = weight.shape
     x = torch.randn(batch, inp, dtype=weight.dtype, device=weight.device)
+    if input_sparsity > 0:
+        x = x.masked_fill(torch.rand(batch, inp, device=weight.device) < input_sparsity, 0)
     calls = {}
     for name in names:
         if name == "dense":
@@ -146,9 +151,12 @@ def choose_backend(
     measure: MeasureFn | None = None,
     margin: float = 0.10,
     bias: torch.Tensor | None = None,
+    input_sparsity: float = 0.0,
 ) -> Decision:
     """Pick the backend for ``weight`` at ``batch``: a sparse backend only if its time is at most
-    ``(1 - margin)`` x the fastest dense call's (see the module docstring for the full rule)."""
+    ``(1 - margin)`` x the fastest dense call's (see the module docstring for the full rule).
+    ``input_sparsity``: the fraction of zeros of the layer's input the measurement uses (the
+    ``act-sparse`` backend skips them)."""
     names = list(candidates) if candidates is not None else [
         n for n in backend_names() if n in DENSE_CANDIDATES + SPARSE_CANDIDATES
     ]
@@ -161,7 +169,7 @@ def choose_backend(
     if not dense:
         dense = ["dense"]
     if measure is None:
-        times = measure_backends(weight, batch, dense + sparse, bias=bias)
+        times = measure_backends(weight, batch, dense + sparse, bias=bias, input_sparsity=input_sparsity)
     else:
         times = dict(measure(weight, batch, dense + sparse))
     ms = {k: v * 1e3 for k, v in times.items()}
@@ -175,7 +183,7 @@ def choose_backend(
     if measure is None and times[best_sparse] <= times[best_dense] * limit:
         # confirm a sparse win with a second, head-to-head measurement (noise on a busy
         # machine); keep the less favourable of the two results
-        again = measure_backends(weight, batch, [best_dense, best_sparse], bias=bias)
+        again = measure_backends(weight, batch, [best_dense, best_sparse], bias=bias, input_sparsity=input_sparsity)
         if again[best_sparse] / again[best_dense] > times[best_sparse] / times[best_dense]:
             times[best_sparse], times[best_dense] = again[best_sparse], again[best_dense]
             ms.update({k: v * 1e3 for k, v in again.items()})

@@ -16,18 +16,15 @@ Lifecycle (what the base class does; hooks a method overrides are in brackets)::
                                      #   dropped/grown logged, optimizer state fixed
     method.finalize()                # [finalize()]: make zeros permanent / hard-mask phase
 
-With an optimizer and ``hooks=True`` (default) nothing else is called in the loop; without
-hooks call ``method.step()`` once after ``optimizer.step()`` (it then also zeroes the state
-of pruned weights, since their gradients were not masked before the step).
-``optimizer.step(closure)`` and [``skip_optimizer_step()``] (RigL): see
-:mod:`~sparsecraft.methods.step_hooks`. One method per optimizer and per weight
-(:mod:`~sparsecraft.methods.ownership`). While attached, ``load_state_dict`` on the model
-re-applies the hard masks (a state-dict post-hook): dense weights cannot undo the sparsity.
+With an optimizer and ``hooks=True`` (default) nothing else is called in the loop; without hooks call
+``method.step()`` once after ``optimizer.step()`` (it then also zeroes the state of pruned weights, since their
+gradients were not masked before the step). ``optimizer.step(closure)`` and [``skip_optimizer_step()``] (RigL):
+see :mod:`~.step_hooks`. One method per optimizer and per weight (:mod:`~.ownership`). ``load_state_dict`` re-applies
+the hard masks while attached. Under FSDP2, masks are DTensor shards (:mod:`sparsecraft.distributed.fsdp`).
 
-Hard vs soft masks: ``hard_masks = True`` methods (static, gmp, imp, set, rigl) zero pruned
-weights in place. N:M straight-through methods set ``hard_masks = False``: the dense weight is
-trained and forward uses :meth:`forward_weight` (default ``W * E``), installed with
-:func:`sparsecraft.methods.forward.patch_forward` so reports stay true.
+Hard vs soft masks: ``hard_masks = True`` methods (static, gmp, imp, set, rigl) zero pruned weights in place. N:M
+straight-through methods set ``hard_masks = False``: the dense weight is trained and forward uses
+:meth:`forward_weight` (default ``W * E``), installed with :func:`~.forward.patch_forward` so reports stay true.
 """
 
 from __future__ import annotations
@@ -41,6 +38,7 @@ from torch import nn
 
 from sparsecraft.analysis.mask_dynamics import MaskDynamics
 from sparsecraft.criteria import LossFn, make_criterion
+from sparsecraft.distributed import fsdp
 from sparsecraft.distributions import make_distribution
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MASK_SUFFIX, MaskMeta, keep_bits, set_mask, zero_pruned_
@@ -164,6 +162,8 @@ class SparseMethod(StepHooks):
         """Keep-masks for ``sparsity`` from a criterion + the distribution + the pattern."""
         crit = make_criterion(criterion) if criterion is not None else self.criterion
         crit.prepare(self.model, self.targets, data=self.calib, loss_fn=self.loss_fn)
+        if fsdp.any_sharded(self.targets):  # FSDP2: decide on each gathered layer
+            return fsdp.plan_gathered(self.targets, sparsity, self.pattern, crit, self.distribution)
         planned = decide_masks(self.targets, sparsity, self.pattern, crit, self.distribution)
         return {name: keep for name, (_, _, _, keep) in planned.items()}
 
@@ -222,7 +222,7 @@ class SparseMethod(StepHooks):
         except Exception:
             release(self)
             raise
-        self.dynamics.start(self.masks())
+        self.dynamics.start({k: fsdp.full(v) for k, v in self.masks().items()})
         for t in self.targets:
             if not self.hard_masks:  # every module sharing the tensor uses the forward weight
                 for module in t.modules:
@@ -240,8 +240,7 @@ class SparseMethod(StepHooks):
         return self
 
     def _claim(self) -> None:
-        """Refuse (before any mask is touched) if another attached method owns the optimizer
-        or one of the weights; else claim them."""
+        """Refuse (touching no mask) if another attached method owns the optimizer or a weight; else claim them."""
         claim(self, self.optimizer, [t.param for t in self.targets], [t.name for t in self.targets])
 
     def detach(self) -> None:
@@ -263,8 +262,8 @@ class SparseMethod(StepHooks):
         self.modify_gradients()
         if self.hard_masks:
             for t in self.targets:
-                if t.param.grad is not None:  # where, not multiply: inf * 0 would be NaN
-                    zero_pruned_(t.param.grad, self.mask(t), self._keep_bits(t, t.param.grad.dtype))
+                if (g := t.param.grad) is not None:  # where, not multiply: inf * 0 would be NaN
+                    zero_pruned_(fsdp.local(g), fsdp.local(self.mask(t)), self._keep_bits(t, g.dtype))
             self._grads_masked = True
         if self.optimizer is not None and self.skip_optimizer_step():
             self._stash_grads()
@@ -318,14 +317,14 @@ class SparseMethod(StepHooks):
     def _reapply(self) -> None:
         if self.hard_masks:
             for t in self.targets:
-                zero_pruned_(t.param.data, self.mask(t), self._keep_bits(t, t.param.dtype))
+                zero_pruned_(fsdp.local(t.param.data), fsdp.local(self.mask(t)), self._keep_bits(t, t.param.dtype))
 
     def _keep_bits(self, target: Target, dtype: torch.dtype) -> torch.Tensor | None:
-        """:func:`~sparsecraft.masks.keep_bits` of the mask, cached until the buffer changes."""
-        mask = self.mask(target)
-        hit = self._bits.get(target.name)
-        if hit is None or hit[0] is not mask or hit[1] != mask._version or hit[2] != dtype:
-            hit = (mask, mask._version, dtype, keep_bits(mask, dtype))
+        """:func:`~sparsecraft.masks.keep_bits` of the mask's local shard, cached on the buffer: a write to a
+        DTensor mask bumps the DTensor's version, not its shard's (which ``to_local()`` may return as is)."""
+        buf, hit = self.mask(target), self._bits.get(target.name)
+        if hit is None or hit[0] is not buf or hit[1] != buf._version or hit[2] != dtype:
+            hit = (buf, buf._version, dtype, keep_bits(fsdp.local(buf), dtype))
             self._bits[target.name] = hit
         return hit[3]
 
@@ -349,7 +348,8 @@ class SparseMethod(StepHooks):
                 continue
             keep = new[t.name].to(torch.bool)
             # the layer's own target (its share of the distribution), not the model total
-            layer_target = 1.0 - int(keep.sum()) / keep.numel()
+            layer_target = 1.0 - int(fsdp.full(keep).sum()) / keep.numel()
+            keep = fsdp.shard_like(keep, t.param)  # FSDP2: this rank's rows of the mask
             meta = MaskMeta(self.pattern.spec(), layer_target, self.name, self.step_count)
             if record and self.hard_masks:  # grown weights start at 0 (already 0 when hard)
                 t.param.masked_fill_(keep & ~old[t.name], 0)
@@ -361,9 +361,9 @@ class SparseMethod(StepHooks):
                     reset_state(self.optimizer, t.param, keep & ~old[t.name])
         if not record:
             return None
-        return self.dynamics.record(
-            self.step_count, old, {k: self.masks()[k] for k in old}, sparsity=self.target_sparsity()
-        )
+        now, full = self.masks(), fsdp.full  # FSDP2: the dynamics count whole layers
+        return self.dynamics.record(self.step_count, {k: full(v) for k, v in old.items()},
+                                    {k: full(now[k]) for k in old}, sparsity=self.target_sparsity())
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

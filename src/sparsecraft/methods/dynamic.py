@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sparsecraft.distributed import fsdp
 from sparsecraft.methods.base import SparseMethod
 from sparsecraft.schedules import Cosine
 from sparsecraft.targets import Target
@@ -89,4 +90,6 @@ class DynamicSparse(SparseMethod):
 
     def compute_masks(self, step: int) -> dict[str, torch.Tensor]:
         f = self.drop_fraction(step)
-        return {t.name: drop_grow(t.param, self.mask(t), f, self.grow_scores(t), self.generator) for t in self.targets}
+        full = fsdp.full  # FSDP2: drop and grow on the gathered layer, the same on every rank
+        return {t.name: drop_grow(full(t.param), full(self.mask(t)), f, full(self.grow_scores(t)), self.generator)
+                for t in self.targets}

@@ -14,7 +14,8 @@ BN-module name -> channel indices) or, by default, the ``ratio`` fraction of eac
 with the smallest ``|gamma|`` when the method is attached.
 
 Pruning is done by *masking whole channels* (``physical=True`` additionally removes them at
-``finalize()`` for plain chains, see :mod:`~sparsecraft.methods.channel_surgery`): the BN's
+``finalize()`` through the traced dependency graph, :func:`sparsecraft.structure.remove_masked`,
+residual adds included; the first training batch is kept as the trace's example input): the BN's
 ``gamma`` and ``beta`` of a pruned channel are hard-masked to 0 (so the channel's output is
 exactly 0) and so is the producing layer's output row (the conv/linear just before the BN
 in module order with as many outputs as the BN has channels); the masks are ordinary hard
@@ -31,7 +32,6 @@ from torch import nn
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MaskMeta, set_mask
 from sparsecraft.methods.base import METHODS, SparseMethod, resolve_step
-from sparsecraft.methods.channel_surgery import remove_pruned_channels
 from sparsecraft.methods.optimizer_state import mask_state
 from sparsecraft.patterns import count_to_prune
 
@@ -63,6 +63,9 @@ class MaskSparsity(SparseMethod):
         kwargs.setdefault("sparsity", 0.0)
         super().__init__(model, optimizer, **kwargs)
         self.physical = bool(physical)
+        self._example: torch.Tensor | None = None
+        if self.physical:  # keep one input sample to trace the model with at finalize()
+            self._example_hook = model.register_forward_pre_hook(self._keep_example)
         if not 0.0 <= ratio <= 1.0:
             raise SparsecraftError(f"mask-sparsity ratio must be in [0, 1], got {ratio}")
         self.lam, self.threshold, self.ratio = float(lam), float(threshold), float(ratio)
@@ -79,6 +82,11 @@ class MaskSparsity(SparseMethod):
         self.chosen = {n: self._choose(n, bn, chosen) for n, bn in self.bns.items()}
         self.prune_step = self.total_steps - (resolve_step(finetune_steps, self.total_steps) or 0)
         self.pruned = False
+
+    def _keep_example(self, module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            self._example = args[0][:1].detach().clone()
+            self._example_hook.remove()
 
     def _pair_producers(self, model: nn.Module) -> dict[str, str]:
         """BN name -> name of the target just before it with as many outputs."""
@@ -153,13 +161,19 @@ class MaskSparsity(SparseMethod):
             self.prune_channels()
 
     def finalize(self) -> None:
-        """Prune if not done yet; with ``physical=True`` also remove the dead channels
-        (:func:`~sparsecraft.methods.channel_surgery.remove_pruned_channels`)."""
+        """Prune if not done yet; with ``physical=True`` also remove the masked channels
+        (:func:`sparsecraft.structure.remove_masked`; ``removed_channels`` maps each channel group,
+        named by its first producer layer, to the channels removed)."""
         if not self.pruned:
             self.prune_channels()
         super().finalize()
         if self.physical:
-            self.removed_channels = remove_pruned_channels(self.model)
+            if self._example is None:
+                raise SparsecraftError("mask-sparsity physical=True traces the model at finalize(), which needs one "
+                                       "forward pass of training first")
+            from sparsecraft.structure import remove_masked
+
+            self.removed_channels = dict(remove_masked(self.model, example=self._example).removed)
 
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = super().extra_state()

@@ -1,4 +1,8 @@
-"""Load a model + tokenizer from a built-in name or a local HF directory (float32, offline)."""
+"""Load a model + tokenizer from a built-in name or a local HF directory (float32, offline).
+
+A directory saved by :func:`sparsecraft.structure.save_pretrained` whose shapes plain
+``transformers`` cannot build (per-layer widths, SliceGPT) is built by
+:func:`sparsecraft.structure.load_pretrained` instead."""
 
 from __future__ import annotations
 
@@ -58,8 +62,13 @@ def load_model(name_or_path: str | os.PathLike, kind: str | None = None) -> Load
     path = resolve_model_dir(name_or_path)
     require_safetensors(path)
     kind = kind or model_kind(path)
-    cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-    model = cls.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+    from sparsecraft.structure.hf import load_pretrained, needs_loader
+
+    if needs_loader(path):  # per-layer shapes (removed structures) recorded by sparsecraft.structure
+        model = load_pretrained(path)
+    else:
+        cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+        model = cls.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
     model.eval()
     try:
         tok = AutoTokenizer.from_pretrained(str(path))

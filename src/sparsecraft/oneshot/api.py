@@ -36,7 +36,7 @@ Data-free criteria rank a fused weight as one tensor, like any other weight.
 
 from __future__ import annotations
 
-import numbers
+import os
 import re
 import sys
 import time
@@ -47,18 +47,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparsecraft.criteria import CRITERIA, Criterion, LossFn, make_criterion, wanda_scores
-from sparsecraft.distributions import OWL, Distribution, make_distribution
+from sparsecraft.criteria import CRITERIA, Criterion, LossFn, wanda_scores
+from sparsecraft.distributed import group
+from sparsecraft.distributed.calibration import DataParallel
+from sparsecraft.distributions import OWL, Distribution
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import MASK_SUFFIX, MaskMeta, set_mask
 from sparsecraft.oneshot.base import ONESHOT, OneShotPruner, make_pruner
 from sparsecraft.oneshot.blockwise import BlockInput, batched, block_forward, block_targets, find_blocks, run_sequential
 from sparsecraft.oneshot.owl import outlier_ratio, owl_sparsities
-from sparsecraft.oneshot.stats import StatsCollector
-from sparsecraft.patterns import Pattern, PerRow, Unstructured, parse_pattern
-from sparsecraft.pruning import Override, current_scores, layer_choices, parse_overrides, prune_by_criterion
+from sparsecraft.oneshot.prune_args import check_sparsity, parse_args
+from sparsecraft.oneshot.stats import InputStats, StatsCollector
+from sparsecraft.patterns import Pattern, PerRow, Unstructured
+from sparsecraft.pruning import Override, current_scores, layer_choices, prune_by_criterion
 from sparsecraft.report import SparsityReport, report
-from sparsecraft.targets import Target, check_regexes
+from sparsecraft.targets import Target
 
 
 def _bar(desc: str, enabled: bool):
@@ -66,13 +69,6 @@ def _bar(desc: str, enabled: bool):
         return tqdm(it, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
 
     return wrap
-
-
-def check_sparsity(sparsity: Any) -> float:
-    """``sparsity`` as a float in [0, 1], or a one-line error naming the value."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= float(sparsity) <= 1.0:
-        raise SparsecraftError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
-    return float(sparsity)
 
 
 def default_targets(model: nn.Module) -> list[str] | None:
@@ -85,7 +81,7 @@ def default_targets(model: nn.Module) -> list[str] | None:
 
 
 def prune(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike,
     sparsity: float = 0.5,
     *,
     method: str | None = None,
@@ -101,6 +97,9 @@ def prune(
     batch_size: int = 8,
     step: int = 0,
     progress: bool = True,
+    distributed: bool | None = None,
+    out: str | os.PathLike | None = None,
+    offload: str | None = None,
     **options: Any,
 ) -> SparsityReport:
     """Prune ``model`` in place in one shot and return the exact :class:`SparsityReport`.
@@ -108,7 +107,10 @@ def prune(
     Args:
         sparsity: fraction of zeros over the targeted weights (N:M patterns fix it themselves).
         method: ``None`` (mask by ``criterion``) or a one-shot method that also updates the kept
-            weights: ``"sparsegpt"`` (options ``blocksize=128``, ``percdamp=0.01``).
+            weights: ``"sparsegpt"`` (options ``blocksize=128``, ``percdamp=0.01``); or one that removes
+            structures (smaller shapes, docs/structure.md): ``"slicegpt"`` (``sparsity`` = fraction of the
+            hidden size sliced), ``"channels"`` / ``"heads"`` (fraction of MLP or conv channels / query
+            heads removed, scored by ``criterion``), ``"depth"`` (fraction of blocks, or ``blocks=n``).
         criterion: ``"magnitude"`` (default), ``"random"``, ``"saliency"``/``"movement"``/
             ``"gradient"`` (gradients over ``calib`` with ``loss_fn``), ``"wanda"`` (activations).
         pattern: ``"unstructured"``, ``"2:4"`` (any N:M), ``"row"``, ``"block:4x4"``, ``"channel"``.
@@ -122,40 +124,52 @@ def prune(
         batch_size: calibration windows per forward (block-by-block engine).
         step: the training step recorded in the masks' metadata (training methods use it).
         progress: show a progress bar on stderr.
+        distributed: data-parallel calibration under an initialised ``torch.distributed``
+            group: each rank takes every W-th calibration batch and the statistics are summed
+            over ranks per block, so every rank ends with the same masks as one process.
+            ``None`` (default) = when a group with >1 rank is initialised; ``True`` = required.
+        model / out / offload: ``model`` may be the path of a Hugging Face safetensors folder;
+            the pruned model is then written to the folder ``out``. ``offload="disk"`` reads it
+            one decoder block at a time (sequential onloading, for models larger than memory),
+            ``"none"`` loads it whole, ``"auto"`` (default for a path) onloads when it would
+            not fit (:mod:`sparsecraft.oneshot.onloaded`); ``rep.info["offload"]`` says which.
     """
+    if isinstance(model, (str, os.PathLike)):
+        from sparsecraft.oneshot.onloaded import prune_folder
+
+        return prune_folder(model, sparsity, out=out, offload=offload, method=method, criterion=criterion,
+                            pattern=pattern, distribution=distribution, targets=targets, ignore=ignore,
+                            overrides=overrides, calib=calib, skip_unfit=skip_unfit, batch_size=batch_size,
+                            step=step, progress=progress, distributed=distributed, **options)
+    if out is not None or offload not in (None, "none"):
+        raise SparsecraftError(
+            "out= and offload= work on a model folder: pass the path of its safetensors folder as the model "
+            f"(got an in-memory {type(model).__name__}; offload={offload!r})"
+        )
     if not isinstance(model, nn.Module):
         raise SparsecraftError(f"prune() expects a torch.nn.Module, got {type(model).__name__}")
-    sparsity = check_sparsity(sparsity)
-    if method is not None and criterion is not None:
-        raise SparsecraftError(
-            f"method {method!r} chooses its own weights to prune; leave criterion unset (got {criterion!r})"
-        )
-    if isinstance(method, str) and method.lower() in CRITERIA:
-        raise SparsecraftError(
-            f"{method!r} is a criterion (which weights go), not a method: use criterion={method!r} "
-            f"(methods: {', '.join(ONESHOT.names())})"
-        )
-    crit = make_criterion("magnitude" if criterion is None else criterion)
-    dist = make_distribution(distribution)
-    pat = parse_pattern(pattern)
-    targets = check_regexes(targets, "targets") or None
-    ignore = check_regexes(ignore, "ignore")
-    ovs = parse_overrides(overrides)
-    for ov in ovs:
-        check_regexes([ov.match], "overrides.match")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SparsecraftError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    pruner = make_pruner(method, **options) if method is not None else None
-    if pruner is None and options:
-        raise SparsecraftError(f"unknown option(s) {', '.join(sorted(options))} (options belong to a method)")
+    if isinstance(method, str) and method.lower() not in CRITERIA and getattr(ONESHOT.get(method), "structural", False):
+        from sparsecraft.oneshot.structural import prune_structural
+
+        return prune_structural(model, check_sparsity(sparsity), make_pruner(method, **options), criterion=criterion,
+                                pattern=pattern, distribution=distribution, targets=targets, ignore=ignore,
+                                calib=calib, loss_fn=loss_fn, batch_size=batch_size, progress=progress,
+                                overrides=overrides)
+    a = parse_args(sparsity, method, criterion, pattern, distribution, targets, ignore, overrides, batch_size,
+                   options)
+    sparsity, pruner, crit, dist, pat, targets, ignore, ovs = (a.sparsity, a.pruner, a.crit, a.dist, a.pat,
+                                                               a.targets, a.ignore, a.overrides)
     if pruner is None and not crit.needs_activations and not dist.needs_activations:
+        if distributed:
+            group.resolve(distributed)
         rep = prune_by_criterion(model, sparsity, pat, crit, dist, targets=targets or default_targets(model),
                                  ignore=ignore, overrides=ovs, skip_unfit=skip_unfit, calib=calib, loss_fn=loss_fn,
                                  step=step, progress=progress)
         rep.info.update(_info(None, crit, pat, dist, sparsity))
         return rep
+    dp = DataParallel.setup(distributed, model, calib, batch_size) if calib is not None else None
     return _prune_blockwise(model, sparsity, pruner, crit, pat, dist, targets, ignore, ovs, calib, batch_size,
-                            skip_unfit, step, progress)
+                            skip_unfit, step, progress, dp)
 
 
 def _info(pruner: OneShotPruner | None, crit: Criterion, pat: Pattern, dist: Distribution, sparsity: float) -> dict:
@@ -168,14 +182,18 @@ def _info(pruner: OneShotPruner | None, crit: Criterion, pat: Pattern, dist: Dis
     }
 
 
-def _collect(block: nn.Module, inputs: list[BlockInput], targets: list[Target], hessian: bool) -> StatsCollector:
-    """Run ``block`` on every captured batch with hooks on its targets."""
+def collect_stats(block: nn.Module, inputs: Sequence[BlockInput], targets: list[Target], hessian: bool,
+                  dp: DataParallel | None = None) -> dict[str, InputStats]:
+    """Run ``block`` on every captured batch with hooks on its targets; under data parallelism
+    the statistics are summed over the ranks' batches (:meth:`DataParallel.reduce`)."""
+    if dp is not None:
+        return dp.reduce(block, inputs, targets, hessian)
     collector = StatsCollector({t.module_name: t.module for t in targets}, hessian=hessian)
     with collector:
         for inp in inputs:
             collector.new_pass()
             block_forward(block, inp)
-    return collector
+    return collector.stats
 
 
 def _layer_plan(per_block: list[list[Target]], pat: Pattern, dist: Distribution, ovs: list[Override],
@@ -198,7 +216,7 @@ def _layer_plan(per_block: list[list[Target]], pat: Pattern, dist: Distribution,
 def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | None, crit: Criterion,
                      pat: Pattern, dist: Distribution, targets: list[str] | None, ignore: list[str],
                      ovs: list[Override], calib: Any, batch_size: int, skip_unfit: bool, step: int,
-                     progress: bool) -> SparsityReport:
+                     progress: bool, dp: DataParallel | None = None) -> SparsityReport:
     if pruner is not None:
         pat = pruner.check_pattern(pat)
     if isinstance(dist, OWL) and pat.fixed_sparsity:
@@ -213,10 +231,17 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
             f"{what}{' with distribution ' + repr(dist.registry_name) if dist.needs_activations else ''} "  # type: ignore[attr-defined]
             "needs calibration data: pass calib= (token ids or batches)"
         )
+    if dp is not None:
+        if any(t.layout.experts > 1 for ts in per_block for t in ts if t.name in plan):
+            raise SparsecraftError("data-parallel calibration does not sum per-expert statistics of fused experts "
+                                   "weights yet: prune this MoE model in one process (distributed=False)")
+        batches = dp.local(batches)
     t0 = time.perf_counter()
     info = _info(pruner, crit, pat, dist, sparsity)
+    if dp is not None:
+        info["data_parallel"] = dp.describe()
     if isinstance(dist, OWL):
-        ratios = owl_ratios(model, batches, per_block, dist.m, progress)
+        ratios = owl_ratios(model, batches, per_block, dist.m, progress, dp)
         block_s = owl_sparsities(ratios, sparsity, dist.lam)
         plan = {t.name: (plan[t.name][0], block_s[i] if plan[t.name][1] is None else plan[t.name][1])
                 for i, ts in enumerate(per_block) for t in ts if t.name in plan}
@@ -229,7 +254,7 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
         ts = [t for t in per_block[i] if t.name in plan]
         if not ts:
             return
-        stats = _collect(block, inputs, ts, needs_hessian).stats
+        stats = collect_stats(block, inputs, ts, needs_hessian, dp)
         for t in ts:
             p, s = plan[t.name]
             if t.layout.experts > 1 and (pruner is not None or crit.needs_activations):
@@ -237,7 +262,7 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
                 if missing:
                     no_tokens[t.name] = missing
                 continue
-            _prune_target(t, stats.get(t.module_name), p, float(s), pruner, crit, what, step)
+            prune_target(t, stats.get(t.module_name), p, float(s), pruner, crit, what, step)
 
     run_sequential(model, stack, batches, prune_block, _bar(f"{what} blocks", progress))
     info["wall_time_s"] = round(time.perf_counter() - t0, 3)
@@ -250,7 +275,7 @@ def _prune_blockwise(model: nn.Module, sparsity: float, pruner: OneShotPruner | 
 
 
 @torch.no_grad()
-def _prune_target(t: Target, stats: Any, pattern: Pattern, sparsity: float, pruner: OneShotPruner | None,
+def prune_target(t: Target, stats: Any, pattern: Pattern, sparsity: float, pruner: OneShotPruner | None,
                   crit: Criterion, label: str, step: int) -> None:
     layout = t.layout
     if pruner is not None:
@@ -328,7 +353,7 @@ def _wanda_rows(t: Target, norms: Any) -> torch.Tensor:
 
 
 def dense_input_norms(model: nn.Module, batches: list[Any], per_block: list[list[Target]],
-                      progress: bool = True) -> list[dict[str, torch.Tensor]]:
+                      progress: bool = True, dp: DataParallel | None = None) -> list[dict[str, torch.Tensor]]:
     """Per block, ``{target name: ||X_j||_2}`` of every target's input on the *dense* model (the
     statistics OWL's outlier ratios are computed from; the weights are not changed)."""
     stack = find_blocks(model)
@@ -336,7 +361,7 @@ def dense_input_norms(model: nn.Module, batches: list[Any], per_block: list[list
 
     def measure(i: int, block: nn.Module, inputs: list[BlockInput]) -> None:
         if per_block[i]:
-            stats = _collect(block, inputs, per_block[i], hessian=False).stats
+            stats = collect_stats(block, inputs, per_block[i], False, dp)
             norms[i] = {t.name: _input_norms(t, stats) for t in per_block[i]}
 
     run_sequential(model, stack, batches, measure, _bar("OWL input norms", progress))
@@ -353,6 +378,6 @@ def block_outlier_ratios(per_block: list[list[Target]], norms: list[dict[str, to
 
 
 def owl_ratios(model: nn.Module, batches: list[Any], per_block: list[list[Target]], m: float = 5.0,
-               progress: bool = True) -> list[float]:
+               progress: bool = True, dp: DataParallel | None = None) -> list[float]:
     """OWL's outlier ratio of every block, from the dense model's calibration activations."""
-    return block_outlier_ratios(per_block, dense_input_norms(model, batches, per_block, progress), m)
+    return block_outlier_ratios(per_block, dense_input_norms(model, batches, per_block, progress, dp), m)

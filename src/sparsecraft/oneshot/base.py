@@ -43,6 +43,25 @@ class OneShotPruner:
         raise NotImplementedError
 
 
+class StructuralPruner(OneShotPruner):
+    """A one-shot method that removes whole structures (the model gets smaller shapes) instead of
+    masking weights: :meth:`prune_model` works on the whole model; ``sparsecraft.prune`` returns the
+    report of the new shapes (:mod:`sparsecraft.oneshot.structural`)."""
+
+    structural = True
+    accepts_criterion = False  #: scores structures with a criterion (magnitude, wanda, taylor)
+    distributions: tuple[str, ...] = ("uniform",)
+    keeps_block_outputs = True  #: block outputs stay comparable with the dense model's (SquareHead recovery)
+
+    def prune_model(self, model, sparsity: float, *, criterion, distribution: str, targets, ignore, calib,
+                    loss_fn, batch_size: int, progress: bool) -> dict:  # noqa: ANN001
+        raise NotImplementedError
+
+    def prune(self, w, stats, pattern, sparsity):  # noqa: ANN001, ANN201
+        raise SparsecraftError(f"{self.registry_name} removes structures from a whole model; call "  # type: ignore[attr-defined]
+                               "sparsecraft.prune(model, ...)")
+
+
 def make_pruner(name: str, **kwargs) -> OneShotPruner:
     cls = ONESHOT.get(name)
     try:
@@ -51,4 +70,5 @@ def make_pruner(name: str, **kwargs) -> OneShotPruner:
         raise SparsecraftError(f"bad options for one-shot method {name!r}: {e}") from None
 
 
-__all__ = ["ONESHOT", "NM", "OneShotPruner", "PerRow", "Unstructured", "fast_lowest_k_mask", "make_pruner"]
+__all__ = ["ONESHOT", "NM", "OneShotPruner", "StructuralPruner", "PerRow", "Unstructured", "fast_lowest_k_mask",
+           "make_pruner"]
