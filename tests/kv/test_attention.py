@@ -3,6 +3,7 @@ and plain SDPA for every other cache."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sparsecraft.kv import SparseKVCache
@@ -10,9 +11,12 @@ from sparsecraft.kv.attention import ATTN_NAME, additive_mask, exact_attention
 from tests.kv.helpers import tiny_llama, topk_prune
 
 
-def test_exact_attention_equals_a_brute_force_loop():
+@pytest.mark.parametrize("chunk", [256, 3])  # 3: early chunks see only part of the keys (skipped)
+@pytest.mark.parametrize(("n_q", "c0"), [(9, 6), (23, 0)])  # decode-like forward, full prefill
+def test_exact_attention_equals_a_brute_force_loop(monkeypatch, chunk, n_q, c0):
+    monkeypatch.setattr("sparsecraft.kv.attention.QUERY_CHUNK", chunk)
     g = torch.Generator().manual_seed(0)
-    b, hq, hkv, d, total, n_q, window, c0 = 1, 4, 2, 16, 23, 9, 5, 6
+    b, hq, hkv, d, total, window = 1, 4, 2, 16, 23, 5
     c1 = total - window
     k, v = torch.randn(2, b, hkv, total, d, generator=g)
     kp, vp = topk_prune(k, 10), topk_prune(v, 10)

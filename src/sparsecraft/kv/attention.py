@@ -87,26 +87,32 @@ def exact_attention(query: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, kd:
     ``[0, c1)`` (``kp``/``vp``) and dense tokens ``[c0, T)`` (``kd``/``vd``), picking per (t, j) the
     version the rule prescribes. ``mask``: additive ``[B|1, 1, L, T]``. Returns ``[B, L, Hq, D]``."""
     b, hq, n_q, d = query.shape
-    hkv, c1, total = kd.shape[1], kp.shape[2], c0 + kd.shape[2]
+    hkv, c1_all, total = kd.shape[1], kp.shape[2], c0 + kd.shape[2]
     g = hq // hkv
     kp, vp, kd, vd = kp.float(), vp.float(), kd.float(), vd.float()
     outs = []
     for i0 in range(0, n_q, QUERY_CHUNK):
         i1 = min(n_q, i0 + QUERY_CHUNK)
         lc = i1 - i0
+        m = mask[:, :, i0:i1]
+        # keys after the chunk's last visible one carry no weight (causal prefill: about half): skip them
+        seen = (m > float("-inf")).flatten(0, 2).any(0).nonzero()
+        end = min(total, max(c0 + 1, int(seen[-1]) + 1 if seen.numel() else c0 + 1))
+        c1 = min(c1_all, end)
         q = query[:, :, i0:i1].float().reshape(b, hkv, g * lc, d)
         t = torch.arange(total - n_q + i0, total - n_q + i1, device=query.device)[:, None]
         j = torch.arange(c0, c1, device=query.device)[None, :]
         dense_mid = (t - j) < window  # [lc, c1 - c0]: middle tokens still dense for this query
-        sp = (q @ kp.transpose(-1, -2)).reshape(b, hkv, g, lc, c1)
-        sd = (q @ kd.transpose(-1, -2)).reshape(b, hkv, g, lc, total - c0)
+        sp = (q @ kp[:, :, :c1].transpose(-1, -2)).reshape(b, hkv, g, lc, c1)
+        sd = (q @ kd[:, :, : end - c0].transpose(-1, -2)).reshape(b, hkv, g, lc, end - c0)
         s = torch.cat([sp[..., :c0], torch.where(dense_mid, sd[..., : c1 - c0], sp[..., c0:c1]),
                        sd[..., c1 - c0 :]], dim=-1)
-        s = s * scale + mask[:, :, i0:i1].unsqueeze(2)
+        s = s * scale + m[..., :end].unsqueeze(2)
         a = torch.softmax(s, dim=-1).nan_to_num(0.0)  # fully masked (padding) rows -> 0
         a_p = torch.cat([a[..., :c0], a[..., c0:c1] * ~dense_mid], dim=-1)
         a_d = torch.cat([a[..., c0:c1] * dense_mid, a[..., c1:]], dim=-1)
-        o = a_p.reshape(b, hkv, g * lc, c1) @ vp + a_d.reshape(b, hkv, g * lc, total - c0) @ vd
+        o = (a_p.reshape(b, hkv, g * lc, c1) @ vp[:, :, :c1]
+             + a_d.reshape(b, hkv, g * lc, end - c0) @ vd[:, :, : end - c0])
         outs.append(o.reshape(b, hq, lc, d))
     return torch.cat(outs, dim=2).transpose(1, 2).to(query.dtype).contiguous()
 
