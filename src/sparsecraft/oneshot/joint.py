@@ -28,7 +28,7 @@ from sparsecraft.errors import SparsecraftError
 from sparsecraft.oneshot.base import fast_lowest_k_mask
 from sparsecraft.oneshot.quantizer import ColumnQuantizer
 from sparsecraft.oneshot.sparsegpt import sparsegpt_prune
-from sparsecraft.patterns import NM, Block, Pattern, count_to_prune
+from sparsecraft.patterns import NM, Block, Pattern, Unstructured, count_to_prune
 
 
 def _unit(pattern: Pattern, group: int | None) -> int:
@@ -43,41 +43,21 @@ def _unit(pattern: Pattern, group: int | None) -> int:
 @torch.no_grad()
 def group_sweep(w: torch.Tensor, Hinv: torch.Tensor, dead: torch.Tensor, g: int, sparsity: float,
                 blocksize: int, quantizer: ColumnQuantizer | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group-sparse OBS sweep (module docstring); returns (new W, keep mask)."""
-    W = w.detach().to(torch.float32).clone()
-    W[:, dead] = 0
-    rows, cols = W.shape
+    """Group-sparse OBS sweep (module docstring): SparseGPT's sweep with the mask of each column
+    block chosen per group of ``g`` inputs; returns (new W, keep mask)."""
+    cols = w.shape[1]
     if cols % g or blocksize % g:
         raise SparsecraftError(
             f"group sparsity of {g} needs inputs ({cols}) and block size ({blocksize}) divisible by {g}"
         )
-    pruned = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        d = torch.diagonal(Hinv1)
+
+    def group_mask(W1: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        rows, count = W1.shape
         score = (W1.pow(2) / d.pow(2).reshape(1, -1)).reshape(rows, count // g, g).sum(-1)
         keep_groups = fast_lowest_k_mask(score, count_to_prune(sparsity, score.numel()))
-        mask1 = (~keep_groups).repeat_interleave(g, dim=1)
-        for i in range(count):
-            w_col = W1[:, i]
-            q = w_col.masked_fill(mask1[:, i], 0.0)
-            if quantizer is not None:
-                q = quantizer(i1 + i, W1, i, q, mask1)
-            Q1[:, i] = q
-            err = (w_col - q) / d[i]
-            W1[:, i:].sub_(torch.outer(err, Hinv1[i, i:]))
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        pruned[:, i1:i2] = mask1
-        if i2 < cols:
-            W[:, i2:].sub_(Err1 @ Hinv[i1:i2, i2:])
-    W.masked_fill_(pruned, 0.0)
-    return W, ~pruned
+        return (~keep_groups).repeat_interleave(g, dim=1)
+
+    return sparsegpt_prune(w, Hinv, dead, Unstructured(), sparsity, blocksize, quantizer, block_mask=group_mask)
 
 
 def joint_sweep(w: torch.Tensor, Hinv: torch.Tensor, dead: torch.Tensor, pattern: Pattern, sparsity: float,

@@ -62,19 +62,22 @@ def sparsegpt_prune(
     sparsity: float,
     blocksize: int = 128,
     quantizer: Callable[..., torch.Tensor] | None = None,
+    block_mask: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune and reconstruct the (out, in) matrix ``w``; returns (new W, keep mask).
     ``quantizer(j, block, k, q, pruned)``, if given, quantizes each column after pruning (the
-    joint mode, :mod:`sparsecraft.oneshot.quantizer`)."""
+    joint mode, :mod:`sparsecraft.oneshot.quantizer`). ``block_mask(W1, d)``, if given, chooses
+    the pruned positions of each column block from its current weights and ``d = diag([H^-1])``
+    instead of the pattern's rule (GQSA's groups, :func:`sparsecraft.oneshot.joint.group_sweep`)."""
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        return _prune(w, Hinv, dead, pattern, sparsity, blocksize, quantizer)
+        return _prune(w, Hinv, dead, pattern, sparsity, blocksize, quantizer, block_mask)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
 
-def _prune(w, Hinv, dead, pattern, sparsity, blocksize, quantizer=None):
+def _prune(w, Hinv, dead, pattern, sparsity, blocksize, quantizer=None, block_mask=None):
     W = w.detach().to(torch.float32).clone()
     W[:, dead] = 0
     rows, cols = W.shape
@@ -92,7 +95,9 @@ def _prune(w, Hinv, dead, pattern, sparsity, blocksize, quantizer=None):
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diagonal(Hinv1)
-        if nm is None:
+        if block_mask is not None:
+            mask1 = block_mask(W1, d)
+        elif nm is None:
             score = W1.pow(2) / d.pow(2).reshape(1, -1)
             mask1 = ~fast_lowest_k_mask(score, count_to_prune(sparsity, score.numel()))
         else:
