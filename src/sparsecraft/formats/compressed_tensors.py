@@ -40,6 +40,7 @@ from torch import nn
 from sparsecraft import atomic
 from sparsecraft.errors import CheckpointError, SparsecraftError
 from sparsecraft.formats import ct_codec
+from sparsecraft.formats.hf import save_config_files
 
 SPARSITY_FORMATS = ("dense", "sparse-bitmask", "sparse-24-bitmask")
 WRITE_FORMATS = ("compressed-tensors", "sparse-bitmask", "sparse-24-bitmask")  # the first = choose per model
@@ -295,15 +296,7 @@ def save_compressed_tensors(
                        "ignore": dense_linear, "registry_requires_subclass": False}
     directory = Path(directory)
     with atomic.directory(directory) as tmp:
-        model.config.save_pretrained(str(tmp))
-        gen = getattr(model, "generation_config", None)
-        if gen is not None:
-            try:
-                gen.save_pretrained(str(tmp))
-            except Exception:  # a model without a usable generation config
-                pass
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
+        save_config_files(model, tmp, tokenizer)
         config = json.loads((tmp / "config.json").read_text())
         config.pop("compression_config", None)
         config["quantization_config"] = {"quant_method": "compressed-tensors", "version": LAYOUT_VERSION,

@@ -210,6 +210,20 @@ def decompress_dir(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, 
     return out
 
 
+def save_config_files(model: nn.Module, directory: Path, tokenizer: Any = None) -> None:
+    """Write a transformers model's config.json, generation config (when it has a usable one) and
+    the tokenizer's files into ``directory`` (the side files of every Hugging Face folder we write)."""
+    model.config.save_pretrained(str(directory))
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        try:
+            gen.save_pretrained(str(directory))
+        except Exception:  # a model without a usable generation config
+            pass
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+
+
 def save_pretrained_sparse(
     model: nn.Module, directory: str | os.PathLike, tokenizer: Any = None, format: str = "auto"
 ) -> Path:
@@ -226,15 +240,7 @@ def save_pretrained_sparse(
     directory = Path(directory)
     metas = {f"{mp.name}{MASK_SUFFIX}": mp.meta.to_dict() for mp in masked_params(model)}
     with atomic.directory(directory, keep_others=True) as tmp:
-        model.config.save_pretrained(str(tmp))
-        gen = getattr(model, "generation_config", None)
-        if gen is not None:
-            try:
-                gen.save_pretrained(str(tmp))
-            except Exception:  # a model without a usable generation config
-                pass
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
+        save_config_files(model, tmp, tokenizer)
         save_state(model.state_dict(), tmp / SPARSE_WEIGHTS, format=format,
                    layouts=model_layouts(model), masks=metas, source_metadata={"format": "pt"}, sidecar=True)
     return directory
