@@ -16,7 +16,7 @@ model's, and "PPL-p%" becomes "similarity within p%".
 SmolLM2, converted with ``sparsecraft.convert(backend="auto", batch=1)`` (``act-sparse`` where
 measured faster) and forced ``act-sparse``; greedy decode tokens/s vs dense, same tokens as the
 thresholded model. Each part rewrites its section of docs/results/activations.md and its raw
-numbers in docs/results/activations.json.
+numbers in docs/results/activations.json; an interrupted quality run resumes at its last finished stage.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 import torch
-from _env import header, load, load_line, write_atomic
+from _activations_md import pct, quality_md, section_header
+from _env import load, load_line, write_atomic
 
 from sparsecraft.activations import (
     ActivationMeter,
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "activations.md"
 RAW = OUT.with_suffix(".json")
 PLOT = OUT.with_suffix(".png")
+PARTIAL = ROOT / "runs" / "bench_activations" / "partial.json"
 PROMPT = "To be, or not to be, that is the question:"
 CURVE_C = [j / 64 for j in (1, 2, 4, 6, 8, 12, 16, 24, 32)]
 
@@ -68,16 +70,6 @@ def save_raw(part: str, data: dict) -> None:
     raw = json.loads(RAW.read_text()) if RAW.is_file() else {}
     raw[part] = data
     write_atomic(RAW, json.dumps(raw, indent=1))
-
-
-def pct(x: float) -> str:
-    return f"{x:.2%}"
-
-
-def section_header(title: str, threads: int, note: str = "") -> list[str]:
-    """The shared header one level down: the file has one title, each part a section."""
-    lines = header(title, "bench_activations.py", threads, note)
-    return ["#" + lines[0], *lines[1:]]
 
 
 # ----------------------------------------------------------------------------- scores
@@ -134,44 +126,65 @@ def curve(model, tables, score, cache: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- quality
+def resume(args) -> dict:
+    """The stages an interrupted quality run with the same settings finished (saved after every stage)."""
+    keep = {k: v for k, v in vars(args).items() if k not in ("threads", "note", "part")}
+    done = json.loads(PARTIAL.read_text()) if PARTIAL.is_file() else {}
+    return done if done.get("args") == keep else {"args": keep}
+
+
+def checkpoint(res: dict) -> None:
+    PARTIAL.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(PARTIAL, json.dumps(res))
+
+
 def quality(args) -> None:
     load0, t0 = load(), time.time()
-    res: dict = {}
+    res = resume(args)
     lm = load_model("smollm2-135m")
     sm, tok = lm.model, lm.tokenizer
     proto = build_protocol(tok, "shakespeare", n_calib=args.n_calib, n_eval=args.n_eval, seq_len=512)
-    print("SmolLM2 natural", flush=True)
-    res["smollm2_natural"], ppl_dense = natural(sm, proto.eval, True, args.batch_size)
-    res["smollm2_ppl_dense"] = ppl_dense
-    tables = cett_tables(sm, proto.calib, batch_size=args.batch_size, progress=True)
     score = lambda m: perplexity(m, proto.eval, args.batch_size, progress=False)  # noqa: E731
-    cache: dict = {}
-    res["smollm2_pplp"] = search_rows(sm, tables, score, ppl_dense, [0.01, 0.05], True, args.steps, cache)
-    res["smollm2_curve"] = curve(sm, tables, score, cache)
-    print("SmolLM2 top-k", flush=True)
-    hidden = find_sites(sm)[0].hidden
-    res["topk"] = []
-    for k in args.ks:
-        row = {"k": k, "sparsity": 1 - k / hidden}
-        for by in (["magnitude", "value"] if k in args.value_ks else ["magnitude"]):
-            apply_transform(sm, "topk", k=k, by=by)
-            row[by] = score(sm)
-        unwrap(sm)
-        res["topk"].append(row)
-        print(f"  {row}", flush=True)
-    res["recovery"] = recovery(sm, proto, score, args)
+    if "smollm2_natural" not in res:
+        print("SmolLM2 natural", flush=True)
+        res["smollm2_natural"], res["smollm2_ppl_dense"] = natural(sm, proto.eval, True, args.batch_size)
+        checkpoint(res)
+    if "smollm2_curve" not in res:
+        tables = cett_tables(sm, proto.calib, batch_size=args.batch_size, progress=True)
+        cache: dict = {}
+        res["smollm2_pplp"] = search_rows(sm, tables, score, res["smollm2_ppl_dense"], [0.01, 0.05], True,
+                                          args.steps, cache)
+        res["smollm2_curve"] = curve(sm, tables, score, cache)
+        checkpoint(res)
+    if "topk" not in res:
+        print("SmolLM2 top-k", flush=True)
+        hidden = find_sites(sm)[0].hidden
+        res["topk"] = []
+        for k in args.ks:
+            row = {"k": k, "sparsity": 1 - k / hidden}
+            for by in (["magnitude", "value"] if k in args.value_ks else ["magnitude"]):
+                apply_transform(sm, "topk", k=k, by=by)
+                row[by] = score(sm)
+            unwrap(sm)
+            res["topk"].append(row)
+            print(f"  {row}", flush=True)
+        checkpoint(res)
+    if "recovery" not in res:
+        res["recovery"] = recovery(sm, proto, score, args)
+        checkpoint(res)
     del sm
-    print("MiniLM", flush=True)
-    mini = load_model("all-minilm-l6-v2")
-    mp = build_protocol(mini.tokenizer, "shakespeare", n_calib=args.minilm_windows, n_eval=args.minilm_windows,
-                        seq_len=128)
-    res["minilm_natural"], _ = natural(mini.model, mp.eval, False, 8)
-    dense_emb = embeddings(mini.model, mp.eval)
-    mscore = minilm_score(dense_emb, mp.eval)
-    mtables = cett_tables(mini.model, mp.calib, batch_size=8)
-    mcache: dict = {}
-    res["minilm_pplp"] = search_rows(mini.model, mtables, mscore, 0.0, [0.01, 0.05], False, args.steps, mcache)
-    res["minilm_curve"] = curve(mini.model, mtables, mscore, mcache)
+    if "minilm_curve" not in res:
+        print("MiniLM", flush=True)
+        mini = load_model("all-minilm-l6-v2")
+        mp = build_protocol(mini.tokenizer, "shakespeare", n_calib=args.minilm_windows, n_eval=args.minilm_windows,
+                            seq_len=128)
+        res["minilm_natural"], _ = natural(mini.model, mp.eval, False, 8)
+        mscore = minilm_score(embeddings(mini.model, mp.eval), mp.eval)
+        mtables = cett_tables(mini.model, mp.calib, batch_size=8)
+        mcache: dict = {}
+        res["minilm_pplp"] = search_rows(mini.model, mtables, mscore, 0.0, [0.01, 0.05], False, args.steps, mcache)
+        res["minilm_curve"] = curve(mini.model, mtables, mscore, mcache)
+    res.pop("args")
     res["setup"] = {"n_calib": args.n_calib, "n_eval": args.n_eval, "steps": args.steps,
                     "minilm_windows": args.minilm_windows, "recover_steps": args.recover_steps,
                     "recover_seq_len": args.recover_seq_len,
@@ -179,6 +192,7 @@ def quality(args) -> None:
     save_raw("quality", res)
     plot(res)
     write_section("quality", quality_md(res, load0))
+    PARTIAL.unlink(missing_ok=True)
 
 
 def recovery(model, proto, score, args) -> list[dict]:
@@ -233,64 +247,6 @@ def plot(res: dict) -> None:
           title="all-MiniLM-L6-v2 (CETT thresholds)")
     fig.tight_layout()
     save_figure(fig, PLOT, dpi=110)
-
-
-def quality_md(r: dict, load0: float) -> str:
-    s = r["setup"]
-    lines = [*section_header("Quality: natural sparsity, PPL-p%, top-k, recovery", torch.get_num_threads()),
-             f"SmolLM2-135M: {s['n_calib']} calibration and {s['n_eval']} evaluation windows of 512 Shakespeare tokens "
-             f"(dense perplexity {r['smollm2_ppl_dense']:.3f}); MiniLM: {s['minilm_windows']} + {s['minilm_windows']} "
-             f"windows of 128 tokens. Bisection: {s['steps']} steps on c in [0, 1]. Wall time {s['wall_s']} s. "
-             + load_line(load0, load()), "",
-             "### Natural sparsity of the MLP hidden activation (evaluation windows)", "",
-             "| layer | SmolLM2 zeros | abs(a) <= 1e-3 | <= 1e-2 | token median <= 1e-2 | MiniLM zeros | <= 1e-3 "
-             "| <= 1e-2 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for i, a in enumerate(r["smollm2_natural"]):
-        b = r["minilm_natural"][i] if i < len(r["minilm_natural"]) else None
-        mb = f"{pct(b['zeros'])} | {pct(b['eps1e-3'])} | {pct(b['eps1e-2'])}" if b else "| |"
-        lines.append(f"| {i} | {pct(a['zeros'])} | {pct(a['eps1e-3'])} | {pct(a['eps1e-2'])} | "
-                     f"{pct(a['token_p50_1e-2'])} | {mb} |")
-    lines += ["", "### PPL-p% (CETT thresholds from the dense model on the calibration windows)", "",
-              "MiniLM has no perplexity: its target is a cosine similarity of the window embeddings to the dense "
-              "model's of at least 1 - p (score = 1 - cos).", "",
-              "| model | target | CETT c | bracket [c_lo, c_hi] | score at c_lo | score at c_hi | sparsity (eval) |",
-              "|---|---|---|---|---|---|---|"]
-    for model, rows, what in (("SmolLM2-135M", r["smollm2_pplp"], "ppl"), ("MiniLM", r["minilm_pplp"], "1-cos")):
-        for x in rows:
-            b = x["bracket"]
-            hi = f"{b['score_hi']:.4f}" if b["score_hi"] is not None else "(c=1: all zeroed)"
-            tgt = f"PPL-{x['p']:.0%} (ppl <= {x['limit']:.3f})" if what == "ppl" else f"cos >= {1 - x['limit']:.2f}"
-            lines.append(f"| {model} | {tgt} | {x['cett']:.5f} | [{b['c_lo']:.5f}, {b['c_hi']:.5f}] | "
-                         f"{x['score']:.4f} | {hi} | {pct(x['sparsity'])} |")
-    lines += ["", "Per layer at SmolLM2 PPL-1% / PPL-5%: threshold t_l and sparsity on the evaluation windows.", "",
-              "| layer | t (PPL-1%) | sparsity | t (PPL-5%) | sparsity |", "|---|---|---|---|---|"]
-    one, five = r["smollm2_pplp"]
-    for i in range(len(one["thresholds"])):
-        lines.append(f"| {i} | {one['thresholds'][i]:.4g} | {pct(one['layer_sparsity'][i])} | "
-                     f"{five['thresholds'][i]:.4g} | {pct(five['layer_sparsity'][i])} |")
-    lines += ["", "### Sparsity vs perplexity", "", "![curve](activations.png)", "",
-              "| model | CETT c | sparsity | score |", "|---|---|---|---|"]
-    for model, pts, what in (("SmolLM2", r["smollm2_curve"], "perplexity"), ("MiniLM", r["minilm_curve"], "cos")):
-        for a in pts:
-            value = a["score"] if what == "perplexity" else 1 - a["score"]
-            lines.append(f"| {model} | {a['c']:.5f} | {pct(a['sparsity'])} | {what} {value:.4f} |")
-    lines += ["", "### SmolLM2 perplexity vs top-k (k of 1536 kept per token)", "",
-              "| k | sparsity | ppl (by magnitude) | ppl (by value) |", "|---|---|---|---|"]
-    for x in r["topk"]:
-        lines.append(f"| {x['k']} | {pct(x['sparsity'])} | {x['magnitude']:.3f} | "
-                     f"{x['value']:.3f} |" if "value" in x else
-                     f"| {x['k']} | {pct(x['sparsity'])} | {x['magnitude']:.3f} | - |")
-    lines += ["", f"Recovery: SquareHead distillation from the dense model (sparsecraft.oneshot.recovery.recover), "
-              f"{s['recover_steps']} steps, lr {s['recover_lr']}, batch 1, the calibration windows cut to "
-              f"{s['recover_seq_len']} tokens; the student trains through its rule. Sparsity: exact zeros of the MLP "
-              "hidden activation on the evaluation windows.", "",
-              "| transform | ppl before | ppl after recovery | sparsity | loss first -> last | time |",
-              "|---|---|---|---|---|---|"]
-    for x in r["recovery"]:
-        lines.append(f"| {x['what']} | {x['ppl_before']:.3f} | {x['ppl_after']:.3f} | {pct(x['sparsity_after'])} | "
-                     f"{x['first_loss']:.4f} -> {x['last_loss']:.4f} | {x['wall_time_s']:.0f} s |")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- decode
