@@ -102,22 +102,19 @@ def run_expert_pruning(args: argparse.Namespace, results: Path, title: str, runs
                        ) -> None:
     import sparsecraft
     from sparsecraft.data.text import calibration_windows
-    from sparsecraft.jobs.lm_train import LMDataConfig, load_tokens
     from sparsecraft.moe import load_lm
     from sparsecraft.moe.expert_pruning import RouterStats, prune_experts, router_statistics
-    from sparsecraft.training.lm_loop import evaluate_lm
+    from sparsecraft.training.causal_lm import evaluate_lm, split_tokens, text_tokens
 
     name = f"top-2, 8 experts x {args.d_ff // 2} (total x4)"
     seed0 = [r for r in runs.get(name, []) if r["seed"] == 0]
     if not seed0:
         raise SystemExit(f"expert-pruning needs the part dense-vs-moe run {name!r} (seed 0) first")
     path = Path(seed0[0]["run_dir"]) / "model.safetensors"
-    tokens, _, _ = load_tokens(LMDataConfig(tokenizer=args.tokenizer))
-    cut = int(tokens.numel() * 0.9)
-    val_pool = tokens[cut:]
-    n = min(args.eval_windows, val_pool.numel() // args.seq_len)
-    val = val_pool[: n * args.seq_len].reshape(n, args.seq_len)
-    calib = calibration_windows(tokens[:cut], 32, args.seq_len, seed=0)
+    tokens, _, _ = text_tokens("shakespeare", args.tokenizer)
+    train, val = split_tokens(tokens, 0.1, args.seq_len, args.eval_windows)  # as lm-train splits it
+    n = len(val)
+    calib = calibration_windows(train, 32, args.seq_len, seed=0)
     base = load_lm(path).eval()
     stats = router_statistics(base, calib)
     dense_loss = evaluate_lm(base, val)

@@ -5,12 +5,14 @@
 
 Every variant (``--gates``: none = dense, headwise, elementwise) and seed trains the same
 ``sparsecraft.attention.gated.small_llama`` config (same base init per seed: the gate weights are
-added on top) on the same batches (``sparsecraft.training.lm.train_lm``: AdamW, warmup + cosine,
-the batch stream depends on the seed only) for the same number of steps. Reported per variant
-(mean +- std over seeds): final validation loss on the first ``eval_windows`` windows of the held-out
-10%, the largest |activation| of the residual stream (outputs of every block, validation batch),
-the attention-sink mass (mean attention probability on the first token, over layers, heads and
-query positions 1..L-1; eager attention) and the mean gate value. Writes the "gated-attention"
+added on top) on the same batches for the same number of steps, on the library's one training loop
+as the ``lm-train`` job runs it (``sparsecraft.training.causal_lm.train_lm``: AdamW, warmup + cosine,
+gradient clipping; the batches are pure functions of (seed, step)). Reported per variant (mean +- std
+over seeds): final validation loss on the first ``eval_windows`` non-overlapping ``seq_len`` windows of
+the held-out 10% (``split_tokens``, as ``lm-train`` splits a text), the largest |activation| of the
+residual stream (outputs of every block, validation batch), the attention-sink mass (mean attention
+probability on the first token, over layers, heads and query positions 1..L-1; eager attention) and
+the mean gate value. ``--steps 5 --seeds 0 --no-write`` is a quick check that it runs. Writes the "gated-attention"
 section of docs/results/attention.md (with ``--device cuda``: of docs/results/attention_cuda.md).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -27,19 +30,20 @@ from _sections import write_section
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {
     "small": dict(model=dict(hidden_size=64, layers=4, heads=4, intermediate_size=256),
-                  train=dict(steps=300, batch_size=16, seq_len=64, lr=3e-3, warmup=30, eval_every=100,
-                             eval_windows=64)),
+                  train=dict(steps=300, batch_size=16, seq_len=64, lr=3e-3, warmup_steps=30), eval_every=100,
+                  eval_windows=64),
     "large": dict(model=dict(hidden_size=512, layers=8, heads=8, intermediate_size=1536),
-                  train=dict(steps=5000, batch_size=32, seq_len=512, lr=1e-3, warmup=250, eval_every=500,
-                             eval_windows=256)),
+                  train=dict(steps=5000, batch_size=32, seq_len=512, lr=1e-3, warmup_steps=250), eval_every=500,
+                  eval_windows=256),
 }
 
 
 @torch.no_grad()
-def probe(model, val: torch.Tensor, seq_len: int, n: int = 8) -> dict[str, float]:
-    """Max |residual activation|, attention mass on token 0 and the mean gate on ``n`` windows."""
+def probe(model, val: torch.Tensor, n: int = 8) -> dict[str, float]:
+    """Max |residual activation|, attention mass on token 0 and the mean gate on the first ``n``
+    validation windows (rows of ``val``)."""
     device = next(model.parameters()).device
-    wins = torch.stack([val[i * seq_len : (i + 1) * seq_len] for i in range(n)]).to(device)
+    wins = val[:n].to(device)
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     peaks: list[float] = []
@@ -71,21 +75,33 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from sparsecraft.attention.gated import small_llama
-    from sparsecraft.training.lm import LMTrainConfig, text_tokens, train_lm
+    from sparsecraft.training.causal_lm import (
+        LMTrainSettings,
+        evaluate_lm,
+        make_lm_optimizer,
+        split_tokens,
+        text_tokens,
+        train_lm,
+    )
 
     size = SIZES[args.size]
-    train_kw = dict(size["train"], device=args.device)
+    train_kw = dict(size["train"])
     if args.steps:
         train_kw["steps"] = args.steps
-    train, val, vocab = text_tokens("shakespeare")
+    tokens, vocab, _ = text_tokens("shakespeare", "byte")
+    train, val = split_tokens(tokens, 0.1, train_kw["seq_len"], size["eval_windows"])
     load0 = load()
     results: dict[str, list[dict[str, float]]] = {}
     for gate in args.gates.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             model = small_llama(vocab, gate=None if gate == "none" else gate, seed=seed, max_positions=1024,
-                                **size["model"])
-            res = train_lm(model, train, val, LMTrainConfig(seed=seed, **train_kw))
-            row = {"val_loss": res.final_val_loss, "seconds": res.seconds, **probe(model, val, train_kw["seq_len"])}
+                                **size["model"]).to(args.device)
+            s = LMTrainSettings(seed=seed, **train_kw)
+            t0 = time.perf_counter()
+            run = train_lm(model, make_lm_optimizer(model, s), train, s, eval_every=size["eval_every"],
+                           evaluate=lambda step, m=model: {"val_loss": evaluate_lm(m, val)})
+            row = {"val_loss": run.curves[-1]["val_loss"], "seconds": time.perf_counter() - t0,
+                   **probe(model.eval(), val)}
             results.setdefault(gate, []).append(row)
             print(gate, seed, {k: round(v, 4) for k, v in row.items()}, flush=True)
     params = {g: sum(p.numel() for p in small_llama(vocab, gate=None if g == "none" else g,
@@ -109,8 +125,9 @@ def main() -> None:
         f"Model: `small_llama` {size['model']} (byte vocabulary 256, tied embeddings), trained from scratch on "
         f"the Shakespeare plays (UTF-8 bytes, first 90%) for {tk['steps']} AdamW steps of {tk['batch_size']} x "
         f"{tk['seq_len']} tokens ({tk['steps'] * tk['batch_size'] * tk['seq_len']:,} tokens; lr {tk['lr']}, "
-        f"warmup {tk['warmup']}, cosine to 10%, wd 0.1, clip 1.0), seeds {args.seeds} (same batches and base "
-        "init per seed for every variant). Validation: the last 10% of the bytes. Gates: sigmoid(x W_g) on the "
+        f"warmup {tk['warmup_steps']}, cosine to 10%, wd 0.1, clip 1.0; the `lm-train` loop), seeds {args.seeds} "
+        f"(same batches and base init per seed for every variant). Validation: the first {len(val)} windows of "
+        f"{tk['seq_len']} bytes of the last 10%. Gates: sigmoid(x W_g) on the "
         "SDPA output, x = the block's RMSNorm output; headwise = one gate per head, elementwise = one per channel.",
         "",
         "| attention | parameters | validation loss (nats/byte) | max residual activation | "

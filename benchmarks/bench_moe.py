@@ -99,7 +99,7 @@ def grid(args: argparse.Namespace, part: str) -> list[tuple[str, dict[str, Any]]
 
 def _flops(args: argparse.Namespace, d_ff: int, **model: Any) -> float:
     from sparsecraft.moe import SparseLM, SparseLMConfig
-    from sparsecraft.training.lm_loop import count_parameters
+    from sparsecraft.training.causal_lm import count_parameters
 
     cfg = SparseLMConfig(vocab_size=256, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                          d_ff=d_ff, max_seq_len=args.seq_len, **model)

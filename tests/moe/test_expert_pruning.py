@@ -90,7 +90,7 @@ def test_hf_pruned_model_equals_the_masked_model_and_reloads(arch, tmp_path):
 
 def test_trained_sparse_lm_expert_pruning_equals_masking_round_trips_and_reports_the_loss(tmp_path):
     from sparsecraft.jobs.recipe import run_recipe
-    from sparsecraft.training.lm_loop import evaluate_lm
+    from sparsecraft.training.causal_lm import evaluate_lm
 
     text = tmp_path / "t.txt"
     text.write_text("".join(f"the quick brown fox {i % 17} jumps over the lazy dog.\n" for i in range(300)))

@@ -30,7 +30,7 @@ def window_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     if getattr(getattr(model, "config", None), "use_cache", None) is not None:
         kw["use_cache"] = False
     out = model(**kw)
-    logits = out.logits if hasattr(out, "logits") else out[0]
+    logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)
     shift = logits[:, :-1, :].float()
     labels = ids[:, 1:]
     nll = F.cross_entropy(shift.reshape(-1, shift.shape[-1]), labels.reshape(-1), reduction="none")

@@ -18,21 +18,20 @@ resume, plots.
 Data: the source's text (files sorted by name, joined by a blank line), tokenized once without
 special tokens; the first ``1 - val_fraction`` of the tokens train, the rest validates (the first
 ``eval.windows`` non-overlapping ``seq_len`` windows). ``vocab_size`` comes from the tokenizer.
-Training batches and learning rates are pure functions of (seed, step)
-(:mod:`sparsecraft.training.lm_loop`), so ``--resume`` continues bit for bit from the last
-checkpoint (model with router biases, AdamW state); only progress/threads/checkpoint/stop_after/
-output may differ on resume.
+Training runs on the library's one loop (:func:`sparsecraft.training.causal_lm.train_lm` ->
+:func:`sparsecraft.training.loop.train_steps`): batches and learning rates are pure functions of
+(seed, step), so ``--resume`` continues bit for bit from the last checkpoint (model with router
+biases, AdamW state); only progress/threads/checkpoint/stop_after/output may differ on resume.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import Field, field_validator, model_validator
-from tqdm.auto import tqdm
 
 from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
@@ -41,25 +40,19 @@ from sparsecraft.jobs.train import SEED, check_resume_settings
 from sparsecraft.moe.model import SparseLM, SparseLMConfig, save_lm
 from sparsecraft.moe.schedule import TopKSchedule, apply_top_k
 from sparsecraft.moe.stats import expert_load, moe_layers, reset_expert_load
-from sparsecraft.training.lm_loop import (
+from sparsecraft.training.causal_lm import (
+    BYTE,
     LMTrainSettings,
     count_parameters,
     evaluate_lm,
-    lm_batch,
-    lm_lr,
     make_lm_optimizer,
     router_losses,
-    train_step,
+    split_tokens,
+    text_tokens,
+    train_lm,
 )
-from sparsecraft.training.state import (
-    STATE_FILE,
-    flatten_settings,
-    load_training_state,
-    read_training_state,
-    save_training_state,
-)
-
-BYTE = "byte"
+from sparsecraft.training.loop import StepRun, resume_steps
+from sparsecraft.training.state import STATE_FILE, flatten_settings, read_training_state
 
 
 class LMDataConfig(Strict):
@@ -142,22 +135,6 @@ def check_schedule(spec: Any, cfg: SparseLMConfig, steps: int) -> TopKSchedule:
     return TopKSchedule(spec, n_moe, int(cfg.moe["n_experts"]), steps, int(cfg.moe.get("top_k", 1)))
 
 
-def load_tokens(data: LMDataConfig) -> tuple[torch.Tensor, int, Any]:
-    """(token ids of the whole text, vocabulary size, tokenizer or None for bytes)."""
-    from sparsecraft.data.text import load_text, tokenize
-
-    text = load_text(data.source)
-    if data.tokenizer == BYTE:
-        return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long(), 256, None
-    from sparsecraft.models.sources import require_transformers, resolve_model_dir
-
-    require_transformers()
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(resolve_model_dir(data.tokenizer)))
-    return tokenize(text, tok), len(tok), tok
-
-
 #: keys that may change on --resume (how a run is run or reported, not what it computes)
 RESUME_MAY_CHANGE = ("progress", "threads", "checkpoint", "stop_after", "output", "resume")
 
@@ -189,13 +166,8 @@ class LMTrainJob(Job):
         if config.threads:
             torch.set_num_threads(config.threads)
         self.preflight(config, run_dir)
-        tokens, vocab, tok = load_tokens(config.data)
-        cut = int(tokens.numel() * (1 - config.data.val_fraction))
-        train_tokens, val_tokens = tokens[:cut], tokens[cut:]
-        n_val = min(config.eval.windows, val_tokens.numel() // config.seq_len)
-        if n_val < 1:
-            raise SparsecraftError(f"the validation part has {val_tokens.numel()} tokens, less than one window")
-        val = val_tokens[: n_val * config.seq_len].reshape(n_val, config.seq_len)
+        tokens, vocab, tok = text_tokens(config.data.source, config.data.tokenizer)
+        train_tokens, val = split_tokens(tokens, config.data.val_fraction, config.seq_len, config.eval.windows)
         cfg = model_config(config, vocab)
         compression = None
         if cfg.engram is not None:
@@ -210,75 +182,49 @@ class LMTrainJob(Job):
         opt = make_lm_optimizer(model, s)
         sched = check_schedule(config.top_k_schedule, cfg, s.steps) if config.top_k_schedule is not None else None
         ckpt, settings = run_dir / "checkpoint", run_settings(config)
-        step, curves, acc = 0, [], {"loss": 0.0, "n": 0, "train_s": 0.0, "tokens": 0}
+        run = StepRun()
         if config.resume:
-            extra = load_training_state(ckpt, model, opt, None)
+            run, extra = resume_steps(ckpt, model, opt)
             check_resume_settings(extra.get("settings"), settings, ckpt)
-            step, curves, acc = int(extra["step"]), list(extra["curves"]), dict(extra["acc"])
-        start = step
-        bar = tqdm(total=s.steps, initial=step, desc="lm-train", disable=not config.progress, leave=False)
-        try:
-            while step < s.steps:
-                ks = apply_top_k(model, sched, step) if sched is not None else None
-                x, y = lm_batch(train_tokens, step, s)
-                t0 = time.perf_counter()
-                logs = train_step(model, opt, x.to(config.device), y.to(config.device), lm_lr(step, s), s.grad_clip)
-                if config.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                acc["train_s"] += time.perf_counter() - t0
-                acc["loss"] += logs["loss"]
-                acc["n"] += 1
-                acc["tokens"] += x.numel()
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.3f}")
-                last = step == s.steps
-                if last or (config.eval.every and step % config.eval.every == 0):
-                    curves.append(self._evaluate(model, val, config, step, s, acc, ks, router_losses(model)))
-                    acc["loss"], acc["n"] = 0.0, 0
-                stop = config.stop_after is not None and step >= start + config.stop_after and not last
-                if last or stop or (config.checkpoint.every and step % config.checkpoint.every == 0):
-                    save_training_state(ckpt, model, opt, None,
-                                        {"step": step, "curves": curves, "acc": acc, "settings": settings})
-                if stop:
-                    return {"stopped_after_step": step, "curves": curves, "final": None,
-                            **({"resumed_from_step": start} if config.resume else {})}
-        finally:
-            bar.close()
-        return self._finish(model, run_dir, curves, acc, config, start)
+        start, top_k = run.step, [None]
+
+        def before_step(step: int) -> None:
+            top_k[0] = apply_top_k(model, sched, step) if sched is not None else None
+
+        def evaluate(step: int) -> dict[str, Any]:
+            rl = router_losses(model)  # of the last training step, before the validation forwards
+            reset_expert_load(model)
+            val_loss = evaluate_lm(model, val, config.eval.batch_size)
+            loads = {ld.layer: ld for ld in expert_load(model)}  # of the validation tokens
+            return {"val_loss": val_loss, **({"top_k": top_k[0]} if top_k[0] is not None else {}),
+                    **({"router_losses": rl} if rl else {}),
+                    "load_cv": {n: ld.cv for n, ld in loads.items()},
+                    "load_max": {n: ld.max_load for n, ld in loads.items()},
+                    "dead_experts": {n: ld.dead for n, ld in loads.items()}}  # fmt: skip
+
+        run = train_lm(model, opt, train_tokens, s, evaluate=evaluate, eval_every=config.eval.every, run=run,
+                       checkpoint=ckpt, checkpoint_every=config.checkpoint.every, settings=settings,
+                       stop_after=config.stop_after, before_step=before_step, progress=config.progress)
+        resumed = {"resumed_from_step": start} if config.resume else {}
+        if run.stopped:
+            return {"stopped_after_step": run.step, "curves": run.curves, "final": None, **resumed}
+        return {**self._finish(model, run_dir, run, config), **resumed}
 
     @staticmethod
-    def _evaluate(model: SparseLM, val: torch.Tensor, config: LMTrainJobConfig, step: int, s: LMTrainSettings,
-                  acc: dict[str, Any], ks: list[int] | None, rl: dict[str, float]) -> dict[str, Any]:
-        reset_expert_load(model)
-        val_loss = evaluate_lm(model, val, config.eval.batch_size)
-        loads = {ld.layer: ld for ld in expert_load(model)}
-        return {"step": step, "train_loss": acc["loss"] / max(acc["n"], 1), "val_loss": val_loss,
-                "lr": lm_lr(step - 1, s), "tokens_per_s": acc["tokens"] / max(acc["train_s"], 1e-9),
-                **({"top_k": ks} if ks is not None else {}), **({"router_losses": rl} if rl else {}),
-                "load_cv": {n: ld.cv for n, ld in loads.items()},
-                "load_max": {n: ld.max_load for n, ld in loads.items()},
-                "dead_experts": {n: ld.dead for n, ld in loads.items()}}  # fmt: skip
-
-    @staticmethod
-    def _finish(model: SparseLM, run_dir: Path, curves: list[dict[str, Any]], acc: dict[str, Any],
-                config: LMTrainJobConfig, start: int) -> dict[str, Any]:
+    def _finish(model: SparseLM, run_dir: Path, run: StepRun, config: LMTrainJobConfig) -> dict[str, Any]:
         from sparsecraft.training.lm_plots import plot_expert_load, plot_lm_curves
 
         save_lm(model.cpu(), run_dir / "model.safetensors")
-        plots = [str(plot_lm_curves(curves, run_dir / "curves.png"))]
+        plots = [str(plot_lm_curves(run.curves, run_dir / "curves.png"))]
         if moe_layers(model):
-            plots.append(str(plot_expert_load(curves, run_dir / "expert_load.png")))
-        final = curves[-1]
+            plots.append(str(plot_expert_load(run.curves, run_dir / "expert_load.png")))
+        final = run.curves[-1]
         counts = count_parameters(model, config.seq_len)
-        import math
-
         return {
             "final": {"val_loss": final["val_loss"], "val_ppl": math.exp(final["val_loss"]),
-                      "train_loss": final["train_loss"], "tokens_per_s": acc["tokens"] / max(acc["train_s"], 1e-9),
+                      "train_loss": final["train_loss"], "tokens_per_s": run.throughput(),
                       "params": counts["total"], "active_params": counts["active"],
                       "flops_per_token": counts["flops_per_token"],
                       "expert_load": [ld.to_dict() for ld in expert_load(model)]},
-            "curves": curves, "plots": plots, "model": str(run_dir / "model.safetensors"),
-            **({"resumed_from_step": start} if config.resume else {}),
+            "curves": run.curves, "plots": plots, "model": str(run_dir / "model.safetensors"),
         }  # fmt: skip

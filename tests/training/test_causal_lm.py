@@ -1,18 +1,39 @@
+"""The causal-LM caller of the library's loop: schedule, batches, optimizer groups, training,
+evaluation, parameter counts, text tokens."""
+
 import math
 
 import pytest
 import torch
+from torch import nn
 
+from sparsecraft.errors import SparsecraftError
 from sparsecraft.moe import SparseLM, SparseLMConfig
-from sparsecraft.training.lm_loop import (
+from sparsecraft.training.causal_lm import (
     LMTrainSettings,
     count_parameters,
     evaluate_lm,
     lm_batch,
     lm_lr,
     make_lm_optimizer,
-    train_step,
+    split_tokens,
+    text_tokens,
+    train_lm,
 )
+
+
+class Bigram(nn.Module):
+    """A plain module (logits as a bare tensor) that records the training batches it sees."""
+
+    def __init__(self, vocab: int = 10) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab, vocab)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, input_ids):
+        if self.training:
+            self.seen.append(input_ids.clone())
+        return self.table(input_ids)
 
 
 def test_warmup_then_cosine_to_the_floor():
@@ -49,16 +70,46 @@ def test_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(plain["params"]) == len(list(m.parameters()))
 
 
-def test_train_steps_lower_the_loss_and_move_the_router_bias():
+def test_train_lm_lowers_the_loss_and_moves_the_router_bias():
     m = tiny(bias_update_rate=0.01, aux_loss_coef=0.0)
-    s = LMTrainSettings(steps=30, batch_size=4, seq_len=8, lr=1e-2)
-    opt = make_lm_optimizer(m, s)
-    x, y = lm_batch(torch.randint(0, 32, (200,), generator=torch.Generator().manual_seed(0)), 0, s)
-    first = train_step(m, opt, x, y, s.lr, s.grad_clip)["loss"]
-    for _ in range(20):
-        last = train_step(m, opt, x, y, s.lr, s.grad_clip)["loss"]
-    assert last < first - 0.5
+    s = LMTrainSettings(steps=10, batch_size=4, seq_len=8, lr=3e-2)
+    run = train_lm(m, make_lm_optimizer(m, s), torch.arange(400) % 32, s, eval_every=1)
+    assert [c["step"] for c in run.curves] == list(range(1, 11)) and run.step == 10 and not run.stopped
+    assert run.curves[-1]["train_loss"] < run.curves[0]["train_loss"] - 0.5
+    assert [c["lr"] for c in run.curves] == [lm_lr(t, s) for t in range(10)]
     assert m.layers[0].mlp.router.expert_bias.abs().sum() > 0
+    assert run.acc["tokens"] == 10 * 4 * 8
+
+
+def test_same_batches_for_every_model_and_a_plain_module_learns():
+    tokens = torch.arange(2000) % 10  # a deterministic cycle: the bigram table can learn it
+    s = LMTrainSettings(steps=60, batch_size=4, seq_len=8, lr=0.3, warmup_steps=5)
+    val = tokens[:200].reshape(25, 8)
+    a, b = Bigram(), Bigram()
+    torch.manual_seed(5)
+    nn.init.normal_(b.table.weight)
+    ra = train_lm(a, make_lm_optimizer(a, s), tokens, s, evaluate=lambda t: {"val_loss": evaluate_lm(a, val)},
+                  eval_every=30)
+    train_lm(b, make_lm_optimizer(b, s), tokens, s)
+    assert len(a.seen) == 60 and all(torch.equal(x, y) for x, y in zip(a.seen, b.seen))
+    assert torch.equal(a.seen[7], lm_batch(tokens, 7, s)[0])
+    assert [c["step"] for c in ra.curves] == [30, 60] and ra.curves[-1]["val_loss"] < 0.5 * math.log(10)
+
+
+def test_uniform_model_loss_is_log_vocab():
+    model = Bigram(10)
+    nn.init.zeros_(model.table.weight)
+    assert evaluate_lm(model, (torch.arange(90) % 10).reshape(9, 10)) == pytest.approx(math.log(10))
+
+
+def test_text_tokens_bytes_and_split(tmp_path):
+    (tmp_path / "a.txt").write_text("abcdefghij" * 10)
+    ids, vocab, tok = text_tokens(str(tmp_path / "a.txt"))
+    assert vocab == 256 and tok is None and ids.numel() == 100 and ids[0] == ord("a")
+    train, val = split_tokens(ids, 0.1, seq_len=4, n_windows=5)
+    assert train.numel() == 90 and val.shape == (2, 4) and torch.equal(val.flatten(), ids[90:98])
+    with pytest.raises(SparsecraftError, match="has 10 tokens, less than one window of 11"):
+        split_tokens(ids, 0.1, seq_len=11, n_windows=5)
 
 
 def test_evaluate_lm_is_the_mean_next_token_cross_entropy():

@@ -1,20 +1,26 @@
-"""Causal language-model training on one token stream: deterministic batches, warmup + cosine
-learning rate, AdamW, gradient clipping, router auxiliary losses and bias updates, validation loss.
+"""Causal language-model training on one token stream, as a caller of the library's one loop
+(:func:`sparsecraft.training.loop.train_steps`): deterministic batches, warmup + cosine learning
+rate, AdamW, gradient clipping, router auxiliary losses and bias updates, validation loss.
 
 Everything that decides a step is a pure function of (seed, step): the batch is ``batch_size``
 windows of ``seq_len + 1`` tokens at offsets drawn from a generator seeded with
-``seed * 1_000_003 + step``, the learning rate is :func:`lm_lr` of the step, and a top-k schedule
-(:mod:`sparsecraft.moe.schedule`) is applied from the step too. Resuming from a checkpoint that
-holds the model (with its buffers: router biases) and the optimizer therefore continues bit for bit.
+``seed * 1_000_003 + step``, the learning rate is :func:`lm_lr` (:func:`~sparsecraft.training.loop.lr_at`
+with warmup and a floor), and a top-k schedule (:mod:`sparsecraft.moe.schedule`) is applied from
+the step too. Resuming from a checkpoint that holds the model (with its buffers: router biases)
+and the optimizer therefore continues bit for bit.
 
-Step t: ``lr = lm_lr(t)``; ``loss = CE(model(x), y) + sum of router aux losses``; backward; clip
-the global gradient norm to ``grad_clip``; AdamW step (weight decay on >= 2-D weights only);
-auxiliary-loss-free bias update of every router (:func:`sparsecraft.moe.model.update_router_biases`).
+Step t: ``lr = lm_lr(t)``; ``loss = CE(model(x), y) + sum of router aux losses`` (:func:`lm_loss`);
+backward; clip the global gradient norm to ``grad_clip``; AdamW step (weight decay on >= 2-D
+weights only); auxiliary-loss-free bias update of every router
+(:func:`sparsecraft.moe.model.update_router_biases`). Works for any ``nn.Module`` mapping token
+ids to logits (or an output with ``.logits``): a :class:`sparsecraft.moe.SparseLM`, a
+transformers ``LlamaForCausalLM``, ... (no routers = no auxiliary loss, no bias update).
 """
 
 from __future__ import annotations
 
-import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +31,7 @@ from torch import nn
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.evaluation.perplexity import window_nll
 from sparsecraft.moe.model import aux_loss, routers, update_router_biases
+from sparsecraft.training.loop import StepRun, lr_at, train_steps
 
 
 @dataclass
@@ -44,12 +51,40 @@ class LMTrainSettings:
 
 def lm_lr(step: int, s: LMTrainSettings) -> float:
     """Linear warmup over ``warmup_steps`` to ``lr``, then cosine to ``lr * min_lr_ratio`` at ``steps``."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    span = max(1, s.steps - s.warmup_steps)
-    p = min(1.0, (step - s.warmup_steps) / span)
-    floor = s.lr * s.min_lr_ratio
-    return floor + (s.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr_at(step, s.steps, s.lr, warmup=s.warmup_steps, min_ratio=s.min_lr_ratio)
+
+
+BYTE = "byte"  #: the tokenizer name of UTF-8 bytes (vocabulary 256)
+
+
+def text_tokens(source: str = "shakespeare", tokenizer: str = BYTE) -> tuple[torch.Tensor, int, Any]:
+    """(token ids of the whole text, vocabulary size, tokenizer or None for bytes) of a text source
+    (:func:`sparsecraft.data.text.load_text`: a built-in name, a file or a folder), tokenized once
+    without special tokens by ``tokenizer`` = ``byte`` or a model name / folder."""
+    from sparsecraft.data.text import load_text, tokenize
+
+    text = load_text(source)
+    if tokenizer == BYTE:
+        return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long(), 256, None
+    from sparsecraft.models.sources import require_transformers, resolve_model_dir
+
+    require_transformers()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_model_dir(tokenizer)))
+    return tokenize(text, tok), len(tok), tok
+
+
+def split_tokens(tokens: torch.Tensor, val_fraction: float, seq_len: int,
+                 n_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training tokens = the first ``1 - val_fraction``, validation windows = the first
+    ``n_windows`` non-overlapping ``seq_len`` windows of the rest, shape (n, seq_len))."""
+    cut = int(tokens.numel() * (1 - val_fraction))
+    train, val = tokens[:cut], tokens[cut:]
+    n = min(n_windows, val.numel() // seq_len)
+    if n < 1:
+        raise SparsecraftError(f"the validation part has {val.numel()} tokens, less than one window of {seq_len}")
+    return train, val[: n * seq_len].reshape(n, seq_len)
 
 
 def lm_batch(tokens: torch.Tensor, step: int, s: LMTrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,22 +108,51 @@ def make_lm_optimizer(model: nn.Module, s: LMTrainSettings) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2))
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
-               grad_clip: float) -> dict[str, float]:
-    """One optimizer step; returns the LM loss, the summed auxiliary loss and the gradient norm."""
-    model.train()
-    for group in opt.param_groups:
-        group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    logits = model(input_ids=x).logits
+def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The loop's loss: next-token cross-entropy of ``batch = (x, y)`` plus the routers' auxiliary
+    losses; logs the cross-entropy (``loss``), ``aux_loss`` and ``tokens``."""
+    x, y = batch
+    out = model(input_ids=x)
+    logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)
     lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
     aux = aux_loss(model)
-    (lm + aux).backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else torch.tensor(0.0)
-    opt.step()
-    update_router_biases(model)
     aux_v = aux.item() if isinstance(aux, torch.Tensor) else float(aux)
-    return {"loss": lm.item(), "aux_loss": aux_v, "grad_norm": float(norm)}
+    return lm + aux, {"loss": lm.item(), "aux_loss": aux_v, "tokens": x.numel()}
+
+
+def train_lm(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_tokens: torch.Tensor,
+    s: LMTrainSettings,
+    *,
+    evaluate: Callable[[int], dict[str, Any]] | None = None,
+    eval_every: int = 0,
+    run: StepRun | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    settings: dict[str, Any] | None = None,
+    stop_after: int | None = None,
+    before_step: Callable[[int], Any] | None = None,
+    progress: bool = False,
+    desc: str = "lm-train",
+) -> StepRun:
+    """Train ``model`` (on its device) for ``s.steps`` steps of :func:`lm_batch` batches, :func:`lm_lr`
+    and :func:`lm_loss` on the library's loop (:func:`sparsecraft.training.loop.train_steps`, which
+    documents evaluation, checkpoints, ``stop_after`` and ``run`` = a resumed run), clipping at
+    ``s.grad_clip`` and updating router biases after every optimizer step. The batches depend on
+    ``s.seed`` and the step only, so every model trained with ``s`` sees the same tokens."""
+    device = next(model.parameters()).device
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = lm_batch(train_tokens, step, s)
+        return x.to(device), y.to(device)
+
+    return train_steps(model, optimizer, batch_at, lm_loss, steps=s.steps, lr_fn=lambda t: lm_lr(t, s), run=run,
+                       evaluate=evaluate, eval_every=eval_every, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, settings=settings, stop_after=stop_after,
+                       grad_clip=s.grad_clip, before_step=before_step,
+                       after_update=lambda: update_router_biases(model), progress=progress, desc=desc)  # fmt: skip
 
 
 @torch.no_grad()
