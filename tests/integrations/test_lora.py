@@ -72,6 +72,20 @@ def per_layer(model):
 
 
 @pytest.mark.parametrize("masked_lora", [True, False])
+def test_a_kept_weight_that_is_exactly_zero_stays_zero(masked_lora):
+    """SparseGPT's update leaves a few kept weights at exactly 0 (3 of 53M in SmolLM2 2:4): the
+    merge must not make them nonzero, or report() shows another sparsity after the merge."""
+    pm = hand_model(masked_lora)
+    base = pm.base_model.model.fc.get_base_layer()
+    with torch.no_grad():
+        base.weight[0, 3] = 0.0  # kept by the mask, value 0
+    merged = merge_lora(pm)
+    expected = MERGED.clone()
+    expected[0, 3] = 0.0  # not 0 + 8
+    assert torch.equal(merged.fc.weight.detach(), expected)
+
+
+@pytest.mark.parametrize("masked_lora", [True, False])
 def test_plain_loop_then_merge_keeps_report(masked_lora):
     model = tiny_llama()
     sparsecraft.prune(model, 0.5, pattern="2:4")

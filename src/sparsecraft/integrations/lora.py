@@ -17,8 +17,8 @@ after the merge as before. Two ways, both through ``peft``:
   by construction, the model trained is the model merged (and ``peft``'s own
   ``merge_and_unload()`` keeps the mask too).
 
-The mask ``M`` is the layer's sparsecraft mask (``weight_mask``) where it has one, else the
-nonzero pattern of ``W`` at wrap / merge time. Training works with any loop: a plain one, the
+The mask ``M`` is the nonzero pattern of ``W`` (at wrap / merge time) within the layer's
+sparsecraft mask (``weight_mask``) where it has one: a kept weight that is exactly zero stays zero. Training works with any loop: a plain one, the
 Hugging Face ``Trainer`` (with or without :class:`~sparsecraft.integrations.hf_trainer.SparsecraftCallback`;
 use ``targets=masked_base_layers(peft_model)`` and ``method="static", from_model=True`` there),
 or :func:`sparsecraft.oneshot.recovery.recover` (SquareHead distillation of the adapters alone:
@@ -50,11 +50,15 @@ def _peft() -> Any:
 
 
 def keep_mask(layer: nn.Module) -> torch.Tensor:
-    """``M`` of a Linear: its sparsecraft mask, else its weight's nonzero pattern."""
+    """``M`` of a Linear: the weights that are nonzero and, where it has a sparsecraft mask, kept
+    by it. A kept weight that is exactly zero (SparseGPT's update or a quantized checkpoint
+    produce a few) counts as pruned, as ``report()`` counts it, so the merge never changes the
+    sparsity ``report()`` shows."""
+    keep = layer.weight.detach() != 0
     mask = getattr(layer, "weight" + MASK_SUFFIX, None)
     if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
-        return mask
-    return layer.weight.detach() != 0
+        keep &= mask
+    return keep
 
 
 def _masked_lora_class() -> type:
