@@ -8,7 +8,8 @@ from sparsecraft.lab.base import check_float, check_int
 
 
 def test_every_lab_module_registers_its_experiment():
-    assert {"sparse-coding", "dendrites", "retrieval-margin", "kronecker-sbl", "sparse-ift"} <= set(EXPERIMENTS.names())
+    assert {"sparse-coding", "dendrites", "retrieval-margin", "kronecker-sbl", "sparse-ift",
+            "group-envelope", "data-pruning"} <= set(EXPERIMENTS.names())
     for _, cls in EXPERIMENTS:
         assert cls.paper and cls.claim
 
