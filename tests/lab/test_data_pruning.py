@@ -30,6 +30,17 @@ def test_kmeans_and_prototype_distances_by_hand():
     assert set(select(d, 2 / 7, "keep-hard").tolist()) == {1, 2}
 
 
+def test_per_cluster_selection_keeps_the_fraction_of_every_cluster():
+    scores = torch.tensor([5.0, 1.0, 3.0, 2.0, 9.0, 8.0, 7.0, 6.0])
+    clusters = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    # global keep-hard at 50% takes all of cluster 1; per cluster: the top 2 of each
+    assert select(scores, 0.5, "keep-hard").sort().values.tolist() == [4, 5, 6, 7]
+    assert select(scores, 0.5, "hard-per-cluster", clusters=clusters).tolist() == [0, 2, 4, 5]
+    assert select(scores, 0.5, "easy-per-cluster", clusters=clusters).tolist() == [1, 3, 6, 7]
+    with pytest.raises(SparsecraftError, match="needs one cluster index per example"):
+        select(scores, 0.5, "easy-per-cluster")
+
+
 def test_kmeans_reaches_the_best_2_clustering_of_a_tiny_set():
     pts = torch.tensor([[0.0], [1.0], [2.0], [7.0], [8.0], [20.0]])
     _, labels = kmeans(pts, 2, seed=3)
@@ -81,7 +92,8 @@ def test_tiny_experiment(monkeypatch):
     res = EXPERIMENTS.build({"type": "data-pruning", "fractions": [0.5, 1.0], "pool": 200, "clusters": 4,
                              "embed_dim": 8, "hidden": 8, "steps": 4}).run()
     err = res.data["err"]
-    assert err["keep-hard", 1.0] == err["random", 1.0] and len(err) == 6
+    assert err["keep-hard", 1.0] == err["random", 1.0] and len(err) == 10
+    assert 0.0 <= min(res.data["share"].values()) <= 0.1
     assert [r[1] for r in res.tables[0].rows] == ["100", "200"]
 
 

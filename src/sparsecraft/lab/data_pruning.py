@@ -26,7 +26,7 @@ from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, c
 from sparsecraft.lab.fashion_mlp import fashion_subset, train_classifier
 from sparsecraft.models.vision import mlp
 
-STRATEGIES = ("random", "keep-hard", "keep-easy")
+STRATEGIES = ("random", "keep-hard", "keep-easy", "hard-per-cluster", "easy-per-cluster")
 
 
 def pca_embedding(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -63,13 +63,20 @@ def kmeans(z: torch.Tensor, k: int, iters: int = 100, seed: int = 0) -> tuple[to
     return c.float(), labels
 
 
-def prototype_scores(z: torch.Tensor, k: int, normalize: bool = True, seed: int = 0) -> torch.Tensor:
-    """Distance of each embedding to its nearest k-means centroid (the paper's self-supervised
-    prototype metric; ``normalize`` L2-normalises the embeddings first, cosine geometry)."""
+def prototype_metric(z: torch.Tensor, k: int, normalize: bool = True,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance of each embedding to its nearest k-means centroid, that centroid's index): the
+    paper's self-supervised prototype metric; ``normalize`` L2-normalises first (cosine geometry)."""
     if normalize:
         z = torch.nn.functional.normalize(z.double(), dim=1)
     cent, _ = kmeans(z, k, seed=seed)
-    return torch.cdist(z.double(), cent.double()).min(1).values.float()
+    dist, nearest = torch.cdist(z.double(), cent.double()).min(1)
+    return dist.float(), nearest
+
+
+def prototype_scores(z: torch.Tensor, k: int, normalize: bool = True, seed: int = 0) -> torch.Tensor:
+    """The prototype metric alone (see :func:`prototype_metric`)."""
+    return prototype_metric(z, k, normalize, seed)[0]
 
 
 def keep_rule(n_kept: int, abundant_from: int) -> str:
@@ -78,16 +85,28 @@ def keep_rule(n_kept: int, abundant_from: int) -> str:
     return "keep-hard" if n_kept >= abundant_from else "keep-easy"
 
 
-def select(scores: torch.Tensor, fraction: float, strategy: str, seed: int = 0) -> torch.Tensor:
-    """Indices of the ``round(fraction * n)`` examples kept by ``strategy`` (random, keep-hard =
-    largest scores, keep-easy = smallest)."""
+def select(scores: torch.Tensor, fraction: float, strategy: str, seed: int = 0,
+           clusters: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the examples kept by ``strategy``: ``round(fraction * n)`` of them for random,
+    keep-hard (largest scores) and keep-easy (smallest); the per-cluster variants keep the hardest /
+    easiest ``round(fraction * n_c)`` of every cluster ``c`` of ``clusters`` (a label-free balance)."""
     n = scores.numel()
     m = max(1, round(fraction * n))
-    if strategy == "random":
-        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m]
     if strategy not in STRATEGIES:
         raise SparsecraftError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    return scores.argsort(descending=strategy == "keep-hard", stable=True)[:m]
+    if strategy == "random":
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m]
+    hard = strategy in ("keep-hard", "hard-per-cluster")
+    if strategy in ("keep-hard", "keep-easy"):
+        return scores.argsort(descending=hard, stable=True)[:m]
+    if clusters is None or clusters.numel() != n:
+        raise SparsecraftError(f"strategy {strategy!r} needs one cluster index per example")
+    kept = []
+    for c in clusters.unique():
+        members = torch.nonzero(clusters == c).flatten()
+        order = scores[members].argsort(descending=hard, stable=True)
+        kept.append(members[order[: round(fraction * len(members))]])
+    return torch.cat(kept).sort().values
 
 
 @EXPERIMENTS.register("data-pruning")
@@ -115,32 +134,36 @@ class DataPruningExperiment(Experiment):
 
     def run(self, progress: bool = False) -> LabResult:
         x, y, xt, yt = fashion_subset(self.pool, self.n_test, self.seed)
-        scores = prototype_scores(pca_embedding(x, self.embed_dim), self.clusters, seed=self.seed)
+        scores, nearest = prototype_metric(pca_embedding(x, self.embed_dim), self.clusters, seed=self.seed)
         err: dict[tuple[str, float], float] = {}
+        share: dict[tuple[str, float], float] = {}
         rows = []
         for f in self.fractions:
             row = [f"{f:.0%}", str(max(1, round(f * self.pool)))]
             for strategy in STRATEGIES:
+                idx = select(scores, f, strategy, self.seed, nearest)
+                share[strategy, f] = float(torch.bincount(y[idx], minlength=10).min()) / len(idx)
                 if f == 1.0 and strategy != "random":
                     err[strategy, f] = err["random", f]  # the whole pool: every strategy keeps the same set
                 else:
-                    idx = select(scores, f, strategy, self.seed)
                     epochs = max(1, math.ceil(self.steps * 128 / len(idx)))
                     torch.manual_seed(self.seed)
                     acc, _ = train_classifier(mlp(hidden=(self.hidden,)), x[idx], y[idx], xt, yt, epochs=epochs,
                                               lr=self.lr, seed=self.seed, progress=progress)
                     err[strategy, f] = 1.0 - acc
                 row.append(fmt(100 * err[strategy, f]))
+            row.append(" / ".join(f"{100 * share[st, f]:.1f}" for st in STRATEGIES))
             rows.append(row)
         table = LabTable(
             f"Fashion-MNIST test error (%) vs fraction of a {self.pool}-image training pool kept; prototype metric = "
             f"distance to the nearest of {self.clusters} k-means centroids of the L2-normalised {self.embed_dim}-dim "
             f"PCA embedding; MLP 784-{self.hidden}-10, about {self.steps} Adam steps of 128 images per run "
             f"(whole epochs, lr {self.lr}, cosine), test on {self.n_test} images, seed {self.seed}",
-            ["kept", "images", *(f"{s} error" for s in STRATEGIES)], rows)
+            ["kept", "images", *(f"{s} error" for s in STRATEGIES),
+             "smallest class share of the kept set (%, same order; labels used only here)"], rows)
         best = {f: min(STRATEGIES, key=lambda s: err[s, f]) for f in self.fractions}
         finding = ("best strategy per kept fraction: " + ", ".join(f"{f:.0%} {best[f]}" for f in self.fractions)
-                   + ". Error random / keep-hard / keep-easy: " + "; ".join(
+                   + f". Error ({' / '.join(STRATEGIES)}): " + "; ".join(
                        f"{f:.0%}: " + " / ".join(f"{100 * err[s, f]:.2f}" for s in STRATEGIES)
                        for f in self.fractions if f < 1.0) + ".")
-        return LabResult(self.name, self.claim, [table], finding, {"err": err, "best": best})
+        return LabResult(self.name, self.claim, [table], finding, {"err": err, "best": best, "share": share})
