@@ -8,7 +8,9 @@ from sparsecraft.lab.base import check_float, check_int
 
 
 def test_every_lab_module_registers_its_experiment():
-    assert {"sparse-coding", "dendrites", "retrieval-margin", "kronecker-sbl"} <= set(EXPERIMENTS.names())
+    assert {"sparse-coding", "dendrites", "retrieval-margin", "kronecker-sbl", "sparse-ift",
+            "group-envelope", "data-pruning", "machine-unlearning", "continual-dst", "sparse-search",
+            } <= set(EXPERIMENTS.names())
     for _, cls in EXPERIMENTS:
         assert cls.paper and cls.claim
 
