@@ -263,7 +263,7 @@ class FTPRouterExperiment(Experiment):
 
     def __init__(self, model: str = "smollm2-135m", fractions: tuple[float, ...] = (0.1, 0.2, 0.3),
                  n_calib: int = 4, n_eval: int = 4, seq_len: int = 128, guide_steps: int = 300,
-                 distill_steps: int = 0, calibration_rounds: int = 1, seed: int = 0) -> None:
+                 distill_steps: int = 8, calibration_rounds: int = 1, seed: int = 0) -> None:
         if not isinstance(model, str) or not model:
             raise SparsecraftError(f"model must be a model name or path, got {model!r}")
         self.model = model
