@@ -119,11 +119,12 @@ def test_experiment_end_to_end_on_a_tiny_model(monkeypatch):
 
     patch_tiny(monkeypatch)
     res = EXPERIMENTS.build({"type": "batchtopk-sae", "layer": 1, "n_windows": 8, "seq_len": 16, "ks": [2, 8],
-                             "steps": 30, "finetune_steps": 2, "finetune_lr": 1e-2, "crosscoder_k": 4}).run()
+                             "steps": 30, "finetune_steps": 2, "finetune_lr": 1e-2, "crosscoder_k": 4,
+                             "expansion": 3}).run()
     sae = res.data["sae"]
     assert [r["k"] for r in sae] == [2, 8] and all(0 <= r["fvu_batchtopk"] < 2 for r in sae)
     assert [c["kind"] for c in res.data["crosscoders"]] == ["l1", "batchtopk"]
     assert res.data["activation_change"] > 0
     for c in res.data["crosscoders"]:
-        assert c["shared"] + c["base_only"] + c["ft_only"] + c["dead"] == 32 * 4
+        assert c["shared"] + c["base_only"] + c["ft_only"] + c["dead"] == 32 * 3
         assert c["ft_only_genuine"] <= c["ft_only_active"] <= c["ft_only"]

@@ -134,3 +134,19 @@ def test_experiment_end_to_end_on_a_tiny_model(monkeypatch):
                              "guide_steps": 20}).run()
     assert res.data["rows"][0]["fraction"] == 0.25 and res.data["dense"] > 1
     assert "router ppl" in res.to_markdown()
+
+
+def test_keep_first_never_skips_the_first_token():
+    model = tiny_llama(layers=2)
+    ids = calib_ids(2, 8)
+    router = TokenRouter(2)
+    with torch.no_grad():
+        router.mlp[2].weight.zero_()
+        router.mlp[2].bias.fill_(-1.0)  # every score -1 < 0: skip everything
+    with routed(model, "hard", router=router, keep_first=True) as rec:
+        logits(model, ids)
+    assert all(torch.equal(k[:, 0], torch.ones(2)) and not k[:, 1:].any() for k in rec["keep"])
+    assert skipped_fraction(rec) == pytest.approx(7 / 8)
+    with routed(model, "hard", router=router) as rec:
+        logits(model, ids)
+    assert skipped_fraction(rec) == 1.0
