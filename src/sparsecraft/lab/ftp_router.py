@@ -24,8 +24,8 @@ of lowest Block Influence (:func:`sparsecraft.structure.block_influence`, ShortG
 
 The first token of a window is never skipped by default (``keep_first``): SmolLM2 builds its
 attention sink there in blocks 0-2 and 9-11 (its per-token influence is 0.25-0.98 in those blocks,
-~0 elsewhere), and a 4-factor router that skips it there loses far more than it saves (on 4 x 128
-tokens at 18% skipped: perplexity 396 with the first token routable vs 242 with it always kept).
+~0 elsewhere), and a 4-factor router that learned to skip it there lost to whole-block skipping at
+every budget (docs/lab.md gives the numbers of that run).
 
 Simplification: a skipped token's block output is dropped (``h_out = h_in``) but the block still
 runs on it, so its keys and values stay visible to the other tokens' attention; FTP removes it from
