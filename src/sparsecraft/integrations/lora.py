@@ -18,8 +18,9 @@ after the merge as before. Two ways, both through ``peft``:
   ``merge_and_unload()`` keeps the mask too).
 
 The mask ``M`` is the nonzero pattern of ``W`` (at wrap / merge time) within the layer's
-sparsecraft mask (``weight_mask``) where it has one: a kept weight that is exactly zero stays zero. Training works with any loop: a plain one, the
-Hugging Face ``Trainer`` (with or without :class:`~sparsecraft.integrations.hf_trainer.SparsecraftCallback`;
+sparsecraft mask (``weight_mask``) where it has one: a kept weight that is exactly zero stays
+zero. Training works with any loop: a plain one, the Hugging Face ``Trainer`` (with or without
+:class:`~sparsecraft.integrations.hf_trainer.SparsecraftCallback`;
 use ``targets=masked_base_layers(peft_model)`` and ``method="static", from_model=True`` there),
 or :func:`sparsecraft.oneshot.recovery.recover` (SquareHead distillation of the adapters alone:
 it trains the parameters that require gradients). Needs the extra ``sparsecraft[peft]``.
