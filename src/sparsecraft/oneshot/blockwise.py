@@ -104,7 +104,8 @@ class BlockInput:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _model_kwargs(model: nn.Module, batch: Any) -> dict[str, Any]:
+def model_inputs(model: nn.Module, batch: Any) -> dict[str, Any]:
+    """Keyword inputs of one calibration batch (token ids or a dict), on the model's device."""
     kw = dict(batch) if isinstance(batch, dict) else {"input_ids": batch}
     device = next(model.parameters()).device
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
@@ -134,7 +135,7 @@ def capture_inputs(model: nn.Module, stack: BlockStack, batches: Iterable[Any]) 
     try:
         for batch in batches:
             try:
-                model(**_model_kwargs(model, batch))
+                model(**model_inputs(model, batch))
             except _Stop:
                 pass
     finally:

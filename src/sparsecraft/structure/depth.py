@@ -22,17 +22,7 @@ import torch
 from torch import nn
 
 from sparsecraft.errors import SparsecraftError
-from sparsecraft.oneshot.blockwise import BlockStack, find_blocks
-
-
-def model_inputs(model: nn.Module, batch: Any) -> dict[str, Any]:
-    """Keyword inputs of one calibration batch (token ids or a dict), on the model's device."""
-    kw = dict(batch) if isinstance(batch, dict) else {"input_ids": batch}
-    device = next(model.parameters()).device
-    kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    if getattr(getattr(model, "config", None), "use_cache", None) is not None:
-        kw.setdefault("use_cache", False)
-    return kw
+from sparsecraft.oneshot.blockwise import BlockStack, find_blocks, model_inputs
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from torch import nn
 from sparsecraft.criteria import Criterion, LossFn, make_criterion
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.layout import layout_for
-from sparsecraft.structure.depth import model_inputs
+from sparsecraft.oneshot.blockwise import model_inputs
 from sparsecraft.structure.graph import DependencyGraph, HeadGroup
 from sparsecraft.targets import Target, is_prunable_module
 
