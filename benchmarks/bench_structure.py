@@ -174,7 +174,8 @@ def render(cache: dict, args: argparse.Namespace, load0: float) -> str:
     p0 = dense.get("params", 0)
     head = ("| config | parameters (M) | reduction | perplexity | after recovery | reference ppl | "
             "prefill b16 vs dense | speed goal | decode b1 tok/s (dense) |\n" + "|---" * 9 + "|")
-    lines = [f"| dense | {p0 / 1e6:.1f} | - | {_fmt(dense.get('ppl'))} | - | {ANCHORS['dense']} | 1.00 | - | - |"]
+    lines = [f"| dense | {p0 / 1e6:.1f} | - | {_fmt(dense.get('ppl'))} | {_fmt(dense.get('ppl_recovered'))} | "
+             f"{ANCHORS['dense']} | 1.00 | - | - |"]
     for key, label, method, sp, opts, *_ in ROWS:  # noqa: B007
         r = rows.get(key)
         if r is None:
