@@ -17,13 +17,7 @@ from sparsecraft.lab.batchtopk_sae import (
 )
 from tests.oneshot.tiny import calib_ids, tiny_llama
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_batch_topk_keeps_the_k_times_b_largest_of_the_whole_batch():

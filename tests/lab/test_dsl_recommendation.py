@@ -15,14 +15,7 @@ from sparsecraft.lab.dsl_recommendation import (
     train_mf,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one torch thread (two threads on the loaded 2-core machine are ~10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_generator_is_seeded():

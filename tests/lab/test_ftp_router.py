@@ -21,13 +21,7 @@ from sparsecraft.lab.ftp_router import (
 from sparsecraft.structure.depth import remove_blocks
 from tests.oneshot.tiny import calib_ids, tiny_llama
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logits(model, ids):
