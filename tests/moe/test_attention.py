@@ -1,10 +1,10 @@
-import math
 
 import pytest
 import torch
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.moe.attention import CausalSelfAttention, apply_rope, rope_tables
+from tests.moe.reference_attention import explicit_heads
 
 
 def test_rope_dot_products_depend_only_on_the_relative_position():
@@ -22,14 +22,7 @@ def test_attention_equals_an_explicit_causal_softmax():
     torch.manual_seed(1)
     m = CausalSelfAttention(8, 2)
     x = torch.randn(1, 5, 8)
-    cos, sin = rope_tables(5, 4, 10000.0)
-    heads = lambda w: (x @ w.t()).view(1, 5, 2, 4).transpose(1, 2)  # noqa: E731
-    q = apply_rope(heads(m.q_proj.weight), cos, sin)
-    k = apply_rope(heads(m.k_proj.weight), cos, sin)
-    v = heads(m.v_proj.weight)
-    s = q @ k.transpose(-1, -2) / math.sqrt(4)
-    s = s.masked_fill(torch.triu(torch.ones(5, 5, dtype=torch.bool), 1), float("-inf"))
-    y = (s.softmax(-1) @ v).transpose(1, 2).reshape(1, 5, 8) @ m.o_proj.weight.t()
+    y = explicit_heads(m, x, 2).reshape(1, 5, 8) @ m.o_proj.weight.t()
     assert torch.allclose(m(x), y, atol=1e-5)
 
 

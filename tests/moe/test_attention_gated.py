@@ -6,8 +6,8 @@ import torch
 import sparsecraft
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.moe import SparseLM, SparseLMConfig, load_lm, save_lm
-from sparsecraft.moe.attention import apply_rope, rope_tables
 from sparsecraft.moe.attention_gated import GatedSelfAttention
+from tests.moe.reference_attention import explicit_heads
 
 
 @torch.no_grad()
@@ -29,14 +29,7 @@ def test_gated_attention_equals_an_explicit_causal_softmax_times_the_gate(gate):
     torch.manual_seed(2)
     m = GatedSelfAttention(8, 2, gate=gate)
     x = torch.randn(1, 5, 8)
-    cos, sin = rope_tables(5, 4, 10000.0)
-    heads = lambda w: (x @ w.t()).view(1, 5, 2, 4).transpose(1, 2)  # noqa: E731
-    q = apply_rope(heads(m.q_proj.weight), cos, sin)
-    k = apply_rope(heads(m.k_proj.weight), cos, sin)
-    v = heads(m.v_proj.weight)
-    s = q @ k.transpose(-1, -2) / math.sqrt(4)
-    s = s.masked_fill(torch.triu(torch.ones(5, 5, dtype=torch.bool), 1), float("-inf"))
-    y = (s.softmax(-1) @ v).transpose(1, 2)  # (1, 5, heads, head_dim)
+    y = explicit_heads(m, x, 2)  # (1, 5, heads, head_dim)
     g = 1.0 / (1.0 + torch.exp(-(x @ m.gate_proj.weight.t())))
     g = g.view(1, 5, 2, 1) if gate == "headwise" else g.view(1, 5, 2, 4)
     assert m.gate_proj.weight.shape == ((2, 8) if gate == "headwise" else (8, 8))
