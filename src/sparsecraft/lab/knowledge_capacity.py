@@ -24,6 +24,7 @@ not active, for MoE; the tied embedding once).
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -206,6 +207,7 @@ class KnowledgeCapacityExperiment(Experiment):
 
     def run(self, progress: bool = False) -> LabResult:
         torch.set_num_threads(1)
+        cpu0 = time.process_time()
         pop = generate_population(self.n_people, self.sizes, self.n_first, self.n_last, self.seed)
         rendered = render(pop)
         ceiling = max_bits(pop)
@@ -258,6 +260,8 @@ class KnowledgeCapacityExperiment(Experiment):
                         f"{base['bits_per_param']:.2f} bits/param and the dense model of the closest total size "
                         f"(d={twin['d_model']}, {twin['params']} params) {twin['bits']:.0f} bits = "
                         f"{twin['bits_per_param']:.2f} bits/param.")
+        cpu = time.process_time() - cpu0
+        finding += f" CPU time of the whole run: {cpu:.0f} s (one thread; wall time grows with the machine's load)."
         return LabResult(self.name, self.claim, tables, finding,
                          {"max_bits": ceiling, "dense": dense, "moe": moe, "moe_base": base,
-                          "moe_twin": twin})
+                          "moe_twin": twin, "cpu_s": cpu})
