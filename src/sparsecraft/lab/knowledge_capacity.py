@@ -35,6 +35,7 @@ from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
 from sparsecraft.lab.biographies import DEFAULT_SIZES, Population, Rendered, check_sizes, generate_population, render
 from sparsecraft.moe.model import SparseLM, SparseLMConfig, update_router_biases
+from sparsecraft.moe.stats import expert_load, reset_expert_load
 from sparsecraft.training.causal_lm import LMTrainSettings, count_parameters, lm_loss, make_lm_optimizer
 from sparsecraft.training.loop import lr_at, run_steps, shuffled_batches
 
@@ -199,11 +200,14 @@ class KnowledgeCapacityExperiment(Experiment):
         loss = train_capacity(model, rendered.tokens, self.exposures, self.batch_size, self.lr, self.weight_decay,
                               self.seed, progress)
         params = count_parameters(model)
+        reset_expert_load(model)
         bits = measure_bits(model, pop, rendered)
+        loads = expert_load(model)  # routing of the measuring pass: busiest expert / mean, per layer
         return {"d_model": d, "n_experts": n_experts, "top_k": top_k, "params": params["total"],
                 "active": params["active"], "embedding": model.embed_tokens.weight.numel(), "train_loss": loss,
                 "bits": bits["total"], "attribute_bits": bits["attributes"], "name_bits": bits["name"],
-                "bits_per_param": bits["total"] / params["total"]}
+                "bits_per_param": bits["total"] / params["total"],
+                "busiest_expert": [round(x.max_load, 2) for x in loads], "dead_experts": [x.dead for x in loads]}
 
     def run(self, progress: bool = False) -> LabResult:
         torch.set_num_threads(1)
@@ -238,7 +242,9 @@ class KnowledgeCapacityExperiment(Experiment):
             rows = [row(base, f"dense d={base['d_model']} (same width)")]
             if twin is not base:
                 rows.append(row(twin, f"dense d={twin['d_model']} (closest total parameters)"))
-            rows += [row(r, f"MoE d={r['d_model']}, {r['n_experts']} experts, top-{r['top_k']}") for r in moe]
+            rows += [row(r, f"MoE d={r['d_model']}, {r['n_experts']} experts, top-{r['top_k']} (busiest expert "
+                            f"{' / '.join(f'{x:.2f}' for x in r['busiest_expert'])} x the mean load per layer)")
+                     for r in moe]
             tables.append(LabTable(
                 f"MoE: the same d={self.moe_d_model} model with every FFN replaced by {self.n_experts} experts "
                 "of the dense FFN's width (parameters counted in total, as the paper does; same data and "
