@@ -45,6 +45,7 @@ ROWS = [
     ("channels-25", "MLP channels 25%", "channels", 0.25, {}, "wanda", "uniform", U, True),
     ("channels-50", "MLP channels 50%", "channels", 0.50, {}, "wanda", "uniform", U, True),
     ("heads-25", "query heads 25%", "heads", 0.25, {}, "wanda", "global", U, True),
+    ("heads-25-layer", "query heads 25% (per layer)", "heads", 0.25, {}, "wanda", "uniform", U, True),
     ("depth-2", "depth 2 blocks", "depth", 0.0, {"blocks": 2}, None, "uniform", U, True),
     ("depth-4", "depth 4 blocks", "depth", 0.0, {"blocks": 4}, None, "uniform", U, True),
     ("depth-6", "depth 6 blocks", "depth", 0.0, {"blocks": 6}, None, "uniform", U, True),
