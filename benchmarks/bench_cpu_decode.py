@@ -10,7 +10,9 @@ dense float32 model, SparseGPT 50% / 70% (float32), and the sparse + quantized m
 embedding / LM head), read from its ``--store`` folders (built there first if missing). A key ending in
 ``+x8`` runs the same model with int8 inputs (``sparsecraft generate --input-bits 8``: integer dot
 products, as llama.cpp does); its perplexity and token check are those of transformers with the same
-input rounding hooked in (``int8_inputs_applied``).
+input rounding hooked in (``int8_inputs_applied``). With int8 inputs a float difference of one ulp can
+move an input across a rounding boundary, so greedy tokens may part from the reference after a while
+(the column says after how many).
 
 Protocol: prompt "To be, or not to be, that is the question:" (SmolLM2 tokenizer, the same ids
 for every row), 48 new tokens greedy, tokens/s = decode steps per second after the prompt (the
@@ -62,7 +64,7 @@ class Row:
     def __init__(self, name: str, kind: str, run, bytes_per_token: int, ppl: float | None, note: str = "") -> None:
         self.name, self.kind, self.run, self.bytes, self.ppl, self.note = name, kind, run, bytes_per_token, ppl, note
         self.tps: dict[str, list[float]] = {}
-        self.same: bool | None = None
+        self.same: str | None = None
 
 
 def sparsecraft_rows(keys: list[str], store: Path, ids: list[int], n: int, check: bool, windows) -> list[Row]:
@@ -143,7 +145,8 @@ def measure(rows: list[Row], threads: list[int], repeats: int, n: int, contended
             for row in rows:  # warm-up (and tokens)
                 toks, _ = row.run(T)
                 if getattr(row, "ref", None) is not None:
-                    row.same = toks == row.ref
+                    agree = next((i for i, (a, b) in enumerate(zip(toks, row.ref)) if a != b), len(toks))
+                    row.same = "yes" if toks == row.ref else f"NO (first {agree} of {len(toks)} equal)"
             for _ in range(repeats):
                 for row in rows:
                     _, dt = row.run(T)
@@ -167,7 +170,7 @@ def render(rows: list[Row], bw: dict[int, float], dense_ppl: float | None, args,
                  "-" if limit is None else f"{limit:.0f}",
                  *(f"{med[k]:.1f}" if k in med else "-" for k in ("1T", "2T", "2T busy")),
                  f"{med['2T'] / ref:.2f}x" if ref and "2T" in med else "-",
-                 {True: "yes", False: "NO", None: "-"}[r.same], r.note or "-"]
+                 r.same or "-", r.note or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     goal = []
     if ref and dense_ppl:
