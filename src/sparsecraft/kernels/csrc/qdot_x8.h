@@ -119,10 +119,14 @@ void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* 
     const int16_t* cr = L.csum + r * ng;
     const uint8_t* row = L.codes + r * L.cstride;
     const uint8_t* stream = L.kind == kQSparse ? L.codes + L.rowoff[r] : nullptr;
-    __m512 acc[N];
-    for (int n = 0; n < N; ++n) acc[n] = _mm512_setzero_ps();
+    // C independent float accumulators per input row: one group is only a few instructions, and a
+    // single FMA chain (4 cycles latency) would cap a core at one group per 4 cycles
+    constexpr int C = N == 1 ? 4 : (N == 2 ? 2 : 1);
+    __m512 acc[C * N];
+    for (int i = 0; i < C * N; ++i) acc[i] = _mm512_setzero_ps();
     int64_t k = 0;
     for (int64_t g = 0; g < ng; ++g) {
+      __m512 * const a = acc + (g % C) * N;
       __m512i ia[N];
       for (int n = 0; n < N; ++n) ia[n] = _mm512_setzero_si512();
       const int32_t z = zr[g];
@@ -145,9 +149,11 @@ void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* 
       for (int n = 0; n < N; ++n) {
         const int32_t corr = x8_correction(L, X.su[n * ng + g], z, cr[g]);
         const __m512i fixed = _mm512_mask_add_epi32(ia[n], 1, ia[n], _mm512_set1_epi32(corr));
-        acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fixed), _mm512_set1_ps(s * X.sx[n * ng + g]), acc[n]);
+        a[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fixed), _mm512_set1_ps(s * X.sx[n * ng + g]), a[n]);
       }
     }
+    for (int c = 1; c < C; ++c)
+      for (int n = 0; n < N; ++n) acc[n] = _mm512_add_ps(acc[n], acc[c * N + n]);
     for (int n = 0; n < N; ++n) out[n * nr + (r - r0)] = _mm512_reduce_add_ps(acc[n]) + (L.bias ? L.bias[r] : 0.f);
   }
 }
