@@ -14,6 +14,7 @@ from sparsecraft.lab.random_support import (
     make_design,
     make_signal,
     omp,
+    pair_signal,
     preconditioned_lasso,
     prediction_error,
     refit,
@@ -108,6 +109,19 @@ def test_signals_cancel_the_factors_and_have_unit_prediction_norm():
     assert np.sum((X @ w) ** 2) / 30 == pytest.approx(1.0)
 
 
+def test_pairs_design_and_its_adversarial_support():
+    rng = np.random.default_rng(5)
+    X, B = make_design("pairs", 20, 9, rng)
+    assert B is None and np.allclose(X[:, 1:8:2] - X[:, 0:8:2], 0.0, atol=0.5)  # near-duplicates
+    assert not np.allclose(X[:, 1:8:2], X[:, 0:8:2])
+    w = pair_signal(X, 5, rng)
+    nz = np.flatnonzero(w)
+    assert nz.size == 4 and np.array_equal(nz[0::2] + 1, nz[1::2]) and np.all(nz[0::2] % 2 == 0)
+    assert np.allclose(w[nz[0::2]], -w[nz[1::2]])  # each pair cancels its shared part
+    assert np.sum((X @ w) ** 2) / 20 == pytest.approx(1.0)
+    assert np.abs(w).sum() > 5  # ~ 1/delta: a large l1 norm for a unit prediction norm
+
+
 def test_small_experiment_separates_the_methods_on_the_factor_design():
     res = EXPERIMENTS.build({"type": "random-support", "d": 60, "k": 4, "ns": [40], "trials": 3,
                              "families": ["factor"], "sigma": 0.3}).run()
@@ -128,6 +142,7 @@ def test_small_experiment_separates_the_methods_on_the_factor_design():
     (lambda: EXPERIMENTS.build({"type": "random-support", "ns": [0]}), "ns entry must be an integer >= 1"),
     (lambda: EXPERIMENTS.build({"type": "random-support", "d": 10, "k": 11}), r"k must be an integer in \[3, 10\]"),
     (lambda: success_probability([], 0.1), "errors must be a non-empty"),
+    (lambda: pair_signal(np.ones((4, 6)), 1, np.random.default_rng(0)), r"k must be an integer in \[2, 6\] for 3"),
 ])
 def test_bad_inputs_are_one_line_errors(call, match):
     with pytest.raises(SparsecraftError, match=match) as info:

@@ -41,7 +41,7 @@ from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
 from sparsecraft.lab.sparse_coding import prox_l1
 
-FAMILIES = ("gaussian", "factor", "factor-ill")
+FAMILIES = ("gaussian", "factor", "factor-ill", "pairs")
 METHODS = ("lasso", "omp", "precond-lasso")
 
 
@@ -196,6 +196,8 @@ def make_design(family: str, n: int, d: int, rng: np.random.Generator, *, factor
     * ``factor``: ``X = Z B + delta G``, Z (N x factors), B, G Gaussian: every column is mostly a
       mix of a few shared directions (strongly correlated columns, Gram condition number ~ d/delta^2).
     * ``factor-ill``: the same with ``delta = 1e-6`` (condition number ~ 1e13).
+    * ``pairs``: near-duplicate column pairs ``x_2i = g_i``, ``x_2i+1 = g_i + delta h_i``: sparse
+      approximate dependencies that only a support holding a whole pair can exploit.
     """
     if family not in FAMILIES:
         raise SparsecraftError(f"unknown design family {family!r}; allowed: {', '.join(FAMILIES)}")
@@ -203,6 +205,10 @@ def make_design(family: str, n: int, d: int, rng: np.random.Generator, *, factor
     check_int("d", d, 1)
     if family == "gaussian":
         return rng.standard_normal((n, d)), None
+    if family == "pairs":
+        X = rng.standard_normal((n, d))
+        X[:, 1::2] = X[:, 0:d - d % 2:2] + delta * rng.standard_normal((n, d // 2))
+        return X, None
     dl = 1e-6 if family == "factor-ill" else delta
     B = rng.standard_normal((factors, d))
     return rng.standard_normal((n, factors)) @ B + dl * rng.standard_normal((n, d)), B
@@ -224,6 +230,20 @@ def make_signal(X: np.ndarray, k: int, rng: np.random.Generator, B: np.ndarray |
         v = v - np.linalg.pinv(Bs) @ (Bs @ v)
     w = np.zeros(d)
     w[support] = v
+    return w / math.sqrt(float(np.sum((X @ w) ** 2)) / n)
+
+
+def pair_signal(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The adversarial support for the ``pairs`` design: k // 2 random whole pairs (2 (k // 2) <= k
+    non-zeros) with values (s, -s), scaled to ``(1/N)||X w*||^2 = 1``: ``X w*`` is a sum of the
+    small differences ``delta h_i``, so ``||w*||_1`` is ~ 1/delta times larger than on a random support."""
+    n, d = _check_xy(X)
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 2 * (d // 2):
+        raise SparsecraftError(f"k must be an integer in [2, {2 * (d // 2)}] for {d // 2} column pairs, got {k!r}")
+    w = np.zeros(d)
+    pairs = rng.choice(d // 2, size=k // 2, replace=False)
+    s = rng.choice([-1.0, 1.0], size=pairs.size)
+    w[2 * pairs], w[2 * pairs + 1] = s, -s
     return w / math.sqrt(float(np.sum((X @ w) ** 2)) / n)
 
 
@@ -267,40 +287,44 @@ class RandomSupportExperiment(Experiment):
 
     def run(self, progress: bool = False) -> LabResult:
         rng = np.random.default_rng(self.seed)
-        errors = {f: {m: [] for m in METHODS} for f in self.families}
-        peeled = {f: [] for f in self.families}
-        for fam in self.families:
+        # a case = a design family with random supports; the pairs design also with adversarial ones
+        cases = [(f, "random") for f in self.families] + [("pairs", "adversarial")] * ("pairs" in self.families)
+        label = {c: c[0] if c[1] == "random" else f"{c[0]}/{c[1]}" for c in cases}
+        errors = {label[c]: {m: [] for m in METHODS} for c in cases}
+        peeled = {label[c]: [] for c in cases}
+        for case in cases:
+            fam, support = case
             for n in self.ns:
                 per = {m: [] for m in METHODS}
                 r_seen = []
-                for _ in range(self.trials):  # a fresh design and a fresh random support per trial
+                for _ in range(self.trials):  # a fresh design, support and noise per trial
                     X, B = make_design(fam, n, self.d, rng)
-                    w = make_signal(X, self.k, rng, B)
+                    w = pair_signal(X, self.k, rng) if support == "adversarial" else make_signal(X, self.k, rng, B)
                     y = X @ w + self.sigma * rng.standard_normal(n)
                     for m in METHODS:
                         per[m].append(prediction_error(X, w, solve(m, X, y, self.k, self.sigma)))
                     r_seen.append(find_preconditioner(X)[1])
                 for m in METHODS:
-                    errors[fam][m].append(per[m])
-                peeled[fam].append(float(np.mean(r_seen)))
+                    errors[label[case]][m].append(per[m])
+                peeled[label[case]].append(float(np.mean(r_seen)))
         tables = []
-        for fam in self.families:
-            rows = []
-            for i, n in enumerate(self.ns):
-                rows.append([str(n)] + [fmt(success_probability(errors[fam][m][i], self.eps)) for m in METHODS]
-                            + [fmt(float(np.median(errors[fam][m][i])), 3) for m in METHODS] + [fmt(peeled[fam][i], 1)])
+        for case in cases:
+            c = label[case]
+            rows = [[str(n)] + [fmt(success_probability(errors[c][m][i], self.eps)) for m in METHODS]
+                    + [fmt(float(np.median(errors[c][m][i])), 3) for m in METHODS] + [fmt(peeled[c][i], 1)]
+                    for i, n in enumerate(self.ns)]
+            what = ("an adversarial support (whole near-duplicate pairs, cancelling values)" if case[1] == "adversarial"
+                    else "a random support")
             tables.append(LabTable(
-                f"`{fam}` design: success probability (prediction error <= {self.eps:g}) and median prediction "
-                f"error (1/N)||X w* - X w||^2 vs N; d={self.d}, k={self.k} on a random support, signal "
-                f"(1/N)||X w*||^2 = 1, noise sigma={self.sigma:g}, {self.trials} trials per N (fresh design, "
-                "support and noise each)",
+                f"`{case[0]}` design, {what}: success probability (prediction error <= {self.eps:g}) and median "
+                f"prediction error (1/N)||X w* - X w||^2 vs N; d={self.d}, k={self.k}, signal (1/N)||X w*||^2 = 1, "
+                f"noise sigma={self.sigma:g}, {self.trials} trials per N (fresh design, support and noise each)",
                 ["N"] + [f"P(success) {m}" for m in METHODS] + [f"median err {m}" for m in METHODS]
                 + ["peeled directions"], rows))
-        first = {f: {m: next((n for i, n in enumerate(self.ns)
-                              if success_probability(errors[f][m][i], self.eps) >= 0.9), None)
-                     for m in METHODS} for f in self.families}
+        first = {c: {m: next((n for i, n in enumerate(self.ns) if success_probability(errors[c][m][i], self.eps)
+                              >= 0.9), None) for m in METHODS} for c in errors}
         finding = "smallest N with success probability >= 0.9: " + "; ".join(
-            f"{f}: " + ", ".join(f"{m} {first[f][m] if first[f][m] is not None else f'> {self.ns[-1]}'}"
-                                 for m in METHODS) for f in self.families) + "."
+            f"{c}: " + ", ".join(f"{m} {first[c][m] if first[c][m] is not None else f'> {self.ns[-1]}'}"
+                                 for m in METHODS) for c in errors) + "."
         return LabResult(self.name, self.claim, tables, finding,
                          {"errors": errors, "ns": list(self.ns), "first_n": first, "peeled": peeled})
