@@ -35,12 +35,23 @@ def test_omp_recovers_a_two_sparse_signal_on_an_orthogonal_design_in_two_steps()
     assert chosen1 == [1] and np.allclose(w1, [0, 3, 0, 0])
 
 
+def test_omp_refits_all_chosen_columns_on_a_correlated_design():
+    # columns a = e1, b = (e1 + e2)/sqrt(2); y = (2, 1). Step 1: |X^T y| = (2, 3/sqrt(2)) takes b;
+    # the refit leaves r = y - (3/2)(1, 1) = (0.5, -0.5), step 2 takes a, and least squares on {b, a}
+    # gives y = 1 a + sqrt(2) b exactly (plain matching pursuit would stop at a = 0.5, b = 2.12).
+    X = np.array([[1.0, 1 / math.sqrt(2)], [0.0, 1 / math.sqrt(2)]])
+    w, chosen = omp(X, np.array([2.0, 1.0]), 2)
+    assert chosen == [1, 0] and np.allclose(w, [1.0, math.sqrt(2)])
+
+
 def test_lasso_is_the_soft_threshold_on_an_orthonormal_design():
     # F^T F / N = I with F = sqrt(3) I: the minimiser of (1/2N)||y - F t||^2 + lam ||t||_1 is the
     # soft threshold of z = F^T y / N = (2, -0.3, 0.5) at lam = 0.4: (1.6, 0, 0.1).
     F = math.sqrt(3) * np.eye(3)
     y = math.sqrt(3) * np.array([2.0, -0.3, 0.5])
     assert np.allclose(lasso(F, y, 0.4), [1.6, 0.0, 0.1], atol=1e-9)
+    # F^T F / N = 4 I: theta = soft(z, lam) / 4 with z = (8, -1.2, 2), lam = 1.6: the same (1.6, 0, 0.1)
+    assert np.allclose(lasso(2 * F, 2 * y, 1.6), [1.6, 0.0, 0.1], atol=1e-9)
     # a rotated orthonormal design with more rows than features: the same closed form
     rng = np.random.default_rng(0)
     Q, _ = np.linalg.qr(rng.standard_normal((8, 5)))
