@@ -43,7 +43,8 @@ inline int64_t x8_slot(int64_t k, bool nibble) {  // where input k is stored
   return base + (j >= 16 && j < 32 ? j + 16 : (j >= 32 && j < 48 ? j - 16 : j));
 }
 
-// xu (n * in bytes), sx and su (n * ng each) for rows x[0:n] (row stride ldx).
+// xu (n * in bytes), sx and su (n * ng each) for rows x[0:n] (row stride ldx). The AVX-512 path
+// rounds exactly as the scalar one (IEEE division, round-to-nearest-even conversion).
 inline void quantize_x8(const QLinear& L, const float* x, int64_t ldx, int n, uint8_t* xu, float* sx, int32_t* su) {
   const int64_t in = L.in, G = L.G, ng = in / G;
   const bool nib = x8_nibble_order(L);
@@ -51,6 +52,25 @@ inline void quantize_x8(const QLinear& L, const float* x, int64_t ldx, int n, ui
     const float* xr = x + r * ldx;
     uint8_t* ur = xu + r * in;
     for (int64_t g = 0; g < ng; ++g) {
+#if SCQ_AVX512
+      if (isa_level() >= 2) {
+        __m512 mx = _mm512_setzero_ps();
+        for (int64_t k = g * G; k < (g + 1) * G; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xr + k)));
+        const float s = _mm512_reduce_max_ps(mx) / 127.f;
+        const __m512 sv = _mm512_set1_ps(s > 0.f ? s : 1.f);
+        const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), off = _mm512_set1_epi32(128);
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t k = g * G; k < (g + 1) * G; k += 16) {
+          __m512i q = _mm512_cvtps_epi32(_mm512_div_ps(_mm512_loadu_ps(xr + k), sv));
+          q = s > 0.f ? _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), off) : off;
+          sum = _mm512_add_epi32(sum, q);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(ur + x8_slot(k, nib)), _mm512_cvtepi32_epi8(q));
+        }
+        sx[r * ng + g] = s;
+        su[r * ng + g] = _mm512_reduce_add_epi32(sum);
+        continue;
+      }
+#endif
       float amax = 0.f;
       for (int64_t k = g * G; k < (g + 1) * G; ++k) amax = std::max(amax, std::fabs(xr[k]));
       const float s = amax / 127.f;

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "qdot.h"
@@ -21,17 +22,29 @@ struct LinearCtx {
   XQ xq;  // the int8 input when L.xbits == 8
 };
 
-// xbits 8: the input rounded to int8 once per call (qdot_x8.h), in a tensor the job keeps alive.
-inline XQ quantized_input(const QLinear& L, const float* x, int64_t ldx, int n, std::vector<c10::IValue>& keep) {
+// xbits 8: the input rounded to int8 once per call (qdot_x8.h). It goes to a per-thread scratch area
+// that is never freed while the thread lives (a pool helper that comes back late may still read the
+// previous call's bytes; it then throws its chunk away, see sc_pool.h), or to a tensor the job keeps
+// alive when it does not fit. `used` is the scratch already taken by this job (q/k/v take three parts).
+inline XQ quantized_input(const QLinear& L, const float* x, int64_t ldx, int n, std::vector<c10::IValue>& keep,
+                          size_t& used) {
   if (L.xbits != 8) return XQ{};
+  constexpr size_t kScratch = size_t(1) << 20;
+  thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kScratch]);
   const int64_t ng = L.in / L.G;
-  at::Tensor buf = at::empty({(int64_t)n * (L.in + 8 * ng) + 64}, at::TensorOptions().dtype(at::kByte));
-  uint8_t* base = buf.data_ptr<uint8_t>();
-  const int64_t off = (n * L.in + 15) / 16 * 16;
+  const size_t off = ((size_t)n * L.in + 63) / 64 * 64, need = off + ((size_t)8 * n * ng + 63) / 64 * 64;
+  uint8_t* base;
+  if (used + need <= kScratch) {
+    base = scratch.get() + used;
+    used += need;
+  } else {
+    at::Tensor buf = at::empty({(int64_t)need}, at::TensorOptions().dtype(at::kByte));
+    keep.emplace_back(buf);
+    base = buf.data_ptr<uint8_t>();
+  }
   float* sx = reinterpret_cast<float*>(base + off);
   int32_t* su = reinterpret_cast<int32_t*>(base + off + 4 * n * ng);
   quantize_x8(L, x, ldx, n, base, sx, su);
-  keep.emplace_back(buf);
   return XQ{base, sx, su};
 }
 
@@ -58,7 +71,8 @@ inline int64_t rows_per_chunk(int64_t out, int n, int threads) {
 inline void run_linear(const QLinear& L, const float* x, int64_t ldx, int n, float* y,
                        std::vector<c10::IValue> keep = {}, std::shared_ptr<void> owner = nullptr) {
   Pool& p = pool();
-  XQ xq = quantized_input(L, x, ldx, n, keep);
+  size_t used = 0;
+  XQ xq = quantized_input(L, x, ldx, n, keep, used);
   LinearCtx ctx{L, x, ldx, y, rows_per_chunk(L.out, n, p.threads()), n, xq};
   const int64_t chunks = (L.out + ctx.rows_per - 1) / ctx.rows_per;
   p.run(chunks, linear_chunk, linear_commit, ctx, std::move(keep), std::move(owner));
@@ -104,9 +118,13 @@ inline void run_linears(const QLinear* const* Ls, float* const* ys, int count, c
   ctx.count = count;
   ctx.first[0] = 0;
   std::vector<c10::IValue> keep;
+  size_t used = 0;
   for (int i = 0; i < count; ++i) {
     ctx.L[i] = *Ls[i];
-    ctx.xq[i] = quantized_input(*Ls[i], x, 0, 1, keep);
+    int same = -1;  // q/k/v with the same group and code order share one rounded input
+    for (int j = 0; j < i && Ls[i]->xbits == 8; ++j)
+      if (Ls[j]->xbits == 8 && Ls[j]->G == Ls[i]->G && x8_nibble_order(*Ls[j]) == x8_nibble_order(*Ls[i])) same = j;
+    ctx.xq[i] = same >= 0 ? ctx.xq[same] : quantized_input(*Ls[i], x, 0, 1, keep, used);
     ctx.y[i] = ys[i];
     ctx.rows_per[i] = rows_per_chunk(Ls[i]->out, 1, p.threads());
     ctx.first[i + 1] = ctx.first[i] + (Ls[i]->out + ctx.rows_per[i] - 1) / ctx.rows_per[i];
