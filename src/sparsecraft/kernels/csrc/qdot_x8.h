@@ -128,11 +128,79 @@ void rows_x8_scalar(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float
 }
 
 #if SCQ_VNNI
+// The 64 signed weight bytes of the 64 inputs at k of row r (see the header comment): codes minus the
+// zero point (0 where not kept), or int8 codes ^ 0x80.
+inline __m512i x8_word(const QLinear& L, int64_t r, const uint8_t* row, const uint8_t*& stream, int64_t k,
+                       __m512i zv) {
+  if (L.kind == kQSparse) {
+    const uint64_t m = L.masks[r * L.mstride + k / 64];
+    return _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, L.bits), zv);
+  }
+  if (L.bits == 4) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2));
+    return _mm512_sub_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, lo4)),
+                                              _mm256_and_si256(_mm256_srli_epi16(b, 4), lo4), 1), zv);
+  }
+  return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8((char)0x80));
+}
+
+// Lane j of the result = the sum of the 16 lanes of v[j] (a transpose-and-add tree, ~3 instructions
+// per vector instead of a horizontal reduction each).
+inline __m512i sum16(__m512i* v) {
+  __m512i a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)
+    b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0x88), _mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xDD));
+}
+
+// Batch 1: the integer sums of 16 groups are reduced together (sum16), then corrected, converted and
+// scaled as one vector -- a group of 64 inputs is only ~8 instructions of codes and dot product, and
+// per-group scalar work (scale, correction, broadcast, FMA) would double it.
+inline void rows_x8_vnni_b1(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
+  const int64_t nr = r1 - r0, G = L.G, ng = L.in / G;
+  const bool int8_dense = L.kind == kQDense && L.bits == 8;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* sr = L.scales + r * ng;
+    const uint8_t* zr = L.zeros + r * ng;
+    const int16_t* cr = L.csum + r * ng;
+    const uint8_t* row = L.codes + r * L.cstride;
+    const uint8_t* stream = L.kind == kQSparse ? L.codes + L.rowoff[r] : nullptr;
+    __m512 acc = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (int64_t g0 = 0; g0 < ng; g0 += 16) {
+      const int nb = (int)std::min<int64_t>(16, ng - g0);
+      const __mmask16 mb = (__mmask16)((1u << nb) - 1);
+      __m512i ia[16];
+      for (int j = 0; j < 16; ++j) ia[j] = _mm512_setzero_si512();
+      for (int j = 0; j < nb; ++j) {
+        const __m512i zv = _mm512_set1_epi8((char)zr[g0 + j]);
+        for (const int64_t kend = k + G; k < kend; k += 64)
+          ia[j] = _mm512_dpbusd_epi32(ia[j], _mm512_loadu_si512(X.xu + k), x8_word(L, r, row, stream, k, zv));
+      }
+      __m512i sums = _mm512_sub_epi32(sum16(ia), _mm512_slli_epi32(
+          _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(mb, cr + g0)), 7));  // - 128 C
+      if (int8_dense) {  // + (128 - z) SU
+        const __m512i z = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mb, zr + g0));
+        sums = _mm512_add_epi32(sums, _mm512_mullo_epi32(_mm512_sub_epi32(_mm512_set1_epi32(128), z),
+                                                         _mm512_maskz_loadu_epi32(mb, X.su + g0)));
+      }
+      const __m512 scale = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mb, sr + g0)),
+                                         _mm512_maskz_loadu_ps(mb, X.sx + g0));
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
+    }
+    out[r - r0] = _mm512_reduce_add_ps(acc) + (L.bias ? L.bias[r] : 0.f);
+  }
+  (void)nr;
+}
+
 template <int N>
 void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
   const int64_t nr = r1 - r0, in = L.in, G = L.G, ng = in / G;
-  const __m256i lo4 = _mm256_set1_epi8(0x0F);
-  const __m512i flip = _mm512_set1_epi8((char)0x80);
   for (int64_t r = r0; r < r1; ++r) {
     const uint16_t* sr = L.scales + r * ng;
     const uint8_t* zr = L.zeros + r * ng;
@@ -152,17 +220,7 @@ void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* 
       const int32_t z = zr[g];
       const __m512i zv = _mm512_set1_epi8((char)z);
       for (const int64_t kend = k + G; k < kend; k += 64) {
-        __m512i w;
-        if (L.kind == kQSparse) {
-          const uint64_t m = L.masks[r * L.mstride + k / 64];
-          w = _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, L.bits), zv);
-        } else if (L.bits == 4) {
-          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2));
-          w = _mm512_sub_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, lo4)),
-                                                 _mm256_and_si256(_mm256_srli_epi16(b, 4), lo4), 1), zv);
-        } else {
-          w = _mm512_xor_si512(_mm512_loadu_si512(row + k), flip);
-        }
+        const __m512i w = x8_word(L, r, row, stream, k, zv);
         for (int n = 0; n < N; ++n) ia[n] = _mm512_dpbusd_epi32(ia[n], _mm512_loadu_si512(X.xu + n * in + k), w);
       }
       const float s = half_to_float(sr[g]);
@@ -182,7 +240,11 @@ void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* 
 template <int N>
 void rows_x8(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
 #if SCQ_VNNI
-  if (isa_level() >= 2) { rows_x8_vnni<N>(L, X, r0, r1, out); return; }
+  if (isa_level() >= 2) {
+    if (N == 1) rows_x8_vnni_b1(L, X, r0, r1, out);
+    else rows_x8_vnni<N>(L, X, r0, r1, out);
+    return;
+  }
 #endif
   rows_x8_scalar<N>(L, X, r0, r1, out);
 }
