@@ -188,3 +188,35 @@ def test_bad_input_is_one_line_error(call, message):
 
 def test_registered():
     assert EXPERIMENTS.get("pst") is PSTExperiment
+
+
+class WordTokenizer:
+    """Stands in for the real tokenizer: one id per word (a stable hash), padded to max_length."""
+
+    def __call__(self, texts, padding, truncation, max_length, return_tensors):
+        ids = torch.zeros(len(texts), max_length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, t in enumerate(texts):
+            words = [sum(map(ord, w)) % 63 + 1 for w in t.split()][:max_length]
+            ids[i, :len(words)], mask[i, :len(words)] = torch.tensor(words), 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_experiment_runs_end_to_end_on_a_tiny_encoder(monkeypatch, one_thread):
+    from types import SimpleNamespace
+
+    import sparsecraft.models as models
+
+    tiny = SimpleNamespace(model=tiny_bert(), tokenizer=WordTokenizer())
+    monkeypatch.setattr(models, "load_model", lambda name: tiny)
+    exp = PSTExperiment(plays=("julius_caesar", "tempest"), sparsities=(0.5,), n_train=4, n_test=3, seq_len=8,
+                        steps=3, batch_size=4)
+    res = exp.run()
+    rows = {r["method"]: r for r in res.data["rows"]}
+    assert set(rows) == {"linear probe (dense, frozen)", "dense fine-tuning", "pst", "movement", "magnitude"}
+    assert all(rows[m]["measured"] == pytest.approx(0.5) for m in ("pst", "movement", "magnitude"))
+    assert rows["pst"]["trainable"] == 2 * (4 * ((32 + 32) * 16 + 64) + 2 * ((64 + 32) * 16 + 96)) + 66
+    assert rows["movement"]["trainable"] == rows["dense fine-tuning"]["trainable"] == res.data["model_parameters"]
+    assert rows["movement"]["scores"] == 2 * (4 * 32 * 32 + 2 * 64 * 32) and rows["pst"]["scores"] == 0
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
+    assert "| pst | 0.50 | 0.500 |" in res.to_markdown()

@@ -355,8 +355,9 @@ class PSTExperiment(Experiment):
         test = (*encode(task.test_texts), task.test_labels)
         base = EncoderClassifier(loaded.model, len(self.plays))
         probe_head(base, *train)
+        n_head = sum(p.numel() for p in base.head.parameters())
         rows = [{"method": "linear probe (dense, frozen)", "sparsity": 0.0, "accuracy": accuracy(base, *test),
-                 "trainable": sum(p.numel() for p in base.head.parameters()), "measured": 0.0, "seconds": 0.0}]
+                 "trainable": n_head, "scores": 0, "measured": 0.0, "seconds": 0.0}]
         runs = [("dense fine-tuning", 0.0)] + [(m, s) for s in self.sparsities for m in self.methods]
         for method, s in runs:
             model = copy.deepcopy(base)
@@ -364,12 +365,13 @@ class PSTExperiment(Experiment):
             state = None if method == "dense fine-tuning" else sparsify(
                 model, method, self.targets, rank=self.rank, mask_rank=self.mask_rank, seed=self.seed)
             n_trainable = trainable_parameters(model)
+            n_scores = 0 if method != "movement" else sum(t.numel for t in state["targets"].values())
             fine_tune(model, state, train, sparsity=s, steps=self.steps, batch_size=self.batch_size,
                       lr=self.lr_pst if method == "pst" else self.lr_full, seed=self.seed, progress=progress)
             rows.append({"method": method, "sparsity": s, "accuracy": accuracy(model, *test),
-                         "trainable": n_trainable, "measured": 0.0 if state is None else measured_sparsity(state),
-                         "seconds": time.perf_counter() - t0})
-        return self._result(rows, trainable_parameters(base.encoder) + sum(p.numel() for p in base.head.parameters()))
+                         "trainable": n_trainable, "scores": n_scores, "seconds": time.perf_counter() - t0,
+                         "measured": 0.0 if state is None else measured_sparsity(state)})
+        return self._result(rows, trainable_parameters(base.encoder) + n_head)
 
     def _result(self, rows: list[dict[str, Any]], n_total: int) -> LabResult:
         table = LabTable(
@@ -381,9 +383,9 @@ class PSTExperiment(Experiment):
             f"{self.mask_rank}, lr {self.lr_pst:g}; full fine-tuning lr {self.lr_full:g}; chance "
             f"{1 / len(self.plays):.2f}",
             ["method", "target sparsity", "measured sparsity", "test accuracy", "trainable parameters",
-             "% of model", "seconds"],
+             "% of model", "extra score entries", "seconds"],
             [[r["method"], fmt(r["sparsity"]), fmt(r["measured"], 3), fmt(r["accuracy"], 3), f"{r['trainable']:,}",
-              fmt(100 * r["trainable"] / n_total), fmt(r["seconds"], 0)] for r in rows])
+              fmt(100 * r["trainable"] / n_total), f"{r['scores']:,}", fmt(r["seconds"], 0)] for r in rows])
         acc = {(r["method"], r["sparsity"]): r["accuracy"] for r in rows}
         parts = [f"{s:.0%}: " + ", ".join(f"{m} {acc[(m, s)]:.3f}" for m in self.methods) for s in self.sparsities]
         finding = (f"linear probe {rows[0]['accuracy']:.3f}, dense fine-tuning {acc[('dense fine-tuning', 0.0)]:.3f}; "
