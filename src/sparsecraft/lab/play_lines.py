@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparsecraft.data.text import shakespeare_files
@@ -123,3 +124,29 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(input_ids, attention_mask))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 64) -> float:
+    """Classification accuracy of ``model(ids, mask)`` against ``labels``."""
+    model.eval()
+    hits = 0
+    for i in range(0, len(ids), batch_size):
+        hits += int((model(ids[i:i + batch_size], mask[i:i + batch_size]).argmax(-1) == labels[i:i + batch_size]).sum())
+    return hits / len(ids)
+
+
+def probe_head(model: EncoderClassifier, ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor, *,
+               steps: int = 300, lr: float = 1e-2, batch_size: int = 64) -> None:
+    """Fit ``model.head`` on the frozen dense encoder's features (a linear probe, full-batch
+    Adam): every method then starts from the same head instead of a random one."""
+    with torch.no_grad():
+        model.eval()
+        feats = torch.cat([model.features(ids[i:i + batch_size], attn[i:i + batch_size])
+                           for i in range(0, len(ids), batch_size)])
+    opt = torch.optim.Adam(model.head.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model.head(feats), labels).backward()
+        opt.step()

@@ -44,7 +44,7 @@ from torch import nn
 from sparsecraft.criteria import Magnitude, Movement
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
-from sparsecraft.lab.play_lines import EncoderClassifier, play_task
+from sparsecraft.lab.play_lines import EncoderClassifier, accuracy, play_task, probe_head
 from sparsecraft.patterns import Unstructured
 from sparsecraft.schedules import Polynomial
 from sparsecraft.targets import Target, find_targets
@@ -248,17 +248,6 @@ def measured_sparsity(state: dict[str, Any]) -> float:
     return zeros / total
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-             batch_size: int = 64) -> float:
-    """Classification accuracy of ``model(ids, mask)`` against ``labels``."""
-    model.eval()
-    hits = 0
-    for i in range(0, len(ids), batch_size):
-        hits += int((model(ids[i:i + batch_size], mask[i:i + batch_size]).argmax(-1) == labels[i:i + batch_size]).sum())
-    return hits / len(ids)
-
-
 def fine_tune(model: nn.Module, state: dict[str, Any] | None, train: tuple[torch.Tensor, ...], *, sparsity: float,
               steps: int, batch_size: int, lr: float, warmup: float = 0.1, cooldown: float = 0.3,
               seed: int = 0, progress: bool = False) -> None:
@@ -290,21 +279,6 @@ def fine_tune(model: nn.Module, state: dict[str, Any] | None, train: tuple[torch
     model.eval()
 
 
-def probe_head(model: EncoderClassifier, ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor, *,
-               steps: int = 300, lr: float = 1e-2, batch_size: int = 64) -> None:
-    """Fit ``model.head`` on the frozen dense encoder's features (a linear probe, full-batch
-    Adam): every method then starts from the same head instead of a random one."""
-    with torch.no_grad():
-        model.eval()
-        feats = torch.cat([model.features(ids[i:i + batch_size], attn[i:i + batch_size])
-                           for i in range(0, len(ids), batch_size)])
-    opt = torch.optim.Adam(model.head.parameters(), lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(model.head(feats), labels).backward()
-        opt.step()
-
-
 @EXPERIMENTS.register("pst")
 class PSTExperiment(Experiment):
     """PST vs movement vs magnitude sparse fine-tuning of all-MiniLM-L6-v2 on the play task."""
@@ -317,8 +291,9 @@ class PSTExperiment(Experiment):
     def __init__(self, model: str = "all-minilm-l6-v2",
                  plays: tuple[str, ...] = ("julius_caesar", "midsummer_nights_dream", "henry_v", "tempest"),
                  sparsities: tuple[float, ...] = (0.5, 0.7, 0.9), methods: tuple[str, ...] = METHODS,
-                 n_train: int = 300, n_test: int = 100, seq_len: int = 40, steps: int = 120, batch_size: int = 16,
-                 lr_full: float = 1e-4, lr_pst: float = 2e-3, rank: int = 8, mask_rank: int = 8,
+                 n_train: int = 200, n_test: int = 100, seq_len: int = 32, steps: int = 40, batch_size: int = 16,
+                 lr_full: float = 1e-4, lr_pst: float = 5e-3, rank: int = 8, mask_rank: int = 8,
+                 init_std: float = 0.02, warmup: float = 0.1, cooldown: float = 0.3,
                  targets: tuple[str, ...] = (ENCODER_LINEARS,), seed: int = 0) -> None:
         if not isinstance(model, str) or not model:
             raise SparsecraftError(f"model must be a model name or path, got {model!r}")
@@ -336,6 +311,9 @@ class PSTExperiment(Experiment):
         self.lr_full, self.lr_pst = check_float("lr_full", lr_full, 0, 1, open_low=True), check_float(
             "lr_pst", lr_pst, 0, 1, open_low=True)
         self.rank, self.mask_rank = check_int("rank", rank, 1), check_int("mask_rank", mask_rank, 1)
+        self.init_std = check_float("init_std", init_std, 0.0, 10.0)
+        cubic_sparsity(self.sparsities[0], self.steps, warmup, cooldown)  # checks warmup and cooldown
+        self.warmup, self.cooldown = float(warmup), float(cooldown)
         self.seed = check_int("seed", seed, 0)
 
     def run(self, progress: bool = False) -> LabResult:
@@ -358,29 +336,35 @@ class PSTExperiment(Experiment):
         n_head = sum(p.numel() for p in base.head.parameters())
         rows = [{"method": "linear probe (dense, frozen)", "sparsity": 0.0, "accuracy": accuracy(base, *test),
                  "trainable": n_head, "scores": 0, "measured": 0.0, "seconds": 0.0}]
+        n_layers = 0
         runs = [("dense fine-tuning", 0.0)] + [(m, s) for s in self.sparsities for m in self.methods]
         for method, s in runs:
             model = copy.deepcopy(base)
             t0 = time.perf_counter()
             state = None if method == "dense fine-tuning" else sparsify(
-                model, method, self.targets, rank=self.rank, mask_rank=self.mask_rank, seed=self.seed)
+                model, method, self.targets, rank=self.rank, mask_rank=self.mask_rank, init_std=self.init_std,
+                seed=self.seed)
             n_trainable = trainable_parameters(model)
+            n_layers = n_layers if state is None else len(state["layers"])
             n_scores = 0 if method != "movement" else sum(t.numel for t in state["targets"].values())
             fine_tune(model, state, train, sparsity=s, steps=self.steps, batch_size=self.batch_size,
-                      lr=self.lr_pst if method == "pst" else self.lr_full, seed=self.seed, progress=progress)
+                      lr=self.lr_pst if method == "pst" else self.lr_full, warmup=self.warmup,
+                      cooldown=self.cooldown, seed=self.seed, progress=progress)
             rows.append({"method": method, "sparsity": s, "accuracy": accuracy(model, *test),
                          "trainable": n_trainable, "scores": n_scores, "seconds": time.perf_counter() - t0,
                          "measured": 0.0 if state is None else measured_sparsity(state)})
-        return self._result(rows, trainable_parameters(base.encoder) + n_head)
+        return self._result(rows, trainable_parameters(base.encoder) + n_head, n_layers)
 
-    def _result(self, rows: list[dict[str, Any]], n_total: int) -> LabResult:
+    def _result(self, rows: list[dict[str, Any]], n_total: int, n_layers: int) -> LabResult:
         table = LabTable(
             f"Test accuracy on 'which of {len(self.plays)} plays is this two-line passage from' "
             f"({', '.join(self.plays)}; {self.n_train} training and {self.n_test} test passages per play, test "
             f"passages from the last 20% of each play) after {self.steps} steps of batch {self.batch_size} "
-            f"(seq_len {self.seq_len}) from a shared linear-probe head; sparse: the 36 linear layers of the 6 encoder "
-            f"layers, cubic schedule (10% dense, last 30% at the target); pst rank {self.rank}, mask rank "
-            f"{self.mask_rank}, lr {self.lr_pst:g}; full fine-tuning lr {self.lr_full:g}; chance "
+            f"(seq_len {self.seq_len}) from a shared linear-probe head; sparse: the {n_layers} linear layers "
+            f"of the encoder blocks, cubic schedule ({self.warmup:.0%} of the steps dense, the last "
+            f"{self.cooldown:.0%} at the target); pst rank {self.rank}, mask rank {self.mask_rank}, U and A "
+            f"init std {self.init_std:g}, lr {self.lr_pst:g}; full fine-tuning (dense, movement, magnitude) "
+            f"lr {self.lr_full:g}; AdamW; chance "
             f"{1 / len(self.plays):.2f}",
             ["method", "target sparsity", "measured sparsity", "test accuracy", "trainable parameters",
              "% of model", "extra score entries", "seconds"],
