@@ -175,7 +175,7 @@ def test_fine_tune_reaches_the_target_and_pst_leaves_w_untouched(one_thread):
     (lambda: PSTLinear(nn.Linear(4, 3), mask_rank=0), "mask_rank must be an integer >= 1, got 0"),
     (lambda: PSTLinear(nn.Conv1d(4, 3, 1)), "PSTLinear wraps an nn.Linear, got Conv1d"),
     (lambda: sparsify(nn.Sequential(nn.Linear(2, 2)), "snip"), "unknown sparse fine-tuning method 'snip'"),
-    (lambda: sparsify(nn.Sequential(nn.Linear(2, 2)), "pst", ["nothing"]), "no untied nn.Linear layer matches"),
+    (lambda: sparsify(nn.Sequential(nn.Linear(2, 2)), "pst", ["nothing"], trainable=()), "no untied nn.Linear layer"),
     (lambda: PSTExperiment(sparsities=(0.5, 1.0)), r"sparsity must be a number in \[0, 1\), got 1.0"),
     (lambda: PSTExperiment(rank=0), "rank must be an integer >= 1, got 0"),
     (lambda: PSTExperiment(methods=("pst", "rigl")), "methods must be a non-empty subset of pst, movement"),
@@ -220,3 +220,21 @@ def test_experiment_runs_end_to_end_on_a_tiny_encoder(monkeypatch, one_thread):
     assert rows["movement"]["scores"] == 2 * (4 * 32 * 32 + 2 * 64 * 32) and rows["pst"]["scores"] == 0
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
     assert "| pst | 0.50 | 0.500 |" in res.to_markdown()
+
+
+def test_pst_on_a_decoder_with_targets_and_no_head(one_thread):
+    from tests.oneshot.tiny import tiny_llama
+
+    model = tiny_llama()  # hidden 32, intermediate 64, 2 layers
+    state = sparsify(model, "pst", [r"mlp\.(gate|up|down)_proj"], ignore=[r"layers\.1\.mlp\.down"], trainable=())
+    assert len(state["layers"]) == 5
+    assert trainable_parameters(model) == 5 * ((64 + 32) * 16 + 96)
+    set_sparsity(state, 0.5)
+    ids = torch.randint(0, 64, (2, 6))
+    model(input_ids=ids, labels=ids).loss.backward()
+    gate = state["layers"]["model.layers.0.mlp.gate_proj"]
+    assert gate.B.grad is not None and gate.B.grad.abs().sum() > 0 and gate.weight.grad is None
+    assert model.model.embed_tokens.weight.grad is None
+    assert measured_sparsity(state) == pytest.approx(0.5)
+    with pytest.raises(SparsecraftError, match=r"trainable names modules the model does not have: \['head'\]"):
+        sparsify(tiny_llama(), "pst", [r"mlp\."])

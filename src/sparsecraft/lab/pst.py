@@ -188,33 +188,41 @@ def cubic_sparsity(final: float, total_steps: int, warmup: float = 0.1, cooldown
     return Polynomial(final=final, initial=0.0, start=start, end=end)
 
 
-def sparsify(model: nn.Module, method: str, targets: Sequence[str] | None = None, *, rank: int = 8,
-             mask_rank: int = 8, init_std: float = 0.02, trainable: Sequence[str] = ("head",),
-             seed: int = 0) -> dict[str, Any]:
+def sparsify(model: nn.Module, method: str, targets: Sequence[str] | None = None, *,
+             ignore: Sequence[str] | None = None, rank: int = 8, mask_rank: int = 8, init_std: float = 0.02,
+             trainable: Sequence[str] = ("head",), seed: int = 0) -> dict[str, Any]:
     """Prepare ``model`` for sparse fine-tuning with ``method`` (pst, movement or magnitude).
 
-    pst: every targeted linear becomes a :class:`PSTLinear`; all other parameters are frozen
-    except those of the modules named in ``trainable`` (the task head). movement / magnitude:
-    :class:`MaskedLinear` layers, every parameter trainable. Returns the state
-    :func:`set_sparsity` needs: ``method``, ``layers`` (name -> wrapper), ``targets`` and
+    pst: every linear matched by ``targets`` / ``ignore`` becomes a :class:`PSTLinear`; all other
+    parameters are frozen except those of the modules named in ``trainable`` (e.g. a task head).
+    movement / magnitude: :class:`MaskedLinear` layers, every parameter trainable. Returns the
+    state :func:`set_sparsity` needs: ``method``, ``layers`` (name -> wrapper), ``targets`` and
     ``criterion`` (baselines)."""
     if method not in METHODS:
         raise SparsecraftError(f"unknown sparse fine-tuning method {method!r}; allowed: {', '.join(METHODS)}")
+    modules = dict(model.named_modules())
+    missing = [n for n in trainable if n not in modules] if method == "pst" else []
+    if missing:
+        raise SparsecraftError(f"trainable names modules the model does not have: {missing}")
     if method == "pst":
         check_int("rank", rank, 1)
         check_int("mask_rank", mask_rank, 1)
-        for p in model.parameters():
-            p.requires_grad_(False)
+        check_float("init_std", init_std, 0.0, 10.0)
         count = iter(range(1 << 30))
         layers = wrap_linears(model, lambda lin: PSTLinear(lin, rank, mask_rank, init_std=init_std,
-                                                           seed=seed * 1000 + next(count)), targets)
+                                                           seed=seed * 1000 + next(count)), targets, ignore)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in layers.values():
+            for p in (layer.U, layer.V, layer.A, layer.B, layer.R, layer.C):
+                p.requires_grad_(True)
         for name in trainable:
-            for p in model.get_submodule(name).parameters():
+            for p in modules[name].parameters():
                 p.requires_grad_(True)
         return {"method": method, "layers": layers}
+    layers = wrap_linears(model, MaskedLinear, targets, ignore)
     for p in model.parameters():
         p.requires_grad_(True)
-    layers = wrap_linears(model, MaskedLinear, targets)
     tgts = {name: Target(name, layer) for name, layer in layers.items()}
     crit = Movement() if method == "movement" else Magnitude()
     if method == "movement":
