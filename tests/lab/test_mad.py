@@ -128,6 +128,7 @@ def test_experiment_runs_and_reports():
     assert [r[0] for r in result.tables[0].rows] == ["memorisation", "mean"]
     assert result.tables[0].rows[0][1] == "20.0"
     assert set(result.data["mean"]["memorisation"]) == {"dense", "moe"}
+    assert result.finding.startswith("dense: memorisation ") and "moe: " in result.finding
 
 
 @pytest.mark.parametrize(("knobs", "match"), [

@@ -278,9 +278,18 @@ class MADExperiment(Experiment):
         return LabResult(self.name, self.claim, [table, params], self._finding(mean), {"runs": runs, "mean": mean})
 
     def _finding(self, mean: dict[str, dict[str, float]]) -> str:
+        if "dense" not in self.variants:
+            return "no dense baseline was run."
         parts = []
-        for t, accs in mean.items():
-            best = max(accs, key=accs.get)
-            parts.append(f"{t}: best {best} {100 * accs[best]:.1f}%"
-                         + (f" (dense {100 * accs['dense']:.1f}%)" if "dense" in accs and best != "dense" else ""))
-        return "; ".join(parts) + "."
+        for v in self.variants:
+            if v == "dense":
+                continue
+            gaps = {t: 100 * (mean[t][v] - mean[t]["dense"]) for t in self.tasks}
+            avg = sum(gaps.values()) / len(gaps)
+            lost = [f"{t} {g:+.1f}" for t, g in gaps.items() if g <= -10]
+            won = [f"{t} {g:+.1f}" for t, g in gaps.items() if g >= 10]
+            parts.append(f"{v}: {avg:+.1f} points vs dense on average"
+                         + (f", far behind on {', '.join(lost)}" if lost else "")
+                         + (f", far ahead on {', '.join(won)}" if won else ""))
+        dense = ", ".join(f"{t} {100 * mean[t]['dense']:.1f}%" for t in self.tasks)
+        return f"dense: {dense}. " + "; ".join(parts) + "."
