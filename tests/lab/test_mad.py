@@ -20,8 +20,7 @@ def test_window_mask_by_hand():
 
 
 def reference_attention(att: CausalSelfAttention, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Softmax attention written out with an explicit keep-mask (no RoPE: the test uses positions that
-    RoPE cannot tell apart only through the mask, so compare the masked block against itself)."""
+    """RoPE softmax attention written out by hand, with an explicit keep-mask."""
     b, t, _ = x.shape
     h, d = att.n_heads, att.head_dim
     q, k, v = (p(x).view(b, t, h, d).transpose(1, 2) for p in (att.q_proj, att.k_proj, att.v_proj))
@@ -138,6 +137,7 @@ def test_experiment_runs_and_reports():
     ({"d_model": 20}, "d_model must be a multiple of 8"),
     ({"sparsity": 1.5}, r"sparsity must be a number in \[0.0, 0.99\]"),
     ({"seeds": []}, "seeds must list at least one seed"),
+    ({"tasks": ["compression"], "task_options": {"memorisation": {}}}, "task_options name tasks not run"),
 ])
 def test_bad_knobs(knobs, match):
     with pytest.raises(SparsecraftError, match=match):

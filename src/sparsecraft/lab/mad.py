@@ -230,6 +230,10 @@ class MADExperiment(Experiment):
             if bad or not given:
                 raise SparsecraftError(f"{name}: unknown or empty {bad or list(given)}; allowed: {', '.join(allowed)}")
         self.tasks, self.variants = list(tasks), list(variants)
+        extra = sorted(set(task_options or {}) - set(self.tasks))
+        if extra:
+            raise SparsecraftError(f"task_options name tasks not run: {', '.join(extra)}; "
+                                   f"tasks: {', '.join(self.tasks)}")
         self.options = {t: dict(DEFAULT_TASKS[t], **(task_options or {}).get(t, {})) for t in self.tasks}
         for t in self.tasks:
             generate(t, 1, seed=0, **self.options[t])  # bad task options fail before anything trains
