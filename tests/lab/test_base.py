@@ -10,7 +10,8 @@ from sparsecraft.lab.base import check_float, check_int
 def test_every_lab_module_registers_its_experiment():
     assert {"sparse-coding", "dendrites", "retrieval-margin", "kronecker-sbl", "sparse-ift",
             "group-envelope", "data-pruning", "machine-unlearning", "continual-dst", "sparse-search",
-            "dsl-recommendation", "ftp-router", "batchtopk-sae", "mad"} <= set(EXPERIMENTS.names())
+            "dsl-recommendation", "ftp-router", "batchtopk-sae", "random-support",
+            "knowledge-capacity", "mad"} <= set(EXPERIMENTS.names())
     for _, cls in EXPERIMENTS:
         assert cls.paper and cls.claim
 

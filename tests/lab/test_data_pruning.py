@@ -88,7 +88,7 @@ def test_tiny_experiment(monkeypatch):
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(200, 784, generator=g), torch.randint(0, 10, (200,), generator=g)
-    monkeypatch.setattr(mod, "fashion_subset", lambda n, nt, seed: (x, y, x[:50], y[:50]))
+    monkeypatch.setattr(mod, "fashion_random", lambda n, nt, seed: (x, y, x[:50], y[:50]))
     res = EXPERIMENTS.build({"type": "data-pruning", "fractions": [0.5, 1.0], "pool": 200, "clusters": 4,
                              "embed_dim": 8, "hidden": 8, "steps": 4}).run()
     err = res.data["err"]

@@ -30,7 +30,7 @@ def test_strong_envelope_keeps_exactly_k_neurons_and_group_lasso_keeps_none():
 def test_tiny_experiment_table(monkeypatch):
     import sparsecraft.lab.group_envelope as mod
 
-    monkeypatch.setattr(mod, "fashion_subset", lambda n, nt, seed: _data())
+    monkeypatch.setattr(mod, "fashion_random", lambda n, nt, seed: _data())
     res = EXPERIMENTS.build({"type": "group-envelope", "sparsities": [0.5], "hidden": [8, 8], "lams_lasso": [1.0],
                              "lams_envelope": [2.0], "n_train": 128, "epochs": 1, "finetune_epochs": 1}).run()
     assert set(res.data["results"]) == {("none", 0.0, 0.5), ("group-lasso", 1.0, 0.5), ("group-envelope", 2.0, 0.5)}

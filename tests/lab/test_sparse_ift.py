@@ -107,7 +107,7 @@ def test_tiny_run_reports_iso_flop_models(monkeypatch):
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(256, 784, generator=g), torch.randint(0, 10, (256,), generator=g)
-    monkeypatch.setattr(mod, "fashion_subset", lambda n, nt, seed: (x, y, x[:64], y[:64]))
+    monkeypatch.setattr(mod, "fashion_random", lambda n, nt, seed: (x, y, x[:64], y[:64]))
     res = EXPERIMENTS.build({"type": "sparse-ift", "sparsities": [0.75], "widths": [784, 16, 10],
                              "transforms": ["wide", "parallel"], "n_train": 256, "epochs": 1}).run()
     assert set(res.data["acc"]) == {("wide", 0.75), ("parallel", 0.75)}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab import EXPERIMENTS
-from sparsecraft.lab.fashion_small import mlp
+from sparsecraft.lab.fashion import mlp
 from sparsecraft.lab.sparse_search import (
     SparseSearchMLP,
     budget,

@@ -33,10 +33,9 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from sparsecraft import atomic
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.jobs.recipe import JOBS, Job, OutputConfig, Strict
-from sparsecraft.jobs.train import SEED, check_resume_settings
+from sparsecraft.jobs.train import SEED, check_resume_settings, preflight_checkpoint
 from sparsecraft.moe.model import SparseLM, SparseLMConfig, save_lm
 from sparsecraft.moe.schedule import TopKSchedule, apply_top_k
 from sparsecraft.moe.stats import expert_load, moe_layers, reset_expert_load
@@ -52,7 +51,7 @@ from sparsecraft.training.causal_lm import (
     train_lm,
 )
 from sparsecraft.training.loop import StepRun, resume_steps
-from sparsecraft.training.state import STATE_FILE, flatten_settings, read_training_state
+from sparsecraft.training.state import flatten_settings
 
 
 class LMDataConfig(Strict):
@@ -151,16 +150,7 @@ class LMTrainJob(Job):
     Config = LMTrainJobConfig
 
     def preflight(self, config: LMTrainJobConfig, run_dir: Path) -> None:
-        ckpt = run_dir / "checkpoint"
-        atomic.recover_directory(ckpt)
-        if config.resume:
-            if not (ckpt / STATE_FILE).is_file():
-                raise SparsecraftError(f"--resume: no checkpoint in {str(ckpt)!r}; run without --resume first")
-            _, doc = read_training_state(ckpt)
-            check_resume_settings(doc.get("extra", {}).get("settings"), run_settings(config), ckpt)
-        elif ckpt.exists():
-            raise SparsecraftError(f"{str(run_dir)!r} holds the checkpoint of an earlier run: continue it with "
-                                   "--resume, or choose another folder")
+        preflight_checkpoint(run_dir, config.resume, run_settings(config))
 
     def run(self, config: LMTrainJobConfig, run_dir: Path) -> dict[str, Any]:
         if config.threads:

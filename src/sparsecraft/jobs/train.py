@@ -233,6 +233,23 @@ def check_resume_settings(saved: dict[str, Any] | None, current: dict[str, Any],
         )
 
 
+def preflight_checkpoint(run_dir: Path, resume: bool, settings: dict[str, Any]) -> None:
+    """Refuse a resume without a matching, intact checkpoint, and a fresh run over an earlier
+    run's checkpoint -- before anything is written (the train and lm-train jobs)."""
+    ckpt = run_dir / "checkpoint"
+    atomic.recover_directory(ckpt)
+    if resume:
+        if not (ckpt / STATE_FILE).is_file():
+            raise SparsecraftError(f"--resume: no checkpoint in {str(ckpt)!r}; run without --resume first")
+        _, doc = read_training_state(ckpt)
+        check_resume_settings(doc.get("extra", {}).get("settings"), settings, ckpt)
+    elif ckpt.exists():
+        raise SparsecraftError(
+            f"{str(run_dir)!r} holds the checkpoint of an earlier run, which a new run would overwrite: "
+            "continue it with --resume (recipe key resume: true), or choose another folder"
+        )
+
+
 def build_model(name: str, in_features: int) -> torch.nn.Module:
     from sparsecraft.models.vision import build_vision_model, mlp
 
@@ -246,20 +263,7 @@ class TrainJob(Job):
     Config = TrainJobConfig
 
     def preflight(self, config: TrainJobConfig, run_dir: Path) -> None:
-        """Refuse a resume without a matching, intact checkpoint, and a fresh run over an earlier
-        run's checkpoint -- before anything is written."""
-        ckpt = run_dir / "checkpoint"
-        atomic.recover_directory(ckpt)
-        if config.resume:
-            if not (ckpt / STATE_FILE).is_file():
-                raise SparsecraftError(f"--resume: no checkpoint in {str(ckpt)!r}; run without --resume first")
-            _, doc = read_training_state(ckpt)
-            check_resume_settings(doc.get("extra", {}).get("settings"), run_settings(config), ckpt)
-        elif ckpt.exists():
-            raise SparsecraftError(
-                f"{str(run_dir)!r} holds the checkpoint of an earlier run, which a new run would overwrite: "
-                "continue it with --resume (recipe key resume: true), or choose another folder"
-            )
+        preflight_checkpoint(run_dir, config.resume, run_settings(config))
 
     def run(self, config: TrainJobConfig, run_dir: Path) -> dict[str, Any]:
         if config.threads:

@@ -20,12 +20,20 @@ unless the sparse one (bitmap, or group bitmap for GQSA's groups) is measured at
 on this machine, for the layer's shape (measured once per distinct shape, grid and sparsity);
 float layers the same with the float32 dense / bitmap kernels. ``"dense"`` / ``"sparse"`` force
 one side.
+
+``input_bits=8`` (``sparsecraft generate --input-bits 8``): quantized layers whose groups are
+multiples of 64 round their input to int8 per quantization group and multiply with integer dot
+products (``csrc/qdot_x8.h``, AVX-512 VNNI), as llama.cpp multiplies its 4-bit weights with 8-bit
+activation blocks. The outputs then differ from the float-input model by the input rounding (about
+0.4% of a group's largest input per element); float layers and GQSA's group layouts keep float inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +49,15 @@ from sparsecraft.kernels.timing import time_blocks
 from sparsecraft.quant.state import get_quant
 
 KERNEL_CHOICES = ("auto", "dense", "sparse")
+INPUT_BITS = (None, 8)
 LAYER_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def candidates(linear: nn.Module, weight: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-    """{"dense": packed, "sparse": packed (when the weight has zeros)} in kernel layouts."""
+def candidates(linear: nn.Module, weight: torch.Tensor,
+               input_bits: int | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """{"dense": packed, "sparse": packed (when the weight has zeros)} in kernel layouts; with
+    ``input_bits=8`` the quantized ones that can take int8 inputs do."""
     st = get_quant(linear)
     out: dict[str, dict[str, torch.Tensor]] = {}
     nz = weight != 0
@@ -60,12 +71,24 @@ def candidates(linear: nn.Module, weight: torch.Tensor) -> dict[str, dict[str, t
             f"the decode kernels need quantization groups that are multiples of 16, got {st.spec.group}"
         )
     codes = st.codes(weight, "weight")
-    out["dense"] = qp.pack_q_dense(codes, st.scale, st.zero, st.spec.bits)
+    out["dense"] = _inputs(qp.pack_q_dense(codes, st.scale, st.zero, st.spec.bits), codes, None, st.zero, input_bits)
     if not bool(nz.all()):
         g = group_size(nz, st.spec.bits)
         keep = nz if g is None else nz.reshape(nz.shape[0], -1, g).any(-1).repeat_interleave(g, 1)
-        out["sparse"] = qp.pack_q_sparse(codes, keep, st.scale, st.zero, st.spec.bits, g or 0)
+        out["sparse"] = _inputs(qp.pack_q_sparse(codes, keep, st.scale, st.zero, st.spec.bits, g or 0),
+                                codes, keep, st.zero, input_bits)
     return out
+
+
+def _inputs(packed: dict[str, torch.Tensor], codes: torch.Tensor, keep: torch.Tensor | None, zero: torch.Tensor,
+            input_bits: int | None) -> dict[str, torch.Tensor]:
+    """The packed layer with int8 inputs when asked for and possible (else unchanged)."""
+    if input_bits != 8 or qp.int8_inputs_unsupported(packed):
+        return packed
+    try:
+        return qp.with_int8_inputs(packed, codes, keep, zero)
+    except SparsecraftError:  # sparse int8 codes on an asymmetric grid: float inputs
+        return packed
 
 
 def time_packed(packs: dict[str, dict[str, torch.Tensor]], rounds: int = 5) -> dict[str, float]:
@@ -92,7 +115,8 @@ class LayerChoice:
 def _layout_name(p: dict[str, torch.Tensor]) -> str:
     kind, bits, g = int(p["meta"][0]), int(p["meta"][3]), int(p["meta"][5])
     sparse = f"q{bits}-" + (f"group{g}" if g else "bitmap")
-    return {0: "f32-dense", 1: "f32-bitmap", 2: f"q{bits}-dense", 3: sparse}[kind]
+    name = {0: "f32-dense", 1: "f32-bitmap", 2: f"q{bits}-dense", 3: sparse}[kind]
+    return name + "-x8" if int(p["meta"][9]) == 8 else name
 
 
 def _llama_parts(model: nn.Module) -> tuple[Any, nn.Module]:
@@ -119,9 +143,11 @@ class LlamaDecodePath:
     @classmethod
     @torch.no_grad()
     def from_model(cls, model: nn.Module, kernels: str = "auto", max_positions: int = 2048,
-                   threads: int | None = None) -> LlamaDecodePath:
+                   threads: int | None = None, input_bits: int | None = None) -> LlamaDecodePath:
         if kernels not in KERNEL_CHOICES:
             raise SparsecraftError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
+        if input_bits not in INPUT_BITS:
+            raise SparsecraftError(f"input_bits must be None (float inputs) or 8, got {input_bits!r}")
         cfg, inner = _llama_parts(model)
         threads = threads or torch.get_num_threads()
         ops().set_threads(threads)
@@ -134,13 +160,13 @@ class LlamaDecodePath:
 
         def add(name: str, packed: dict[str, torch.Tensor], bias: torch.Tensor | None) -> None:
             tensors.extend(qp.parts_of(packed))
-            metas.extend([*packed["meta"].tolist(), int(bias is not None)])
+            metas.extend([*packed["meta"].tolist(), int(bias is not None)])  # 10 meta ints + has_bias
             if bias is not None:
                 tensors.append(bias.detach().float().contiguous())
 
         def linear(name: str, module: nn.Module) -> None:
             weight = effective_weight(module).float().cpu()
-            packs = candidates(module, weight)
+            packs = candidates(module, weight, input_bits)
             pick, times = "dense", {}
             if "sparse" in packs and kernels != "dense":
                 if kernels == "sparse":
@@ -172,8 +198,10 @@ class LlamaDecodePath:
         tensors.append(inner.norm.weight.detach().float().contiguous())
         head = model.lm_head
         if head.weight is emb.weight:
-            add("lm_head", emb_pack, None)
-            choices.append(LayerChoice("lm_head (tied)", "dense", _layout_name(emb_pack), 0))
+            head_pack = _inputs(emb_pack, st.codes(ew), None, st.zero, input_bits) if st else emb_pack
+            add("lm_head", head_pack, None)  # the embedding's tensors (+ csums with int8 inputs)
+            extra = qp.packed_bytes(head_pack) - qp.packed_bytes(emb_pack)
+            choices.append(LayerChoice("lm_head (tied)", "dense", _layout_name(head_pack), extra))
         else:
             linear("lm_head", head)
         pos = torch.arange(max_positions).unsqueeze(0)
@@ -208,6 +236,36 @@ class LlamaDecodePath:
             rest = list(self.decoder.decode(first, max_new_tokens - 1, -1 if eos is None else int(eos)))
         t2 = time.perf_counter()
         return GenerateResult([first, *rest], t1 - t0, t2 - t1)
+
+
+@contextlib.contextmanager
+def int8_inputs_applied(model: nn.Module, path: LlamaDecodePath) -> Iterator[nn.Module]:
+    """``model`` (transformers) with the decode path's int8 input rounding on every layer that runs
+    with int8 inputs (forward pre-hooks: x -> rint(x / sx) * sx, sx = max|x| / 127 per quantization
+    group): the float reference of an ``input_bits=8`` path, for its perplexity and token checks."""
+    names = {c.name.replace(" (tied)", "") for c in path.choices if c.layout.endswith("-x8")}
+    hooks = []
+    for name, module in model.named_modules():
+        if name.removeprefix("model.") in names:
+            st = get_quant(module) or get_quant(model.get_input_embeddings())
+            hooks.append(module.register_forward_pre_hook(_rounding_hook(st.spec.group)))
+    try:
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _rounding_hook(group: int):
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        xg = x.reshape(*x.shape[:-1], -1, group)
+        sx = xg.abs().amax(-1, keepdim=True) / 127.0
+        safe = torch.where(sx > 0, sx, torch.ones_like(sx))
+        q = torch.where(sx > 0, torch.round(xg / safe), torch.zeros_like(xg)).clamp(-127, 127)
+        return ((q * sx).reshape(x.shape), *args[1:])
+
+    return hook
 
 
 @dataclass

@@ -11,6 +11,10 @@ mstride, cstride) -- the argument list of ``torch.ops.sparsecraft_kernels.packed
   byte in order (byte j = c[2j] | c[2j + 1] << 4), each word starting on a byte; the code stream is
   padded with 64 bytes.
 
+``meta[9]`` (``xbits``) 8 selects the int8-input kernels (``csrc/qdot_x8.h``: the input rounded to int8
+per quantization group, integer dot products); they read one more part, ``csums`` (int32, (rows, in / G):
+the sum of ``q - z`` over the kept inputs of every group), see :func:`with_int8_inputs`.
+
 Scales are float16 (stored as int16 bits), zero points uint8, both (rows, in / G). Everything is
 vectorized numpy (no Python loop over rows or words), so packing SmolLM2's 210 layers takes a few
 seconds.
@@ -29,8 +33,8 @@ PARTS = {F32_DENSE: ("weight",), F32_BITMAP: ("values", "masks", "rowoff"),
 
 
 def meta_tensor(kind: int, out: int, inp: int, bits: int = 0, group: int = 0, g: int = 0, blk: int = 32,
-                mstride: int = 0, cstride: int = 0) -> torch.Tensor:
-    return torch.tensor([kind, out, inp, bits, group, g, blk, mstride, cstride], dtype=torch.int64)
+                mstride: int = 0, cstride: int = 0, xbits: int = 0) -> torch.Tensor:
+    return torch.tensor([kind, out, inp, bits, group, g, blk, mstride, cstride, xbits], dtype=torch.int64)
 
 
 def int4_block(group: int) -> int:
@@ -133,7 +137,42 @@ def pack_q_sparse(codes: torch.Tensor, keep: torch.Tensor, scale: torch.Tensor, 
 
 def parts_of(packed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """The ``parts`` list of ``packed_linear`` for a packed layer, in the kernel's order."""
-    return [packed[k] for k in PARTS[int(packed["meta"][0])]]
+    parts = [packed[k] for k in PARTS[int(packed["meta"][0])]]
+    return parts + [packed["csums"]] if int(packed["meta"][9]) == 8 else parts
+
+
+def int8_inputs_unsupported(packed: dict[str, torch.Tensor]) -> str | None:
+    """Why a packed layer cannot run with int8 inputs (``None`` if it can)."""
+    kind, bits, group, g = (int(v) for v in packed["meta"][[0, 3, 4, 5]])
+    if kind not in (Q_DENSE, Q_SPARSE) or (kind == Q_SPARSE and g):
+        return "int8 inputs need int4/int8 codes in the dense or element-bitmap layout"
+    if group % 64:
+        return f"int8 inputs need quantization groups that are multiples of 64, got {group}"
+    return None
+
+
+def with_int8_inputs(packed: dict[str, torch.Tensor], codes: torch.Tensor, keep: torch.Tensor | None = None,
+                     zero: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The same packed layer run with int8 inputs (``xbits`` 8): adds ``csums`` from the (out, in) codes,
+    the keep mask (``None``: every input) and the zero points (out, in / G)."""
+    why = int8_inputs_unsupported(packed)
+    if why:
+        raise SparsecraftError(why)
+    out, inp = codes.shape
+    group, bits = int(packed["meta"][4]), int(packed["meta"][3])
+    z = zero.detach().to(torch.int32).repeat_interleave(group, 1)
+    d = codes.to(torch.int32) - z
+    if keep is not None:
+        d = d * keep.to(torch.int32)
+    if int(packed["meta"][0]) == Q_SPARSE and bits == 8 and bool(((d < -128) | (d > 127)).any()):
+        raise SparsecraftError("int8 inputs on sparse int8 codes need q - z in [-128, 127] (a symmetric grid)")
+    csums = d.reshape(out, inp // group, group).sum(-1)
+    if bool((csums.abs() > 32767).any()):
+        raise SparsecraftError(f"int8 inputs need |sum(q - z)| <= 32767 per group; groups of {group} are too large")
+    csums = csums.to(torch.int16).contiguous()
+    meta = packed["meta"].clone()
+    meta[9] = 8
+    return {**{k: v for k, v in packed.items() if not k.startswith("_")}, "csums": csums, "meta": meta}
 
 
 def packed_bytes(packed: dict[str, torch.Tensor]) -> int:

@@ -30,7 +30,7 @@ from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
-from sparsecraft.lab.fashion_small import Data, accuracy, fashion_subset
+from sparsecraft.lab.fashion import Data, accuracy, fashion_balanced
 from sparsecraft.methods.base import METHODS, SparseMethod
 from sparsecraft.training.loop import shuffled_batches
 
@@ -210,7 +210,7 @@ class ContinualDSTExperiment(Experiment):
         self.data = data
 
     def run(self, progress: bool = False) -> LabResult:
-        data = self.data or fashion_subset(self.train_per_class, self.test_per_class, seed=0)
+        data = self.data or fashion_balanced(self.train_per_class, self.test_per_class, seed=0)
         tasks = split_tasks(data, self.n_tasks)
         runs: dict[tuple[float, str, str], list[dict[str, Any]]] = {}
         for s in self.sparsities:

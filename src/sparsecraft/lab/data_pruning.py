@@ -23,7 +23,7 @@ import torch
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
-from sparsecraft.lab.fashion_mlp import fashion_subset, train_classifier
+from sparsecraft.lab.fashion import fashion_random, train_classifier
 from sparsecraft.models.vision import mlp
 
 STRATEGIES = ("random", "keep-hard", "keep-easy", "hard-per-cluster", "easy-per-cluster")
@@ -133,7 +133,7 @@ class DataPruningExperiment(Experiment):
         self.seed = check_int("seed", seed, 0)
 
     def run(self, progress: bool = False) -> LabResult:
-        x, y, xt, yt = fashion_subset(self.pool, self.n_test, self.seed)
+        x, y, xt, yt = fashion_random(self.pool, self.n_test, self.seed)
         scores, nearest = prototype_metric(pca_embedding(x, self.embed_dim), self.clusters, seed=self.seed)
         err: dict[tuple[str, float], float] = {}
         share: dict[tuple[str, float], float] = {}

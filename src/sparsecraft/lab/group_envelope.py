@@ -20,7 +20,7 @@ from torch import nn
 import sparsecraft
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
-from sparsecraft.lab.fashion_mlp import fashion_subset, train_classifier
+from sparsecraft.lab.fashion import fashion_random, train_classifier
 from sparsecraft.models.vision import mlp
 from sparsecraft.training.loop import evaluate
 
@@ -88,7 +88,7 @@ class GroupEnvelopeExperiment(Experiment):
         self.seed = check_int("seed", seed, 0)
 
     def run(self, progress: bool = False) -> LabResult:
-        data = fashion_subset(self.n_train, self.n_test, self.seed)
+        data = fashion_random(self.n_train, self.n_test, self.seed)
         runs = [("none", 0.0)] + [("group-lasso", v) for v in self.lams_lasso] + [
             ("group-envelope", v) for v in self.lams_envelope]
         results: dict[tuple[str, float, float], dict[str, float]] = {}

@@ -25,7 +25,7 @@ from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
-from sparsecraft.lab.fashion_small import Data, accuracy, fashion_subset, fit, mlp
+from sparsecraft.lab.fashion import Data, accuracy, fashion_balanced, fit, mlp
 
 UNLEARNERS = ("ft", "ga", "l1-sparse")
 METRICS = ("forget", "retain", "test", "test-forget")
@@ -139,7 +139,7 @@ class MachineUnlearningExperiment(Experiment):
         return [(lr, st) for lr in self.unlearn_lrs for st in (self.ga_steps if rule == "ga" else self.ft_steps)]
 
     def run(self, progress: bool = False) -> LabResult:
-        data = self.data or fashion_subset(self.train_per_class, self.test_per_class, seed=self.seed)
+        data = self.data or fashion_balanced(self.train_per_class, self.test_per_class, seed=self.seed)
         x, y = data[0], data[1]
         keep = y != self.forget_class
         if int(keep.sum()) in (0, len(y)):

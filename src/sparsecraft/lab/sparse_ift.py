@@ -33,7 +33,7 @@ from torch import nn
 import sparsecraft
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
-from sparsecraft.lab.fashion_mlp import fashion_subset, train_classifier
+from sparsecraft.lab.fashion import fashion_random, train_classifier
 from sparsecraft.masks import MASK_SUFFIX
 
 TRANSFORMS = ("wide", "parallel", "factorized", "doped")
@@ -198,7 +198,7 @@ class SparseIFTExperiment(Experiment):
         return acc, nonzero_macs(model), dense_params
 
     def run(self, progress: bool = False) -> LabResult:
-        data = fashion_subset(self.n_train, self.n_test, self.seed)
+        data = fashion_random(self.n_train, self.n_test, self.seed)
         dense_acc, dense_macs, _ = self._run_one(data, "dense", 0.0, progress)
         rows = [["dense", "-", "-", str(dense_macs), "1.00", "-", fmt(100 * dense_acc)]]
         acc: dict[tuple[str, float], float] = {}

@@ -34,7 +34,7 @@ from torch import nn
 from sparsecraft.distributions import erk_densities, exact_counts
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
-from sparsecraft.lab.fashion_small import Data, accuracy, fashion_subset, fit, mlp
+from sparsecraft.lab.fashion import Data, accuracy, fashion_balanced, fit, mlp
 from sparsecraft.masks import MaskMeta, set_mask
 from sparsecraft.training.loop import shuffled_batches
 
@@ -187,7 +187,7 @@ class SparseSearchExperiment(Experiment):
 
     def _split(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor],
                               tuple[torch.Tensor, torch.Tensor]]:
-        x, y, xt, yt = self.data or fashion_subset(self.train_per_class, self.test_per_class, seed=0)
+        x, y, xt, yt = self.data or fashion_balanced(self.train_per_class, self.test_per_class, seed=0)
         n_val = round(len(x) * self.val_per_class / self.train_per_class)
         return (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val]), (xt, yt)
 

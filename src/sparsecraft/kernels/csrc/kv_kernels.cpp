@@ -41,6 +41,21 @@ namespace {
 constexpr int64_t kTile = 64;
 constexpr int64_t kChunk = 128;  // tokens per parallel task of the decode attention
 
+// Scores sc[0:len] of one chunk -> exp(sc - max) in place; m = the max, l = the sum (0 and 0 for a
+// chunk whose scores are all -inf).
+inline void chunk_softmax(float* sc, int64_t len, float& m, float& l) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < len; ++i) mx = std::max(mx, sc[i]);
+  float sum = 0.f;
+  for (int64_t i = 0; i < len; ++i) {
+    const float p = std::isinf(mx) && mx < 0 ? 0.f : std::exp(sc[i] - mx);
+    sc[i] = p;
+    sum += p;
+  }
+  m = mx;
+  l = sum;
+}
+
 // ------------------------------------------------------------------------------- pruning
 template <typename T>
 void pack_row(const T* x, int64_t D, int64_t n_keep, int64_t nt, int64_t* bits, T* vals,
@@ -207,18 +222,7 @@ void chunk_fast(const float* qh, const int64_t* kbh, const float* kvh, const int
       sc[g * kChunk + i] = _mm512_reduce_add_ps(a) + add;
     }
   }
-  for (int g = 0; g < G; ++g) {
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t i = 0; i < len; ++i) mx = std::max(mx, sc[g * kChunk + i]);
-    float sum = 0.f;
-    for (int64_t i = 0; i < len; ++i) {
-      const float p = std::isinf(mx) && mx < 0 ? 0.f : std::exp(sc[g * kChunk + i] - mx);
-      sc[g * kChunk + i] = p;
-      sum += p;
-    }
-    m[g] = mx;
-    l[g] = sum;
-  }
+  for (int g = 0; g < G; ++g) chunk_softmax(sc + g * kChunk, len, m[g], l[g]);
   __m512 ac[G][NV];
   for (int g = 0; g < G; ++g)
     for (int j = 0; j < NV; ++j) ac[g][j] = _mm512_setzero_ps();
@@ -300,16 +304,7 @@ void decode_impl(const float* q, const int64_t* kb, const T* kv, const int64_t* 
       float* l = pl.data() + task * G;
       float* acc = pacc.data() + task * G * D;
       for (int64_t g = 0; g < G; ++g) {
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < len; ++i) mx = std::max(mx, sc[g * kChunk + i]);
-        float sum = 0.f;
-        for (int64_t i = 0; i < len; ++i) {
-          const float p = std::isinf(mx) && mx < 0 ? 0.f : std::exp(sc[g * kChunk + i] - mx);
-          sc[g * kChunk + i] = p;
-          sum += p;
-        }
-        m[g] = mx;
-        l[g] = sum;
+        chunk_softmax(sc.data() + g * kChunk, len, m[g], l[g]);
         for (int64_t d = 0; d < D; ++d) acc[g * D + d] = 0.f;
       }
       for (int64_t i = 0; i < len; ++i) {

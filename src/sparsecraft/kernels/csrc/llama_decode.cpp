@@ -10,7 +10,7 @@
 // Construction (built by sparsecraft/kernels/llama_decode.py):
 //   ints   = [layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, max_positions]
 //   floats = [rms_eps]
-//   metas  = 10 ints per linear (kind, out, in, bits, G, g, blk, mstride, cstride, has_bias) for
+//   metas  = 11 ints per linear (kind, out, in, bits, G, g, blk, mstride, cstride, xbits, has_bias) for
 //            embed, then per layer q, k, v, o, gate, up, down, then head
 //   tensors= embedding parts, per layer [input norm, post-attention norm, the 7 layers' parts (+ bias)],
 //            final norm, head parts (+ bias), cos table, sin table (max_positions x head_dim).
@@ -28,7 +28,9 @@ namespace {
 
 constexpr int kPerLayer = 7;  // q, k, v, o, gate, up, down
 
-int parts_count(int kind) { return kind == sc::kF32Dense ? 1 : (kind == sc::kQSparse ? 5 : 3); }
+int parts_count(int kind, int xbits) {
+  return (kind == sc::kF32Dense ? 1 : (kind == sc::kQSparse ? 5 : 3)) + (xbits == 8 ? 1 : 0);
+}
 
 struct DecoderState {
   int64_t layers, hidden, heads, kv, hd, inter, vocab, max_pos;
@@ -53,7 +55,7 @@ class LlamaDecoder : public torch::CustomClassHolder {
     s->inter = ints[5]; s->vocab = ints[6]; s->max_pos = ints[7]; s->eps = (float)floats[0];
     TORCH_CHECK(s->heads % s->kv == 0 && s->hd % 2 == 0, "LlamaDecoder: bad head configuration");
     const int64_t n_lin = 2 + kPerLayer * s->layers;
-    TORCH_CHECK((int64_t)metas.size() == 10 * n_lin, "LlamaDecoder: need 10 meta ints per linear layer");
+    TORCH_CHECK((int64_t)metas.size() == 11 * n_lin, "LlamaDecoder: need 11 meta ints per linear layer");
     for (auto& t : tensors) t = t.contiguous();
     s->tensors = tensors;
     size_t ti = 0;
@@ -63,13 +65,13 @@ class LlamaDecoder : public torch::CustomClassHolder {
       return tensors[ti++].data_ptr<float>();
     };
     auto linear = [&](int64_t li) {
-      const int64_t* m = metas.data() + 10 * li;
-      const int np = parts_count((int)m[0]);
+      const int64_t* m = metas.data() + 11 * li;
+      const int np = parts_count((int)m[0], (int)m[9]);
       TORCH_CHECK(ti + np <= tensors.size(), "LlamaDecoder: missing tensors for linear ", li);
       std::vector<at::Tensor> parts(tensors.begin() + ti, tensors.begin() + ti + np);
       ti += np;
-      sc::QLinear L = sc::make_linear(parts, at::IntArrayRef(m, 9));
-      if (m[9]) L.bias = take(L.out);
+      sc::QLinear L = sc::make_linear(parts, at::IntArrayRef(m, 10));
+      if (m[10]) L.bias = take(L.out);
       s->lin.push_back(L);
     };
     linear(0);

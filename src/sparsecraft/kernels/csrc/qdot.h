@@ -55,6 +55,8 @@ struct QLinear {
   const uint16_t* scales = nullptr;  // float16 bits
   const uint8_t* zeros = nullptr;
   const float* bias = nullptr;
+  int xbits = 0;                     // 8: int8 inputs and integer dot products (qdot_x8.h)
+  const int16_t* csum = nullptr;     // xbits 8: per (row, group) sum of (q - z) over kept inputs
 };
 
 // ------------------------------------------------------------------ helpers
@@ -169,6 +171,7 @@ void rows_scalar(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
 }  // namespace sc
 
 #include "qdot_simd.h"
+#include "qdot_x8.h"
 
 namespace sc {
 

@@ -210,8 +210,10 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
             }
           }
         }
-        fold(_mm512_set1_ps(L.bits == 8 ? half_to_float(sr[gi]) : 1.f));  // int4: the LUT holds s
+        // int8: the scale applies per group; int4: the LUT holds s, so the chains run on across groups
+        if (L.bits == 8) fold(_mm512_set1_ps(half_to_float(sr[gi])));
       }
+      if (L.bits == 4) fold(_mm512_set1_ps(1.f));
     } else if (L.g == 16 || L.g == 8) {  // group bitmap: visit the kept groups only
       group_rows<N>(L, r, x, ldx, acc);
     } else {  // kQSparse, element bitmap (or groups of 4)
@@ -243,13 +245,14 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
             else t0[n] = _mm512_fmadd_ps(wz, xv, t0[n]);
           }
           if (col + 16 == gend) {
-            fold(_mm512_set1_ps(q4 ? 1.f : half_to_float(sr[gi])));
+            if (!q4) fold(_mm512_set1_ps(half_to_float(sr[gi])));  // int4: the LUT holds s (no fold)
             ++gi;
             if (q4 && gi < ng) lut = int4_lut(half_to_float(sr[gi]), (float)zr[gi]);
             gend += L.G;
           }
         }
       }
+      if (q4) fold(_mm512_set1_ps(1.f));
     }
     for (int n = 0; n < N; ++n)
       out[n * nr + (r - r0)] = _mm512_reduce_add_ps(acc[n]) + (L.bias ? L.bias[r] : 0.f);

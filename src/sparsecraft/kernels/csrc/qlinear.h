@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "qdot.h"
@@ -18,12 +19,40 @@ struct LinearCtx {
   float* y;
   int64_t rows_per;
   int n;
+  XQ xq;  // the int8 input when L.xbits == 8
 };
+
+// xbits 8: the input rounded to int8 once per call (qdot_x8.h). It goes to a per-thread scratch area
+// that is never freed while the thread lives (a pool helper that comes back late may still read the
+// previous call's bytes; it then throws its chunk away, see sc_pool.h), or to a tensor the job keeps
+// alive when it does not fit. `used` is the scratch already taken by this job (q/k/v take three parts).
+inline XQ quantized_input(const QLinear& L, const float* x, int64_t ldx, int n, std::vector<c10::IValue>& keep,
+                          size_t& used) {
+  if (L.xbits != 8) return XQ{};
+  constexpr size_t kScratch = size_t(1) << 20;
+  thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kScratch]);
+  const int64_t ng = L.in / L.G;
+  const size_t off = ((size_t)n * L.in + 63) / 64 * 64, need = off + ((size_t)8 * n * ng + 63) / 64 * 64;
+  uint8_t* base;
+  if (used + need <= kScratch) {
+    base = scratch.get() + used;
+    used += need;
+  } else {
+    at::Tensor buf = at::empty({(int64_t)need}, at::TensorOptions().dtype(at::kByte));
+    keep.emplace_back(buf);
+    base = buf.data_ptr<uint8_t>();
+  }
+  float* sx = reinterpret_cast<float*>(base + off);
+  int32_t* su = reinterpret_cast<int32_t*>(base + off + 4 * n * ng);
+  quantize_x8(L, x, ldx, n, base, sx, su);
+  return XQ{base, sx, su};
+}
 
 inline void linear_chunk(const void* p, int64_t c, float* buf) {
   const auto& k = *static_cast<const LinearCtx*>(p);
   const int64_t r0 = c * k.rows_per, r1 = std::min(k.L.out, r0 + k.rows_per);
-  rows_dot_n(k.n, k.L, k.x, k.ldx, r0, r1, buf);
+  if (k.L.xbits == 8) rows_x8_n(k.n, k.L, k.xq, r0, r1, buf);
+  else rows_dot_n(k.n, k.L, k.x, k.ldx, r0, r1, buf);
 }
 
 inline void linear_commit(const void* p, int64_t c, float* buf) {
@@ -42,7 +71,9 @@ inline int64_t rows_per_chunk(int64_t out, int n, int threads) {
 inline void run_linear(const QLinear& L, const float* x, int64_t ldx, int n, float* y,
                        std::vector<c10::IValue> keep = {}, std::shared_ptr<void> owner = nullptr) {
   Pool& p = pool();
-  LinearCtx ctx{L, x, ldx, y, rows_per_chunk(L.out, n, p.threads()), n};
+  size_t used = 0;
+  XQ xq = quantized_input(L, x, ldx, n, keep, used);
+  LinearCtx ctx{L, x, ldx, y, rows_per_chunk(L.out, n, p.threads()), n, xq};
   const int64_t chunks = (L.out + ctx.rows_per - 1) / ctx.rows_per;
   p.run(chunks, linear_chunk, linear_commit, ctx, std::move(keep), std::move(owner));
 }
@@ -50,6 +81,7 @@ inline void run_linear(const QLinear& L, const float* x, int64_t ldx, int n, flo
 // Up to three layers reading the same input (q/k/v, gate/up) as one pool job, batch 1.
 struct MultiCtx {
   QLinear L[3];
+  XQ xq[3];
   float* y[3];
   const float* x;
   int count;
@@ -67,7 +99,8 @@ inline void multi_chunk(const void* p, int64_t c, float* buf) {
   const auto& k = *static_cast<const MultiCtx*>(p);
   const int i = multi_which(k, c);
   const int64_t r0 = (c - k.first[i]) * k.rows_per[i], r1 = std::min(k.L[i].out, r0 + k.rows_per[i]);
-  rows_dot<1>(k.L[i], k.x, 0, r0, r1, buf);
+  if (k.L[i].xbits == 8) rows_x8<1>(k.L[i], k.xq[i], r0, r1, buf);
+  else rows_dot<1>(k.L[i], k.x, 0, r0, r1, buf);
 }
 
 inline void multi_commit(const void* p, int64_t c, float* buf) {
@@ -84,13 +117,19 @@ inline void run_linears(const QLinear* const* Ls, float* const* ys, int count, c
   ctx.x = x;
   ctx.count = count;
   ctx.first[0] = 0;
+  std::vector<c10::IValue> keep;
+  size_t used = 0;
   for (int i = 0; i < count; ++i) {
     ctx.L[i] = *Ls[i];
+    int same = -1;  // q/k/v with the same group and code order share one rounded input
+    for (int j = 0; j < i && Ls[i]->xbits == 8; ++j)
+      if (Ls[j]->xbits == 8 && Ls[j]->G == Ls[i]->G && x8_nibble_order(*Ls[j]) == x8_nibble_order(*Ls[i])) same = j;
+    ctx.xq[i] = same >= 0 ? ctx.xq[same] : quantized_input(*Ls[i], x, 0, 1, keep, used);
     ctx.y[i] = ys[i];
     ctx.rows_per[i] = rows_per_chunk(Ls[i]->out, 1, p.threads());
     ctx.first[i + 1] = ctx.first[i] + (Ls[i]->out + ctx.rows_per[i] - 1) / ctx.rows_per[i];
   }
-  p.run(ctx.first[count], multi_chunk, multi_commit, ctx, {}, std::move(owner));
+  p.run(ctx.first[count], multi_chunk, multi_commit, ctx, std::move(keep), std::move(owner));
 }
 
 inline QLinear make_linear(const std::vector<at::Tensor>& parts, at::IntArrayRef meta) {
@@ -98,6 +137,7 @@ inline QLinear make_linear(const std::vector<at::Tensor>& parts, at::IntArrayRef
   QLinear L;
   L.kind = (int)meta[0]; L.out = meta[1]; L.in = meta[2]; L.bits = (int)meta[3]; L.G = (int)meta[4];
   L.g = (int)meta[5]; L.blk = (int)meta[6]; L.mstride = meta[7]; L.cstride = meta[8];
+  L.xbits = meta.size() > 9 ? (int)meta[9] : 0;
   auto need = [&](size_t i, at::ScalarType t, int64_t numel, const char* what) {
     TORCH_CHECK(parts.size() > i && parts[i].scalar_type() == t && parts[i].is_contiguous() &&
                     parts[i].numel() >= numel,
@@ -130,6 +170,13 @@ inline QLinear make_linear(const std::vector<at::Tensor>& parts, at::IntArrayRef
       break;
     }
     default: TORCH_CHECK(false, "sparsecraft.packed_linear: unknown kind ", L.kind);
+  }
+  TORCH_CHECK(L.xbits == 0 || L.xbits == 8, "sparsecraft.packed_linear: xbits must be 0 or 8");
+  if (L.xbits == 8) {
+    TORCH_CHECK((L.kind == kQDense || (L.kind == kQSparse && L.g == 0)) && L.G % 64 == 0 && L.blk == 32,
+                "sparsecraft.packed_linear: int8 inputs need quantized dense or bitmap codes and groups of 64k");
+    const size_t ci = L.kind == kQDense ? 3 : 5;
+    L.csum = (const int16_t*)need(ci, at::kShort, L.out * (L.in / L.G), "csums");
   }
   return L;
 }

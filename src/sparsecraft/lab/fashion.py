@@ -1,10 +1,14 @@
-"""Shared pieces of the small Fashion-MNIST lab experiments (no registered experiment here).
+"""Shared Fashion-MNIST pieces of the lab experiments that train small MLPs (no registered experiment here).
 
-Class-balanced subsets of Fashion-MNIST (Xiao et al. 2017, read by
-:func:`sparsecraft.data.fashion_mnist.load_fashion_mnist`), a plain MLP, and a training loop with
-fixed hard masks (pruned weights stay zero: :func:`sparsecraft.masks.apply_masks` after every step).
-They keep the unlearning, continual-learning and sparse-architecture-search experiments at a
-scale that runs in minutes on one core.
+Data (Xiao et al. 2017, read by :func:`sparsecraft.data.fashion_mnist.load_fashion_mnist`, flattened
+to 784 and normalised): :func:`fashion_random` draws a seeded random training subset and the first test
+images; :func:`fashion_balanced` draws class-balanced subsets of chosen classes. Models and training:
+:func:`mlp` (Linear-ReLU stacks, seeded init); :func:`train_classifier` (the library's deterministic
+loop, :func:`sparsecraft.training.loop.train_epoch`: Adam, cosine learning rate, optionally a sparse
+training method attached); :func:`fit` (Adam with fixed hard masks -- pruned weights stay zero through
+:func:`sparsecraft.masks.apply_masks` after every step -- an optional regulariser, or gradient ascent
+for unlearning); :func:`accuracy`. They keep the lab's Fashion-MNIST experiments at a scale that runs
+in minutes on one core.
 """
 
 from __future__ import annotations
@@ -15,11 +19,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsecraft.data.fashion_mnist import load_fashion_mnist
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.masks import apply_masks
-from sparsecraft.training.loop import shuffled_batches
+from sparsecraft.methods.base import SparseMethod
+from sparsecraft.training.loop import evaluate, lr_at, shuffled_batches, train_epoch
 
 Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+def fashion_random(n_train: int, n_test: int, seed: int) -> Data:
+    """(x_train, y_train, x_test, y_test): ``n_train`` random training images (seeded), the first
+    ``n_test`` test images; flattened to 784 and normalised."""
+    x, y, xt, yt = load_fashion_mnist(flatten=True)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n_train]
+    return x[idx], y[idx], xt[:n_test], yt[:n_test]
+
+
+def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor,
+                     *, epochs: int, lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
+                     method_fn: Callable[[nn.Module, torch.optim.Optimizer, int], SparseMethod] | None = None,
+                     progress: bool = False) -> tuple[float, SparseMethod | None]:
+    """Train with Adam (cosine lr from ``lr``); ``method_fn(model, optimizer, total_steps)`` attaches
+    a sparse method (finalized at the end). Returns (test accuracy, the method)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = -(-len(x) // batch_size)
+    total = epochs * steps_per_epoch
+    method = method_fn(model, opt, total) if method_fn is not None else None
+    step = 0
+    for epoch in range(epochs):
+        _, _, step = train_epoch(model, opt, method, x, y, batch_size=batch_size, seed=seed, epoch=epoch,
+                                 step0=step, lr_fn=lambda s: lr_at(s, total, lr), progress=progress)
+    if method is not None:
+        method.finalize()
+    return evaluate(model, xt, yt)[1], method
 
 
 def balanced_indices(y: torch.Tensor, per_class: int, classes: Sequence[int], seed: int) -> torch.Tensor:
@@ -35,11 +67,9 @@ def balanced_indices(y: torch.Tensor, per_class: int, classes: Sequence[int], se
     return out[torch.randperm(len(out), generator=gen)]
 
 
-def fashion_subset(train_per_class: int, test_per_class: int, classes: Sequence[int] = tuple(range(10)),
-                   seed: int = 0, path: str | None = None) -> Data:
+def fashion_balanced(train_per_class: int, test_per_class: int, classes: Sequence[int] = tuple(range(10)),
+                     seed: int = 0, path: str | None = None) -> Data:
     """(x_train, y_train, x_test, y_test): flattened, normalised, class-balanced subsets."""
-    from sparsecraft.data.fashion_mnist import load_fashion_mnist
-
     x, y, xt, yt = load_fashion_mnist(path, flatten=True)
     tr = balanced_indices(y, train_per_class, classes, seed)
     te = balanced_indices(yt, test_per_class, classes, seed + 1)
