@@ -11,7 +11,7 @@ def test_every_lab_module_registers_its_experiment():
     assert {"sparse-coding", "dendrites", "retrieval-margin", "kronecker-sbl", "sparse-ift",
             "group-envelope", "data-pruning", "machine-unlearning", "continual-dst", "sparse-search",
             "dsl-recommendation", "ftp-router", "batchtopk-sae", "random-support",
-            "knowledge-capacity", "pst"} <= set(EXPERIMENTS.names())
+            "knowledge-capacity", "pst", "mad"} <= set(EXPERIMENTS.names())
     for _, cls in EXPERIMENTS:
         assert cls.paper and cls.claim
 
