@@ -3,7 +3,7 @@ section of docs/results/lab.md (claim, tables, what happened here, the command a
 
     python benchmarks/bench_lab.py --only sparse-coding
 
-Each experiment runs single-threaded (BLAS pinned to one thread) in about a minute. Without
+Each experiment runs single-threaded (BLAS pinned to one thread) in one to six minutes. Without
 ``--only`` every registered experiment runs. These are quality numbers (no timing comparisons), so
 they need no flock.
 """
