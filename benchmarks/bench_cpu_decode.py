@@ -44,6 +44,7 @@ PROMPT = "To be, or not to be, that is the question:"
 CONFIGS = ["dense", "s50", "s70", "w8s50", "w4s40", "w4s50", "w4s50-gqsa", "w4s70", "w4-24", "w4",
            "w4+x8", "w4s40+x8", "w4s50+x8", "w8s50+x8"]
 LLAMA = ["Q4_1", "Q8_0", "F16", "F32"]
+NOT_SPARSE_QUANT = {"dense", "s50", "s70", "w4", "w8", "s24"}  # float or dense-quantized: not goal candidates
 
 
 @torch.no_grad()
@@ -107,6 +108,7 @@ def sparsecraft_rows(keys: list[str], store: Path, ids: list[int], n: int, check
             return r.tokens, r.decode_s
 
         row = Row(label, "sc", run, path.weight_bytes, ppl, ", ".join(f"{k} {v}" for k, v in sorted(layouts.items())))
+        row.sparse_quant = base not in NOT_SPARSE_QUANT  # the goal is about sparse + quantized rows
         row.ref = ref
         rows.append(row)
         if key == "dense":
@@ -174,7 +176,7 @@ def render(rows: list[Row], bw: dict[int, float], dense_ppl: float | None, args,
         lines.append("| " + " | ".join(cells) + " |")
     goal = []
     if ref and dense_ppl:
-        ok = [r for r in rows if r.kind == "sc" and r.ppl and r.ppl <= 1.5 * dense_ppl and "fp32" not in r.name
+        ok = [r for r in rows if getattr(r, "sparse_quant", False) and r.ppl and r.ppl <= 1.5 * dense_ppl
               and "2T" in r.tps]
         best = max(ok, key=lambda r: statistics.median(r.tps["2T"]), default=None)
         if best is not None:
