@@ -79,6 +79,6 @@ class GQSA(OneShotPruner):
             raise SparsecraftError("gqsa needs the calibration Hessian")
         key = f"hinv@{self.percdamp}"
         if key not in stats.cache:
-            stats.cache[key] = inverse_hessian_factor(stats.H, self.percdamp)
+            stats.cache[key] = inverse_hessian_factor(stats.hessian(), self.percdamp)
         Hinv, dead = stats.cache[key]
         return joint_sweep(w, Hinv, dead, pattern, sparsity, self.blocksize, self)
