@@ -1,0 +1,107 @@
+"""Why GQSA W4S50 loses more than 2:4 on SmolLM2-135M: the layer-wise reconstruction error.
+
+    python benchmarks/bench_gqsa_layer_error.py --blocks 2,15 --n-calib 8
+
+For a few Linear layers of SmolLM2-135M, the inputs X are gathered on the *dense* model
+(``--n-calib`` Shakespeare calibration windows of 512 tokens), and every one-shot rule prunes /
+quantizes the same weight W from the same Hessian. The table gives the relative output error
+``||(W - W') X||_F^2 / ||W X||_F^2`` (computed as ``tr(D X X^T D^T)`` with ``D = W - W'``):
+SparseGPT unstructured 50%, 2:4 and groups of g = 16 / 8 / 4 consecutive inputs (the same OBS
+sweep, float), then with int4 g64 quantization (GPTQ alone, SparseGPT's joint mode, GQSA). It
+separates what the group pattern costs from what quantization costs, layer by layer, without
+the compounding of a full-model run. No timing (no lock needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from _env import header, load, load_line, write_atomic
+
+from sparsecraft.data.text import build_protocol
+from sparsecraft.models import load_model
+from sparsecraft.oneshot.base import make_pruner
+from sparsecraft.oneshot.stats import InputStats
+from sparsecraft.patterns import parse_pattern
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "results" / "gqsa_layer_error.md"
+LAYERS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
+W4 = {"bits": 4, "group": 64, "sym": True}
+CASES = (  # label, method, options, pattern, sparsity
+    ("50% unstr.", "sparsegpt", {}, "unstructured", 0.5),
+    ("2:4", "sparsegpt", {}, "2:4", 0.0),
+    ("g16 50%", "sparsegpt", {}, "block:1x16", 0.5),
+    ("g8 50%", "sparsegpt", {}, "block:1x8", 0.5),
+    ("g4 50%", "sparsegpt", {}, "block:1x4", 0.5),
+    ("W4 (GPTQ)", "gptq", {"quantize": W4}, "unstructured", 0.0),
+    ("W4S50 unstr.", "sparsegpt", {"quantize": W4}, "unstructured", 0.5),
+    ("W4+2:4", "sparsegpt", {"quantize": W4}, "2:4", 0.0),
+    ("W4S50 GQSA g16", "gqsa", {"quantize": W4, "group": 16}, "block:1x16", 0.5),
+    ("W4S50 GQSA g8", "gqsa", {"quantize": W4, "group": 8}, "block:1x8", 0.5),
+    ("W4S50 GQSA g4", "gqsa", {"quantize": W4, "group": 4}, "block:1x4", 0.5),
+)
+
+
+def relative_error(w: torch.Tensor, new: torch.Tensor, xxt: torch.Tensor) -> float:
+    d, w, h = (w - new).double(), w.double(), xxt.double()
+    return float(((d @ h) * d).sum() / ((w @ h) * w).sum())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--blocks", default="2,15", help="comma-separated decoder block indices")
+    ap.add_argument("--n-calib", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load0 = load()
+    lm = load_model("smollm2-135m")
+    proto = build_protocol(lm.tokenizer, "shakespeare", None, args.n_calib, 1, 512, 0)
+    blocks = [int(b) for b in args.blocks.split(",")]
+    mods = {(b, n): lm.model.model.layers[b].get_submodule(n) for b in blocks for n in LAYERS}
+    stats = {k: InputStats(m.in_features, hessian=True) for k, m in mods.items()}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, k=k: stats[k].add(inp[0].detach()))
+             for k, m in mods.items()]
+    with torch.no_grad():
+        for i in range(0, args.n_calib, 4):
+            lm.model(proto.calib[i:i + 4])
+    for h in hooks:
+        h.remove()
+    lines = ["| layer | " + " | ".join(c[0] for c in CASES) + " |", "|---" * (len(CASES) + 1) + "|"]
+    for (b, name), mod in mods.items():
+        st, w = stats[(b, name)], mod.weight.detach().float()
+        errs = []
+        for _, method, options, pattern, sparsity in CASES:
+            st.cache.clear()
+            pruner = make_pruner(method, **options)
+            new, _ = pruner.prune(w.clone(), st, pruner.check_pattern(parse_pattern(pattern)), sparsity)
+            errs.append(relative_error(w, new, st.H))
+        lines.append(f"| {b}.{name} | " + " | ".join(f"{e:.4f}" for e in errs) + " |")
+        print(lines[-1], flush=True)
+    text = "\n".join([
+        *header("GQSA vs SparseGPT on single SmolLM2-135M layers: relative output error", "bench_gqsa_layer_error.py",
+                args.threads),
+        f"Inputs of the dense model on {args.n_calib} Shakespeare calibration windows of 512 tokens. "
+        + load_line(load0, load()),
+        "",
+        "Relative output error ||(W - W') X||^2 / ||W X||^2 of one layer, every rule on the same W and the same "
+        "Hessian (lower is better). Float columns: SparseGPT's OBS sweep with the pattern named (gN = groups of N "
+        "consecutive inputs kept or dropped together, 50% of them dropped); W4 columns add int4 codes, groups of 64 "
+        "inputs, symmetric.",
+        "",
+        *lines,
+        "",
+    ])
+    print(text)
+    if not args.no_write:
+        write_atomic(OUT, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
