@@ -9,7 +9,11 @@ quantizes the same weight W from the same Hessian. The table gives the relative 
 SparseGPT unstructured 50%, 2:4 and groups of g = 16 / 8 / 4 consecutive inputs (the same OBS
 sweep, float), then with int4 g64 quantization (GPTQ alone, SparseGPT's joint mode, GQSA). It
 separates what the group pattern costs from what quantization costs, layer by layer, without
-the compounding of a full-model run. No timing (no lock needed).
+the compounding of a full-model run. A second table keeps the g16 float sweep and swaps only
+the group score that picks the dropped groups: the library's sum of SparseGPT's saliencies
+``w_j^2 / [U]_jj^2`` over the group (U = the Cholesky factor of H^-1 the sweep uses), the joint
+OBS error of the group ``w_G^T ([H_rem^-1]_GG)^-1 w_G`` (H_rem = the Hessian of the columns not yet
+swept), plain magnitude ``sum w_j^2``, and Wanda's ``sum w_j^2 H_jj``. No timing (no lock needed).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from _env import header, load, load_line, write_atomic
 
 from sparsecraft.data.text import build_protocol
 from sparsecraft.models import load_model
-from sparsecraft.oneshot.base import make_pruner
+from sparsecraft.oneshot.base import fast_lowest_k_mask, make_pruner
+from sparsecraft.oneshot.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 from sparsecraft.oneshot.stats import InputStats
-from sparsecraft.patterns import parse_pattern
+from sparsecraft.patterns import Unstructured, count_to_prune, parse_pattern
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "gqsa_layer_error.md"
@@ -44,6 +49,36 @@ CASES = (  # label, method, options, pattern, sparsity
     ("W4S50 GQSA g8", "gqsa", {"quantize": W4, "group": 8}, "block:1x8", 0.5),
     ("W4S50 GQSA g4", "gqsa", {"quantize": W4, "group": 4}, "block:1x4", 0.5),
 )
+
+
+SCORES = ("summed OBS (library)", "joint OBS of the group", "magnitude", "Wanda")
+
+
+def group_mask_rule(kind: str, U: torch.Tensor, H: torch.Tensor, g: int = 16, sparsity: float = 0.5):
+    """A ``block_mask`` for :func:`sparsegpt_prune`: drop the lowest-scoring groups of each block."""
+    start = [0]
+
+    def rule(block: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        rows, count = block.shape
+        i1 = start[0]
+        start[0] += count
+        if kind == SCORES[0]:
+            score = (block.pow(2) / d.pow(2)).reshape(rows, -1, g).sum(-1)
+        elif kind == SCORES[1]:
+            Ub = U[i1:i1 + count, i1:i1 + count]  # rows i1.. of U: H_rem^-1 = Ub^T Ub on this block
+            score = torch.empty(rows, count // g)
+            for j in range(count // g):
+                cols = slice(j * g, (j + 1) * g)
+                inv = torch.linalg.inv((Ub[:, cols].t() @ Ub[:, cols]).double()).float()
+                score[:, j] = ((block[:, cols] @ inv) * block[:, cols]).sum(-1)
+        elif kind == SCORES[2]:
+            score = block.pow(2).reshape(rows, -1, g).sum(-1)
+        else:
+            score = (block.pow(2) * torch.diagonal(H)[i1:i1 + count]).reshape(rows, -1, g).sum(-1)
+        keep = fast_lowest_k_mask(score, count_to_prune(sparsity, score.numel()))
+        return (~keep).repeat_interleave(g, dim=1)
+
+    return rule
 
 
 def relative_error(w: torch.Tensor, new: torch.Tensor, xxt: torch.Tensor) -> float:
@@ -83,6 +118,16 @@ def main() -> int:
             errs.append(relative_error(w, new, st.H))
         lines.append(f"| {b}.{name} | " + " | ".join(f"{e:.4f}" for e in errs) + " |")
         print(lines[-1], flush=True)
+    score_lines = ["| layer (g16 50%, float) | " + " | ".join(SCORES) + " |", "|---" * (len(SCORES) + 1) + "|"]
+    for (b, name), mod in mods.items():
+        st, w = stats[(b, name)], mod.weight.detach().float()
+        H = st.hessian()
+        U, dead = inverse_hessian_factor(H, 0.01)
+        errs = [relative_error(w, sparsegpt_prune(w.clone(), U, dead, Unstructured(), 0.5, 128,
+                                                  block_mask=group_mask_rule(kind, U, H))[0], st.H)
+                for kind in SCORES]
+        score_lines.append(f"| {b}.{name} | " + " | ".join(f"{e:.4f}" for e in errs) + " |")
+        print(score_lines[-1], flush=True)
     text = "\n".join([
         *header("GQSA vs SparseGPT on single SmolLM2-135M layers: relative output error", "bench_gqsa_layer_error.py",
                 args.threads),
@@ -95,6 +140,11 @@ def main() -> int:
         "inputs, symmetric.",
         "",
         *lines,
+        "",
+        "The group score alone (g16, 50%, float, the same sweep; only the rule that picks the dropped groups "
+        "of each 128-column block changes):",
+        "",
+        *score_lines,
         "",
     ])
     print(text)
