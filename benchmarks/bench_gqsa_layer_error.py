@@ -13,7 +13,10 @@ the compounding of a full-model run. A second table keeps the g16 float sweep an
 the group score that picks the dropped groups: the library's sum of SparseGPT's saliencies
 ``w_j^2 / [U]_jj^2`` over the group (U = the Cholesky factor of H^-1 the sweep uses), the joint
 OBS error of the group ``w_G^T ([H_rem^-1]_GG)^-1 w_G`` (H_rem = the Hessian of the columns not yet
-swept), plain magnitude ``sum w_j^2``, and Wanda's ``sum w_j^2 H_jj``. No timing (no lock needed).
+swept), plain magnitude ``sum w_j^2``, and Wanda's ``sum w_j^2 H_jj``. A third table says where
+the extra zeros of quantized rows come from: the share of *kept* weights that round to code 0,
+and the share of 64-input grids whose final codes use less than +-7 steps (a grid chosen before
+later OBS updates shrank its weights). No timing (no lock needed).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ CASES = (  # label, method, options, pattern, sparsity
 )
 
 
+ZERO_CASES = tuple(c for c in CASES if c[0] in ("W4 (GPTQ)", "W4S50 unstr.", "W4S50 GQSA g16"))
 SCORES = ("summed OBS (library)", "joint OBS of the group", "magnitude", "Wanda")
 
 
@@ -128,6 +132,22 @@ def main() -> int:
                 for kind in SCORES]
         score_lines.append(f"| {b}.{name} | " + " | ".join(f"{e:.4f}" for e in errs) + " |")
         print(score_lines[-1], flush=True)
+    zero_lines = ["| layer | " + " | ".join(f"{m}: kept -> 0 | {m}: grids under 7 steps" for m, *_ in ZERO_CASES)
+                  + " |", "|---" * (2 * len(ZERO_CASES) + 1) + "|"]
+    for (b, name), mod in mods.items():
+        st, w = stats[(b, name)], mod.weight.detach().float()
+        cells = []
+        for _, method, options, pattern, sparsity in ZERO_CASES:
+            st.cache.clear()
+            pruner = make_pruner(method, **options)
+            new, keep = pruner.prune(w.clone(), st, pruner.check_pattern(parse_pattern(pattern)), sparsity)
+            qs = pruner.pop_quant()
+            steps = (qs.codes(new) - qs.zero.repeat_interleave(W4["group"], 1)).abs()
+            widest = steps.reshape(steps.shape[0], -1, W4["group"]).amax(-1).float()
+            kept_zero = float(((new == 0) & keep).sum() / keep.sum())
+            cells += [f"{kept_zero:.3f}", f"{float((widest < 7).float().mean()):.3f}"]
+        zero_lines.append(f"| {b}.{name} | " + " | ".join(cells) + " |")
+        print(zero_lines[-1], flush=True)
     text = "\n".join([
         *header("GQSA vs SparseGPT on single SmolLM2-135M layers: relative output error", "bench_gqsa_layer_error.py",
                 args.threads),
@@ -145,6 +165,11 @@ def main() -> int:
         "of each 128-column block changes):",
         "",
         *score_lines,
+        "",
+        "Zeros of the quantized rows: share of the kept weights that round to 0, and share of the 64-input grids "
+        "whose widest final code is under 7 steps from the zero point (int4 symmetric uses up to 7 or 8):",
+        "",
+        *zero_lines,
         "",
     ])
     print(text)
