@@ -4,14 +4,16 @@
     python benchmarks/bench_sparse_quant.py --only w4s50,w8s50
 
 Protocol (docs/results/oneshot.md, ANCHORS.md): 32 calibration windows of 512 tokens, the 16
-evaluation windows, every Linear of the 30 decoder blocks pruned / quantized, block by block. Rows:
-dense fp32; W8 and W4 (GPTQ, nothing pruned); SparseGPT 2:4 / 50% / 70% in float32; SparseGPT's
-joint mode W4+2:4, W4S40, W4S50, W4S70, W8S50; GQSA W4S50 (groups of 16 inputs) without and with
-its second stage (end-to-end scale tuning). Quantized rows use groups of 64 inputs, symmetric, and
-quantize the tied embedding / LM head to int8 (round to nearest, like llama.cpp's Q8_0 token
-embedding). "bytes/weight" is the exact packed size of the decoder's linear weights as
-``save(format="auto")`` stores them (codes + bitmap or group bitmap + float16 scales; float32
-sparse rows: the smallest lossless format); "all weights" adds the embedding.
+evaluation windows, every Linear of the 30 decoder blocks pruned / quantized, block by block.
+Rows: dense fp32; W8 and W4 (GPTQ, nothing pruned); SparseGPT 2:4 / 50% / 70% in float32;
+SparseGPT's joint mode W4+2:4, W4S40, W4S50, W4S70, W8S50; GQSA W4S50 (groups of 16 inputs)
+without and with its second stage (end-to-end scale tuning), and with groups of 8 and 4; float 50%
+in groups of 16 (the same sweep without quantization: what the group pattern alone costs).
+Quantized rows use groups of 64 inputs, symmetric, and quantize the tied embedding / LM head to
+int8 (round to nearest, like llama.cpp's Q8_0 token embedding). "bytes/weight" is the exact packed
+size of the decoder's linear weights as ``save(format="auto")`` stores them (codes + bitmap or
+group bitmap + float16 scales; float32 sparse rows: the smallest lossless format); "all weights"
+adds the embedding.
 
 Each configuration runs in its own folder under ``--store`` (default ``runs/bench-sparse-quant``)
 and is skipped when its results exist, so the script resumes; the saved ``model/`` folders are
@@ -44,8 +46,14 @@ CONFIGS: dict[str, tuple[str, dict, dict]] = {  # key -> (label, run, job extras
     "w4-24": ("W4+2:4 (SparseGPT joint)", {"method": "sparsegpt", "pattern": "2:4", "quantize": W4}, {}),
     "w4s40": ("W4S40 (SparseGPT joint)", {"method": "sparsegpt", "sparsity": 0.4, "quantize": W4}, {}),
     "w4s50": ("W4S50 (SparseGPT joint)", {"method": "sparsegpt", "sparsity": 0.5, "quantize": W4}, {}),
+    "s50-g16": ("50%, groups of 16 (SparseGPT, float)",
+                {"method": "sparsegpt", "sparsity": 0.5, "pattern": "block:1x16"}, {}),
     "w4s50-gqsa": ("W4S50 (GQSA, g16)",
                    {"method": "gqsa", "sparsity": 0.5, "pattern": "block:1x16", "quantize": W4}, {}),
+    "w4s50-gqsa-g8": ("W4S50 (GQSA, g8)",
+                      {"method": "gqsa", "sparsity": 0.5, "pattern": "block:1x8", "quantize": W4}, {}),
+    "w4s50-gqsa-g4": ("W4S50 (GQSA, g4)",
+                      {"method": "gqsa", "sparsity": 0.5, "pattern": "block:1x4", "quantize": W4}, {}),
     "w4s50-gqsa-tuned": ("W4S50 (GQSA, g16, + scale tuning)",
                          {"method": "gqsa", "sparsity": 0.5, "pattern": "block:1x16", "quantize": W4},
                          {"tune": {"steps": 64, "lr": 1e-5, "loss": "lm"}}),

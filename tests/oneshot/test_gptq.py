@@ -59,3 +59,23 @@ def test_gptq_refuses_sparsity_and_patterns():
         gptq.check_pattern("2:4")
     with pytest.raises(SparsecraftError, match="bits must be one of 4, 8"):
         make_pruner("gptq", quantize={"bits": 2})
+
+
+def test_dead_inputs_use_the_reference_hessian_scale():
+    # Inputs that never fire get H_jj = 1 on SparseGPT's (2/n) X X^T scale (n = sequences); that
+    # 1 enters the damping of every other column, so GPTQ must read the Hessian on that scale
+    # (the raw sum X X^T here is 3/2 of it) -- as SparseGPT does, which shares the cached factor.
+    torch.manual_seed(0)
+    cols = 32
+    X = torch.randn(3, 40, cols) * 0.005
+    X[..., ::2] = 0.0
+    st = InputStats(cols, hessian=True)
+    st.add(X)
+    w = torch.randn(5, cols) * 0.1
+    new, _ = make_pruner("gptq", quantize={"bits": 8, "group": 16}).prune(w, st, Unstructured(), 0.0)
+    x = X.reshape(-1, cols).double()
+    H = (2.0 / 3) * x.t() @ x
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    w0 = w.double().masked_fill(dead.reshape(1, -1), 0.0)
+    assert torch.allclose(new.double(), obs_sweep(w0, H, 8, 16, True), atol=1e-6)

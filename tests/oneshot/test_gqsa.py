@@ -13,6 +13,7 @@ from sparsecraft.oneshot.stats import InputStats
 from sparsecraft.patterns import Block, Unstructured
 from sparsecraft.quant.grid import QuantSpec
 from sparsecraft.quant.state import get_quant
+from tests.oneshot.quant_reference import first_block_mask, obs_sweep
 from tests.oneshot.tiny import calib_ids, tiny_llama
 
 
@@ -53,3 +54,26 @@ def test_gqsa_end_to_end_whole_groups():
         assert (keep.all(-1) == keep.any(-1)).all()  # whole groups
         assert keep.float().mean() == pytest.approx(0.5, abs=0.02)
         get_quant(layer).codes(layer.weight.detach())
+
+
+def test_dead_inputs_use_the_reference_hessian_scale():
+    # Half the inputs never fire. SparseGPT's rule gives them H_jj = 1 on the (2/n) X X^T scale
+    # (n = calibration sequences), so that scale sets the damping of every other column. GQSA
+    # must use the same scale as SparseGPT; the raw sum X X^T (here 3x larger) damps differently.
+    torch.manual_seed(0)
+    cols, g = 32, 4
+    X = torch.randn(3, 40, cols) * 0.005
+    X[..., ::2] = 0.0
+    st = InputStats(cols, hessian=True)
+    st.add(X)  # 3 sequences: H = (2/3) sum x x^T
+    w = torch.randn(5, cols) * 0.1
+    gqsa = make_pruner("gqsa", group=g, quantize={"bits": 4, "group": 16})
+    new, keep = gqsa.prune(w, st, Block(1, g), 0.5)
+    x = X.reshape(-1, cols).double()
+    H = (2.0 / 3) * x.t() @ x
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    w0 = w.double().masked_fill(dead.reshape(1, -1), 0.0)
+    mask = first_block_mask(w0, H, 0.5, g=g)
+    assert torch.equal(~keep, mask)
+    assert torch.allclose(new.double(), obs_sweep(w0, H, 4, 16, True, mask), atol=1e-6)

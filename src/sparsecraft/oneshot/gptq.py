@@ -53,6 +53,6 @@ class GPTQ(OneShotPruner):
             raise SparsecraftError("gptq needs the calibration Hessian")
         key = f"hinv@{self.percdamp}"
         if key not in stats.cache:
-            stats.cache[key] = inverse_hessian_factor(stats.H, self.percdamp)
+            stats.cache[key] = inverse_hessian_factor(stats.hessian(), self.percdamp)
         Hinv, dead = stats.cache[key]
         return joint_sweep(w, Hinv, dead, Unstructured(), 0.0, self.blocksize, self)

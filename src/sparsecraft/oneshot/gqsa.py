@@ -25,6 +25,12 @@ The paper's two stages, and how they are done here:
    (:func:`sparsecraft.oneshot.scale_tuning.tune_scales`, through the library's recovery loop,
    loss ``lm`` (next-token cross-entropy) or ``squarehead`` (distillation from the dense model)).
    Optional: ``sparsecraft prune --method gqsa --tune-steps N``.
+
+The Hessian is SparseGPT's ``(2/n) X X^T`` (:meth:`InputStats.hessian`), so dead inputs get the
+same damping as in SparseGPT and the cached factor is the one SparseGPT would compute. What the
+pattern costs on a small model (SmolLM2-135M: groups of 16 at 50% leave 2.5-3.8x the layer error
+of 2:4; the score, the OBS update and the grids were checked) is measured in
+``docs/quantization.md`` ("GQSA on SmolLM2-135M") and ``benchmarks/bench_gqsa_layer_error.py``.
 """
 
 from __future__ import annotations
@@ -79,6 +85,6 @@ class GQSA(OneShotPruner):
             raise SparsecraftError("gqsa needs the calibration Hessian")
         key = f"hinv@{self.percdamp}"
         if key not in stats.cache:
-            stats.cache[key] = inverse_hessian_factor(stats.H, self.percdamp)
+            stats.cache[key] = inverse_hessian_factor(stats.hessian(), self.percdamp)
         Hinv, dead = stats.cache[key]
         return joint_sweep(w, Hinv, dead, pattern, sparsity, self.blocksize, self)
