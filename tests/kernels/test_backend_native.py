@@ -62,3 +62,16 @@ def test_byte_sizes_match_formulas(native_ok):
     assert bm.nbytes(bm.pack(w)) == (nnz + 16) * 4 + 64 * 2 * 8 + 65 * 8
     tc = get_backend("torch-csr")
     assert tc.nbytes(tc.pack(w)) == nnz * 8 + 65 * 4
+
+
+def test_batches_wider_than_a_chunk_buffer(native_ok):
+    """More input rows than a pool chunk buffer holds (4096 floats): csr16 and 2:4 write y through
+    torch's pool instead; the product is the same."""
+    w = _weight(8, 64, 0.5, 3)
+    w24 = torch.randn(8, 64) * torch.tensor([1.0, 1.0, 0.0, 0.0]).repeat(8, 16)
+    x = torch.randn(4100, 64, generator=torch.Generator().manual_seed(4))
+    for name, weight in (("csr16", w), ("nm24", w24)):
+        b = get_backend(name)
+        y = b.matmul(b.pack(weight), x, 8)
+        assert y.shape == (4100, 8)
+        assert torch.allclose(y, x @ weight.t(), atol=1e-4), name

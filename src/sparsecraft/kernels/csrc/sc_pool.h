@@ -242,4 +242,18 @@ void parallel_rows(int64_t out, int n, float* y, int64_t min_rows, F f, std::vec
   p.run((out + ctx.rows_per - 1) / ctx.rows_per, rows_chunk<F>, rows_commit<F>, ctx, std::move(keep));
 }
 
+// parallel_rows, or torch's pool writing y directly when n rows are too wide for a chunk buffer.
+template <class F>
+void parallel_rows_any(int64_t out, int64_t n, float* y, int64_t min_rows, F f, std::vector<c10::IValue> keep) {
+  if (n <= kBufFloats) {
+    parallel_rows(out, (int)n, y, min_rows, f, std::move(keep));
+    return;
+  }
+  at::parallel_for(0, out, min_rows, [&](int64_t b, int64_t e) {
+    std::vector<float> res((e - b) * n);
+    f(b, e, res.data());
+    for (int64_t j = 0; j < n; ++j) std::copy(&res[j * (e - b)], &res[(j + 1) * (e - b)], y + j * out + b);
+  });
+}
+
 }  // namespace sc

@@ -168,16 +168,8 @@ at::Tensor csr16_mm(const at::Tensor& values, const at::Tensor& cols, const at::
       }
     }
   };
-  if (N > sc::kBufFloats) {  // too wide for a chunk buffer: torch's pool writes y directly
-    at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
-      std::vector<float> res((e - b) * N);
-      rows(b, e, res.data());
-      for (int64_t j = 0; j < N; ++j) std::copy(&res[j * (e - b)], &res[(j + 1) * (e - b)], yp + j * out + b);
-    });
-    return y;
-  }
   keep.emplace_back(xT);
-  sc::parallel_rows(out, (int)N, yp, grain, rows, keep);
+  sc::parallel_rows_any(out, N, yp, grain, rows, keep);
   return y;
 }
 
@@ -375,16 +367,8 @@ at::Tensor nm24_mm(const at::Tensor& values, const at::Tensor& pos, const at::Te
 #endif
   };
   const int64_t grain = grain_for(out, values.numel() * N);
-  if (N > sc::kBufFloats) {  // too wide for a chunk buffer: torch's pool writes y directly
-    at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
-      std::vector<float> res((e - b) * N);
-      rows(b, e, res.data());
-      for (int64_t i = 0; i < N; ++i) std::copy(&res[i * (e - b)], &res[(i + 1) * (e - b)], yp + i * out + b);
-    });
-    return y;
-  }
-  sc::sync_threads();
-  sc::parallel_rows(out, (int)N, yp, grain, rows, {values, pos, x, y});
+  if (N <= sc::kBufFloats) sc::sync_threads();
+  sc::parallel_rows_any(out, N, yp, grain, rows, {values, pos, x, y});
   return y;
 }
 
