@@ -18,3 +18,17 @@ def native_ok() -> bool:
     if not ok:
         pytest.fail(f"a compiler is present but the kernels did not build: {reason}")
     return ok
+
+
+@pytest.fixture
+def kops(native_ok):
+    """torch.ops.sparsecraft_kernels, with the instruction-set level and pool size restored after the test."""
+    import torch
+
+    from sparsecraft.kernels.extension import ops
+
+    o = ops()
+    level = o.isa()
+    yield o
+    o.set_isa(level)
+    o.set_threads(min(2, torch.get_num_threads()))

@@ -15,16 +15,6 @@ from sparsecraft.kernels import quant_pack as qp
 from sparsecraft.quant.grid import QuantSpec, codes_of, rtn
 
 
-@pytest.fixture
-def kops(native_ok):
-    from sparsecraft.kernels.extension import ops
-
-    o = ops()
-    level = o.isa()
-    yield o
-    o.set_isa(level)
-
-
 def round_inputs(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(xq, sx): xq = round-half-even(x / sx) in [-127, 127], sx = max|x| / 127 per group of inputs."""
     xg = x.float().reshape(*x.shape[:-1], -1, group)

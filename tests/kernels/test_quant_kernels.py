@@ -13,17 +13,6 @@ from sparsecraft.kernels import quant_pack as qp
 from sparsecraft.quant.grid import QuantSpec, codes_of, rtn
 
 
-@pytest.fixture
-def kops(native_ok):
-    from sparsecraft.kernels.extension import ops
-
-    o = ops()
-    level = o.isa()
-    yield o
-    o.set_isa(level)
-    o.set_threads(min(2, torch.get_num_threads()))
-
-
 def _ref(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x.double() @ w.double().t()
 

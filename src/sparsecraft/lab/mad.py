@@ -41,7 +41,7 @@ from sparsecraft.attention.topk import TopKAttention
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.lab.base import EXPERIMENTS, Experiment, LabResult, LabTable, check_float, check_int, fmt
 from sparsecraft.lab.mad_tasks import IGNORE, TASKS, MADData, generate, scored_accuracy
-from sparsecraft.moe.attention import CausalSelfAttention, apply_rope
+from sparsecraft.moe.attention import CausalSelfAttention
 from sparsecraft.moe.model import SparseLM, SparseLMConfig, aux_loss
 from sparsecraft.training.loop import lr_at, run_steps, shuffled_batches
 
@@ -80,10 +80,7 @@ class MaskedSelfAttention(CausalSelfAttention):
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = (p(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
-        cos, sin = self._tables(t, x.device)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.qkv(x)
         if self.kind == "window":
             keep = window_mask(t, self.window).to(x.device).expand(b, self.n_heads, t, t)
         else:

@@ -74,13 +74,17 @@ class CausalSelfAttention(nn.Module):
             self._rope = (cos.shape[0], device, cos, sin)
         return self._rope[2][:t], self._rope[3][:t]
 
-    def heads(self, x: torch.Tensor) -> torch.Tensor:
-        """The attention output per head, (batch, tokens, heads, head_dim), before ``o_proj``."""
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries and keys (rotary applied) and values, each (batch, heads, tokens, head_dim)."""
         b, t, _ = x.shape
         q, k, v = (p(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
         cos, sin = self._tables(t, x.device)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention output per head, (batch, tokens, heads, head_dim), before ``o_proj``."""
+        q, k, v = self.qkv(x)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
