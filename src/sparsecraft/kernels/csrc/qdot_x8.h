@@ -162,7 +162,7 @@ inline __m512i sum16(__m512i* v) {
 // scaled as one vector -- a group of 64 inputs is only ~8 instructions of codes and dot product, and
 // per-group scalar work (scale, correction, broadcast, FMA) would double it.
 inline void rows_x8_vnni_b1(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
-  const int64_t nr = r1 - r0, G = L.G, ng = L.in / G;
+  const int64_t G = L.G, ng = L.in / G;
   const bool int8_dense = L.kind == kQDense && L.bits == 8;
   for (int64_t r = r0; r < r1; ++r) {
     const uint16_t* sr = L.scales + r * ng;
@@ -195,7 +195,6 @@ inline void rows_x8_vnni_b1(const QLinear& L, const XQ& X, int64_t r0, int64_t r
     }
     out[r - r0] = _mm512_reduce_add_ps(acc) + (L.bias ? L.bias[r] : 0.f);
   }
-  (void)nr;
 }
 
 template <int N>
@@ -207,9 +206,9 @@ void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* 
     const int16_t* cr = L.csum + r * ng;
     const uint8_t* row = L.codes + r * L.cstride;
     const uint8_t* stream = L.kind == kQSparse ? L.codes + L.rowoff[r] : nullptr;
-    // C independent float accumulators per input row: one group is only a few instructions, and a
-    // single FMA chain (4 cycles latency) would cap a core at one group per 4 cycles
-    constexpr int C = N == 1 ? 4 : (N == 2 ? 2 : 1);
+    // batch 2: two float accumulators per input row (an FMA chain has 4 cycles latency); batch 1 runs
+    // rows_x8_vnni_b1, larger batches have enough independent chains
+    constexpr int C = N == 2 ? 2 : 1;
     __m512 acc[C * N];
     for (int i = 0; i < C * N; ++i) acc[i] = _mm512_setzero_ps();
     int64_t k = 0;
@@ -241,7 +240,7 @@ template <int N>
 void rows_x8(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
 #if SCQ_VNNI
   if (isa_level() >= 2) {
-    if (N == 1) rows_x8_vnni_b1(L, X, r0, r1, out);
+    if constexpr (N == 1) rows_x8_vnni_b1(L, X, r0, r1, out);
     else rows_x8_vnni<N>(L, X, r0, r1, out);
     return;
   }
