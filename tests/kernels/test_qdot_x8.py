@@ -32,9 +32,9 @@ def reference(codes, keep, scale, zero, group, x) -> torch.Tensor:
     return (ints * s[None] * sx.squeeze(-1).double()[:, None, :]).sum(-1)
 
 
-def _pack(bits, sym, group, sparse, seed=0):
+def _pack(bits, sym, group, sparse, seed=0, inp=384):
     torch.manual_seed(seed)
-    out, inp = 37, 384
+    out = 37
     keep = torch.rand(out, inp) > 0.5 if sparse else torch.ones(out, inp, dtype=torch.bool)
     w, s, z = rtn(torch.randn(out, inp) * keep, QuantSpec(bits, group, sym))
     codes = codes_of(w, s, z, bits)
@@ -46,9 +46,10 @@ CASES = [(b, sym, grp, sp) for b in (4, 8) for sym in (True, False) for grp in (
          if not (b == 8 and not sym and sp)]
 
 
+@pytest.mark.parametrize("inp", [384, 2432])  # 2432: batch 1 runs full blocks of 16 groups and a tail
 @pytest.mark.parametrize("bits,sym,group,sparse", CASES)
-def test_int8_inputs_match_the_rule(kops, bits, sym, group, sparse):
-    p, codes, keep, s, z = _pack(bits, sym, group, sparse)
+def test_int8_inputs_match_the_rule(kops, bits, sym, group, sparse, inp):
+    p, codes, keep, s, z = _pack(bits, sym, group, sparse, inp=inp)
     p8 = qp.with_int8_inputs(p, codes, keep if sparse else None, z)
     assert int(p8["meta"][9]) == 8 and p8["csums"].dtype == torch.int16
     for n in (1, 3, 8):

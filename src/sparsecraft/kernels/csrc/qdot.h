@@ -32,6 +32,11 @@
 #define SCQ_AVX2 0
 #endif
 
+// Small helpers of the row loops are forced inline: GCC's unit-growth limits otherwise leave some
+// out of line once the translation unit grows (a call per word or per group costs more than the work).
+#define SC_HOT inline __attribute__((always_inline))
+#define SC_HOT_LAMBDA __attribute__((always_inline))
+
 namespace sc {
 
 enum Kind : int { kF32Dense = 0, kF32Bitmap = 1, kQDense = 2, kQSparse = 3 };
@@ -60,7 +65,7 @@ struct QLinear {
 };
 
 // ------------------------------------------------------------------ helpers
-inline float half_to_float(uint16_t h) {
+SC_HOT float half_to_float(uint16_t h) {
 #if defined(__F16C__)
   return _cvtsh_ss(h);
 #else
@@ -81,10 +86,10 @@ inline float half_to_float(uint16_t h) {
 #endif
 }
 
-inline int nibble_code(const uint8_t* base, int64_t j, int64_t half) {  // split-order nibble j
+SC_HOT int nibble_code(const uint8_t* base, int64_t j, int64_t half) {  // split-order nibble j
   return j < half ? (base[j] & 15) : (base[j - half] >> 4);
 }
-inline int nibble_seq(const uint8_t* base, int64_t j) { return (base[j >> 1] >> (4 * (j & 1))) & 15; }
+SC_HOT int nibble_seq(const uint8_t* base, int64_t j) { return (base[j >> 1] >> (4 * (j & 1))) & 15; }
 
 inline uint64_t group_bits_to_mask(uint64_t bits, int g) {  // bit i -> g ones at g*i
   uint64_t m = 0;
@@ -93,7 +98,7 @@ inline uint64_t group_bits_to_mask(uint64_t bits, int g) {  // bit i -> g ones a
   return m;
 }
 
-inline uint64_t keep_mask(const QLinear& L, int64_t r, int64_t w) {
+SC_HOT uint64_t keep_mask(const QLinear& L, int64_t r, int64_t w) {
   const uint64_t* row = L.masks + r * L.mstride;
   if (L.g == 0) return row[w];
   const int per = 64 / L.g;

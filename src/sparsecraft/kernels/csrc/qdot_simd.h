@@ -5,35 +5,30 @@
 namespace sc {
 
 #if SCQ_AVX512
-inline __m512 cvt_u8x16(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)); }
+SC_HOT __m512 cvt_u8x16(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)); }
 
 // int4: the 16 dequantized values s * (k - z), k = 0..15, of one quantization group in a register;
 // a code is then one permute away from its float (k * s - s * z is exact: see quant/grid.py).
-inline __m512 int4_lut(float s, float z) {
+SC_HOT __m512 int4_lut(float s, float z) {
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   return _mm512_fmsub_ps(iota, _mm512_set1_ps(s), _mm512_set1_ps(s * z));
 }
-inline __m512 lut16(__m128i codes, __m512 lut) { return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(codes), lut); }
+SC_HOT __m512 lut16(__m128i codes, __m512 lut) { return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(codes), lut); }
 
 // 64 codes of the kept inputs of one 64-input word, expanded into their lanes (0 elsewhere). int4:
-// the nibbles (c0 | c1 << 4, c2 | c3 << 4, ...) are split with AND / shift and put back in order
-// with one byte permute (vpcompressb would do it too, but costs ~35 cycles on AMD Zen 4).
-inline __m512i sparse_word_codes(const uint8_t*& stream, uint64_t m, int bits) {
+// the bytes (c0 | c1 << 4, c2 | c3 << 4, ...) are widened to 16 bits and (w | w << 4) & 0x0F0F puts
+// c0, c1, c2, ... in byte order (one cross-lane widen; an AND / shift split needs a byte permute after
+// it). The expand is vpexpandb (vpcompressb on the inputs would do it too, but costs ~35 cycles on
+// AMD Zen 4).
+SC_HOT __m512i sparse_word_codes(const uint8_t*& stream, uint64_t m, int bits) {
   const int n = __builtin_popcountll(m);
   __m512i compact;
   if (bits == 8) {
     compact = _mm512_loadu_si512(stream);
     stream += n;
   } else {
-    static const __m512i order = [] {
-      alignas(64) uint8_t idx[64];
-      for (int k = 0; k < 64; ++k) idx[k] = (uint8_t)((k & 1) ? 32 + k / 2 : k / 2);
-      return _mm512_load_si512(idx);
-    }();
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(stream));
-    const __m256i lo4 = _mm256_set1_epi8(0x0F);
-    const __m256i lo = _mm256_and_si256(b, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), lo4);
-    compact = _mm512_permutexvar_epi8(order, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+    const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(stream)));
+    compact = _mm512_and_si512(_mm512_or_si512(w, _mm512_slli_epi16(w, 4)), _mm512_set1_epi16(0x0F0F));
     stream += (n + 1) / 2;
   }
   return _mm512_maskz_expand_epi8(m, compact);
@@ -102,7 +97,7 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
     constexpr bool kW = N == 1;
     __m512 acc[N], t0[N], t1[N], t2[N], t3[N];
     for (int n = 0; n < N; ++n) acc[n] = t0[n] = t1[n] = t2[n] = t3[n] = _mm512_setzero_ps();
-    auto fold = [&](const __m512& s) {
+    auto fold = [&](const __m512& s) SC_HOT_LAMBDA {
       for (int n = 0; n < N; ++n) {
         __m512 t = _mm512_add_ps(t0[n], t1[n]);
         if (kW) t = _mm512_add_ps(t, _mm512_add_ps(t2[n], t3[n]));
@@ -261,13 +256,13 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
 #endif  // SCQ_AVX512
 
 #if SCQ_AVX2
-inline float hsum256(__m256 v) {
+SC_HOT float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-inline __m256 cvt_u8x8(uint64_t v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v))); }
+SC_HOT __m256 cvt_u8x8(uint64_t v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v))); }
 
 // AVX2: float32 dense and quantized dense rows (8 lanes; the int4 codes of 16 inputs at a time).
 template <int N>

@@ -145,46 +145,85 @@ inline __m512i x8_word(const QLinear& L, int64_t r, const uint8_t* row, const ui
   return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8((char)0x80));
 }
 
-// Lane j of the result = the sum of the 16 lanes of v[j] (a transpose-and-add tree, ~3 instructions
-// per vector instead of a horizontal reduction each).
-inline __m512i sum16(__m512i* v) {
-  __m512i a[8], b[4], c[2];
-  for (int i = 0; i < 8; ++i)
-    a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; ++i)
-    b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
-  for (int i = 0; i < 2; ++i)
-    c[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0x88), _mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0xDD));
-  return _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xDD));
+// Lane j of the result = the sum of the 16 lanes of f(j), j = 0..15: a transpose-and-add tree (~2
+// shuffles and an add per vector instead of a horizontal reduction each), evaluated in the order the
+// tree consumes its inputs so that at most five partial vectors are live (16 at once spilled).
+template <class F>
+SC_HOT __m512i sum16_stream(F&& f) {
+  auto l1 = [&](int j) SC_HOT_LAMBDA {
+    const __m512i a = f(j), b = f(j + 1);
+    return _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+  };
+  auto l2 = [&](int j) SC_HOT_LAMBDA {
+    const __m512i a = l1(j), b = l1(j + 2);
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+  };
+  auto l3 = [&](int j) SC_HOT_LAMBDA {
+    const __m512i a = l2(j), b = l2(j + 4);
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xDD));
+  };
+  const __m512i c0 = l3(0), c1 = l3(8);
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(c0, c1, 0x88), _mm512_shuffle_i32x4(c0, c1, 0xDD));
 }
 
-// Batch 1: the integer sums of 16 groups are reduced together (sum16), then corrected, converted and
-// scaled as one vector -- a group of 64 inputs is only ~8 instructions of codes and dot product, and
-// per-group scalar work (scale, correction, broadcast, FMA) would double it.
-inline void rows_x8_vnni_b1(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
+// Word decoders of the batch-1 loop, one per layout, so that each instantiation of x8_b1_rows keeps its
+// 16 integer accumulators in registers (with the layout tested per word they spilled to the stack).
+struct X8DenseQ4 {
+  const uint8_t* row;
+  X8DenseQ4(const QLinear& L, int64_t r) : row(L.codes + r * L.cstride) {}
+  SC_HOT __m512i operator()(int64_t k, __m512i zv) const {
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2));
+    return _mm512_sub_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, lo4)),
+                                              _mm256_and_si256(_mm256_srli_epi16(b, 4), lo4), 1), zv);
+  }
+};
+struct X8DenseQ8 {
+  const uint8_t* row;
+  X8DenseQ8(const QLinear& L, int64_t r) : row(L.codes + r * L.cstride) {}
+  SC_HOT __m512i operator()(int64_t k, __m512i) const {
+    return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8((char)0x80));
+  }
+};
+template <int BITS>
+struct X8Sparse {
+  const uint64_t* masks;
+  const uint8_t* stream;
+  X8Sparse(const QLinear& L, int64_t r) : masks(L.masks + r * L.mstride), stream(L.codes + L.rowoff[r]) {}
+  SC_HOT __m512i operator()(int64_t k, __m512i zv) {
+    const uint64_t m = masks[k / 64];
+    return _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, BITS), zv);
+  }
+};
+
+// Batch 1: the integer sums of 16 groups are reduced together (sum16_stream), then corrected, converted
+// and scaled as one vector -- a group of 64 inputs is only ~8 instructions of codes and dot product, and
+// per-group work (convert, broadcast scale, FMA: measured 10-30% slower) would add a third to it.
+template <class Word, bool kInt8Dense, bool kG64>
+void x8_b1_rows(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
   const int64_t G = L.G, ng = L.in / G;
-  const bool int8_dense = L.kind == kQDense && L.bits == 8;
   for (int64_t r = r0; r < r1; ++r) {
     const uint16_t* sr = L.scales + r * ng;
     const uint8_t* zr = L.zeros + r * ng;
     const int16_t* cr = L.csum + r * ng;
-    const uint8_t* row = L.codes + r * L.cstride;
-    const uint8_t* stream = L.kind == kQSparse ? L.codes + L.rowoff[r] : nullptr;
+    Word word(L, r);
     __m512 acc = _mm512_setzero_ps();
-    int64_t k = 0;
     for (int64_t g0 = 0; g0 < ng; g0 += 16) {
       const int nb = (int)std::min<int64_t>(16, ng - g0);
       const __mmask16 mb = (__mmask16)((1u << nb) - 1);
-      __m512i ia[16];
-      for (int j = 0; j < 16; ++j) ia[j] = _mm512_setzero_si512();
-      for (int j = 0; j < nb; ++j) {
+      auto group = [&](int j) SC_HOT_LAMBDA {  // the 16 int32 lanes whose sum is group g0 + j's dot product
+        __m512i a = _mm512_setzero_si512();
+        if (j >= nb) return a;
         const __m512i zv = _mm512_set1_epi8((char)zr[g0 + j]);
-        for (const int64_t kend = k + G; k < kend; k += 64)
-          ia[j] = _mm512_dpbusd_epi32(ia[j], _mm512_loadu_si512(X.xu + k), x8_word(L, r, row, stream, k, zv));
-      }
-      __m512i sums = _mm512_sub_epi32(sum16(ia), _mm512_slli_epi32(
+        const int64_t k0 = (g0 + j) * G;
+        if (kG64) return _mm512_dpbusd_epi32(a, _mm512_loadu_si512(X.xu + k0), word(k0, zv));
+        for (int64_t k = k0; k < k0 + G; k += 64)
+          a = _mm512_dpbusd_epi32(a, _mm512_loadu_si512(X.xu + k), word(k, zv));
+        return a;
+      };
+      __m512i sums = _mm512_sub_epi32(sum16_stream(group), _mm512_slli_epi32(
           _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(mb, cr + g0)), 7));  // - 128 C
-      if (int8_dense) {  // + (128 - z) SU
+      if (kInt8Dense) {  // + (128 - z) SU
         const __m512i z = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mb, zr + g0));
         sums = _mm512_add_epi32(sums, _mm512_mullo_epi32(_mm512_sub_epi32(_mm512_set1_epi32(128), z),
                                                          _mm512_maskz_loadu_epi32(mb, X.su + g0)));
@@ -194,6 +233,23 @@ inline void rows_x8_vnni_b1(const QLinear& L, const XQ& X, int64_t r0, int64_t r
       acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
     }
     out[r - r0] = _mm512_reduce_add_ps(acc) + (L.bias ? L.bias[r] : 0.f);
+  }
+}
+
+template <class Word, bool kInt8Dense>
+void x8_b1_rows_g(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
+  if (L.G == 64) x8_b1_rows<Word, kInt8Dense, true>(L, X, r0, r1, out);
+  else x8_b1_rows<Word, kInt8Dense, false>(L, X, r0, r1, out);
+}
+
+inline void rows_x8_vnni_b1(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
+  if (L.kind == kQSparse) {
+    if (L.bits == 4) x8_b1_rows_g<X8Sparse<4>, false>(L, X, r0, r1, out);
+    else x8_b1_rows_g<X8Sparse<8>, false>(L, X, r0, r1, out);
+  } else if (L.bits == 4) {
+    x8_b1_rows_g<X8DenseQ4, false>(L, X, r0, r1, out);
+  } else {
+    x8_b1_rows_g<X8DenseQ8, true>(L, X, r0, r1, out);
   }
 }
 
