@@ -13,7 +13,7 @@
 //       softmax(scale * q . k_t + mask_t) weighted sum of v_t over the n_comp compressed tokens
 //       followed by the W dense window tokens; q[B, Hq, D] (Hq = G * Hkv, grouped-query heads
 //       share their KV head), output [B, Hq, D] float32. Each compressed vector is expanded
-//       into a D-float stack buffer (AVX-512: one masked expand-load per 16 lanes) and used at
+//       into a D-float stack buffer (AVX-512: a masked load and a register expand per 16 lanes) and used at
 //       once (for float storage and head_dim 32/64/128 with few query heads per KV head, straight
 //       into registers); the cache is never materialised densely. Work is split over (batch, KV head,
 //       chunk of tokens) with per-chunk softmax partials (max, sum, accumulator) merged at the end.
@@ -31,6 +31,8 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include "simd_util.h"
 #define KV_AVX512 1
 #else
 #define KV_AVX512 0
@@ -155,7 +157,7 @@ inline void expand<float>(const int64_t* bits, const float* vals, int64_t nt, fl
     const uint64_t w = static_cast<uint64_t>(bits[j]);
     for (int s = 0; s < 4; ++s) {
       const __mmask16 m = static_cast<__mmask16>((w >> (16 * s)) & 0xFFFFu);
-      _mm512_storeu_ps(out + j * kTile + 16 * s, _mm512_maskz_expandloadu_ps(m, vals));
+      _mm512_storeu_ps(out + j * kTile + 16 * s, sc::expand_load_ps(m, vals));
       vals += __builtin_popcount(static_cast<unsigned>(m));
     }
   }
@@ -193,7 +195,7 @@ inline void load_vec(int64_t t, int64_t n_comp, const int64_t* bits, const float
     for (int j = 0; j < NV; ++j) {
       const uint64_t w = static_cast<uint64_t>(b[j / 4]);
       const __mmask16 mk = static_cast<__mmask16>((w >> (16 * (j % 4))) & 0xFFFFu);
-      out[j] = _mm512_maskz_expandloadu_ps(mk, p);
+      out[j] = sc::expand_load_ps(mk, p);
       p += __builtin_popcount(static_cast<unsigned>(mk));
     }
   } else {

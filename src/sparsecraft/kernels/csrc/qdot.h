@@ -18,8 +18,11 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+
+#include "simd_util.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI2__) && defined(__BMI2__)
 #define SCQ_AVX512 1
@@ -31,11 +34,6 @@
 #else
 #define SCQ_AVX2 0
 #endif
-
-// Small helpers of the row loops are forced inline: GCC's unit-growth limits otherwise leave some
-// out of line once the translation unit grows (a call per word or per group costs more than the work).
-#define SC_HOT inline __attribute__((always_inline))
-#define SC_HOT_LAMBDA __attribute__((always_inline))
 
 namespace sc {
 
@@ -111,6 +109,26 @@ SC_HOT uint64_t keep_mask(const QLinear& L, int64_t r, int64_t w) {
 #else
   return group_bits_to_mask(bits, L.g);
 #endif
+}
+
+// Software prefetch kPrefetchAhead bytes ahead of a stream the loop is reading, spread over the loop
+// (each step prefetches what it will consume 4 KiB later; one burst per row was measured 2x slower).
+// The hardware prefetchers alone leave the decode loops waiting on memory: a 4096 x 4096 int4 50%
+// bitmap layer with int8 inputs cycled through 96 MiB, 1 thread, 1190 -> 650 us per call.
+constexpr int64_t kPrefetchAhead = 4096;
+SC_HOT void prefetch_ahead(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p) + kPrefetchAhead;
+  for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
+}
+// A variable-rate stream (sparse codes): prefetch up to at least `min_bytes` past cur + kPrefetchAhead,
+// continuing from pf (the end of what was prefetched before; nullptr at a row's start), so no line is
+// asked for twice.
+template <class T>
+SC_HOT void prefetch_stream(const T*& pf, const T* cur, int64_t min_bytes) {
+  const char* want = reinterpret_cast<const char*>(cur) + kPrefetchAhead + min_bytes;
+  const char* p = pf ? reinterpret_cast<const char*>(pf) : reinterpret_cast<const char*>(cur) + kPrefetchAhead;
+  for (; p < want; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+  pf = reinterpret_cast<const T*>(p);
 }
 
 // ------------------------------------------------------------------ scalar (portable)

@@ -21,15 +21,15 @@ SC_HOT __m512 lut16(__m128i codes, __m512 lut) { return _mm512_permutexvar_ps(_m
 // it). The expand is vpexpandb (vpcompressb on the inputs would do it too, but costs ~35 cycles on
 // AMD Zen 4).
 SC_HOT __m512i sparse_word_codes(const uint8_t*& stream, uint64_t m, int bits) {
-  const int n = __builtin_popcountll(m);
+  const unsigned n = (unsigned)__builtin_popcountll(m);
   __m512i compact;
   if (bits == 8) {
-    compact = _mm512_loadu_si512(stream);
+    compact = in_reg(_mm512_loadu_si512(stream));
     stream += n;
   } else {
     const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(stream)));
     compact = _mm512_and_si512(_mm512_or_si512(w, _mm512_slli_epi16(w, 4)), _mm512_set1_epi16(0x0F0F));
-    stream += (n + 1) / 2;
+    stream += (n + 1) >> 1;
   }
   return _mm512_maskz_expand_epi8(m, compact);
 }
@@ -50,8 +50,11 @@ inline void group_rows(const QLinear& L, int64_t r, const float* x, int64_t ldx,
   const int64_t step = (int64_t)g * L.bits / 8;
   __m256 acc8[N];
   for (int n = 0; n < N; ++n) acc8[n] = _mm256_setzero_ps();
+  const uint8_t* pf = nullptr;
   for (int64_t wi = 0; wi < L.mstride; ++wi) {
+    prefetch_ahead(gb + wi, 8);
     for (uint64_t bits = gb[wi]; bits; bits &= bits - 1) {
+      prefetch_stream(pf, p, step);
       const int64_t j = wi * 64 + __builtin_ctzll(bits), col = j * g, qg = pow2 ? (j >> sh) : j / ratio;
       const float s = half_to_float(sr[qg]), z = (float)zr[qg];
       if (g == 16) {
@@ -109,6 +112,7 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
       const float* wr = L.w + r * in;
       int64_t k = 0;
       for (; kW && k + 64 <= in; k += 64) {
+        prefetch_ahead(wr + k, 256);
         t0[0] = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k), _mm512_loadu_ps(x + k), t0[0]);
         t1[0] = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 16), _mm512_loadu_ps(x + k + 16), t1[0]);
         t2[0] = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 32), _mm512_loadu_ps(x + k + 32), t2[0]);
@@ -129,15 +133,19 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
       fold(_mm512_set1_ps(1.f));
     } else if (L.kind == kF32Bitmap) {
       const float* p = L.vals + L.rowoff[r];
+      const float* pf = nullptr;
       for (int64_t w = 0; w * 64 < in; ++w) {
         const uint64_t m = L.masks[r * L.mstride + w];
+        prefetch_stream(pf, p, 64);
+        if ((w & 7) == 0) prefetch_ahead(L.masks + r * L.mstride + w, 64);
         for (int i = 0; i < 4 && 64 * w + 16 * i < in; ++i) {
           const __mmask16 mi = (__mmask16)(m >> (16 * i));
           if (!mi) continue;
-          const __m512 wv = _mm512_maskz_expand_ps(mi, _mm512_loadu_ps(p));
+          const __m512 wv = _mm512_maskz_expand_ps(mi, in_reg(_mm512_loadu_ps(p)));
           p += __builtin_popcount(mi);
           for (int n = 0; n < N; ++n) {
-            const __m512 xv = _mm512_maskz_loadu_ps(mi, x + n * ldx + 64 * w + 16 * i);
+            const float* xp = x + n * ldx + 64 * w + 16 * i;  // whole where in bounds: masked loads are slow
+            const __m512 xv = 64 * w + 16 * i + 16 <= in ? _mm512_loadu_ps(xp) : _mm512_maskz_loadu_ps(mi, xp);
             if (i & 1) t1[n] = _mm512_fmadd_ps(wv, xv, t1[n]);
             else t0[n] = _mm512_fmadd_ps(wv, xv, t0[n]);
           }
@@ -154,6 +162,7 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
       for (int64_t gi = 0; gi < ng; ++gi) {
         const __m512 z = _mm512_set1_ps((float)zr[gi]);
         const int64_t kend = k + L.G;
+        prefetch_ahead(row + k * L.bits / 8, L.G * L.bits / 8);
         if (L.bits == 8) {
           for (; k + 32 <= kend; k += 32) {
             const __m512 w0 = _mm512_sub_ps(cvt_u8x16(_mm_loadu_si128((const __m128i*)(row + k))), z);
@@ -219,7 +228,11 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
       int64_t gi = 0, gend = L.G;  // current quantization group and where it ends (no division)
       const bool q4 = L.bits == 4;
       __m512 lut = q4 ? int4_lut(half_to_float(sr[0]), (float)zr[0]) : _mm512_setzero_ps();
+      const uint8_t* pf = nullptr;
+      const int64_t nwords = (in + 63) / 64;
       for (int64_t w = 0; w * 64 < in; ++w) {
+        prefetch_stream(pf, stream, 4 * L.bits);
+        if ((w & 7) == 0) prefetch_ahead(L.masks + r * L.mstride + w * L.mstride / nwords, 64);  // g > 0: fewer
         const uint64_t m = keep_mask(L, r, w);
         const __m512i lanes = sparse_word_codes(stream, m, L.bits);
         const __m128i part[4] = {_mm512_castsi512_si128(lanes), _mm512_extracti32x4_epi32(lanes, 1),

@@ -145,32 +145,51 @@ inline __m512i x8_word(const QLinear& L, int64_t r, const uint8_t* row, const ui
   return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8((char)0x80));
 }
 
-// Lane j of the result = the sum of the 16 lanes of f(j), j = 0..15: a transpose-and-add tree (~2
+// P vectors handled together (P rows of a batch-1 call: independent work to overlap with the
+// dependency chain of each row's reduction).
+template <int P>
+struct Lanes {
+  __m512i v[P];
+};
+template <int P, class Op>
+SC_HOT Lanes<P> lanes_map(const Lanes<P>& a, const Lanes<P>& b, Op op) {
+  Lanes<P> r;
+  for (int p = 0; p < P; ++p) r.v[p] = op(a.v[p], b.v[p]);
+  return r;
+}
+
+// Lane j of result p = the sum of the 16 lanes of f(j).v[p], j = 0..15: a transpose-and-add tree (~2
 // shuffles and an add per vector instead of a horizontal reduction each), evaluated in the order the
-// tree consumes its inputs so that at most five partial vectors are live (16 at once spilled).
-template <class F>
-SC_HOT __m512i sum16_stream(F&& f) {
+// tree consumes its inputs so that at most five partial vectors per p are live (16 at once spilled).
+template <int P, class F>
+SC_HOT Lanes<P> sum16_stream(F&& f) {
   auto l1 = [&](int j) SC_HOT_LAMBDA {
-    const __m512i a = f(j), b = f(j + 1);
-    return _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    const Lanes<P> x = f(j), y = f(j + 1);  // in this order: the sparse streams advance
+    return lanes_map<P>(x, y, [](__m512i a, __m512i b) SC_HOT_LAMBDA {
+      return _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b)); });
   };
   auto l2 = [&](int j) SC_HOT_LAMBDA {
-    const __m512i a = l1(j), b = l1(j + 2);
-    return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    const Lanes<P> x = l1(j), y = l1(j + 2);  // in this order: the sparse streams advance
+    return lanes_map<P>(x, y, [](__m512i a, __m512i b) SC_HOT_LAMBDA {
+      return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b)); });
   };
   auto l3 = [&](int j) SC_HOT_LAMBDA {
-    const __m512i a = l2(j), b = l2(j + 4);
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xDD));
+    const Lanes<P> x = l2(j), y = l2(j + 4);  // in this order: the sparse streams advance
+    return lanes_map<P>(x, y, [](__m512i a, __m512i b) SC_HOT_LAMBDA {
+      return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xDD)); });
   };
-  const __m512i c0 = l3(0), c1 = l3(8);
-  return _mm512_add_epi32(_mm512_shuffle_i32x4(c0, c1, 0x88), _mm512_shuffle_i32x4(c0, c1, 0xDD));
+  const Lanes<P> c0 = l3(0), c1 = l3(8);
+  return lanes_map<P>(c0, c1, [](__m512i a, __m512i b) SC_HOT_LAMBDA {
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xDD)); });
 }
 
 // Word decoders of the batch-1 loop, one per layout, so that each instantiation of x8_b1_rows keeps its
 // 16 integer accumulators in registers (with the layout tested per word they spilled to the stack).
 struct X8DenseQ4 {
   const uint8_t* row;
+  X8DenseQ4() = default;
   X8DenseQ4(const QLinear& L, int64_t r) : row(L.codes + r * L.cstride) {}
+  SC_HOT void prefetch(int64_t k, int64_t n) const { prefetch_ahead(row + k / 2, n / 2); }
   SC_HOT __m512i operator()(int64_t k, __m512i zv) const {
     const __m256i lo4 = _mm256_set1_epi8(0x0F);
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2));
@@ -180,7 +199,9 @@ struct X8DenseQ4 {
 };
 struct X8DenseQ8 {
   const uint8_t* row;
+  X8DenseQ8() = default;
   X8DenseQ8(const QLinear& L, int64_t r) : row(L.codes + r * L.cstride) {}
+  SC_HOT void prefetch(int64_t k, int64_t n) const { prefetch_ahead(row + k, n); }
   SC_HOT __m512i operator()(int64_t k, __m512i) const {
     return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8((char)0x80));
   }
@@ -189,51 +210,80 @@ template <int BITS>
 struct X8Sparse {
   const uint64_t* masks;
   const uint8_t* stream;
+  X8Sparse() = default;
   X8Sparse(const QLinear& L, int64_t r) : masks(L.masks + r * L.mstride), stream(L.codes + L.rowoff[r]) {}
+  const uint8_t* pf = nullptr;  // the codes are prefetched up to here (minus kPrefetchAhead)
+  SC_HOT void prefetch(int64_t k, int64_t n) {  // the next n inputs' masks, and codes as far as used
+    prefetch_ahead(masks + k / 64, n / 8);
+    prefetch_stream(pf, stream, n * BITS / 16);
+  }
   SC_HOT __m512i operator()(int64_t k, __m512i zv) {
-    const uint64_t m = masks[k / 64];
+    const uint64_t m = masks[(uint64_t)k >> 6];
     return _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, BITS), zv);
   }
 };
 
 // Batch 1: the integer sums of 16 groups are reduced together (sum16_stream), then corrected, converted
 // and scaled as one vector -- a group of 64 inputs is only ~8 instructions of codes and dot product, and
-// per-group work (convert, broadcast scale, FMA: measured 10-30% slower) would add a third to it.
+// per-group work (convert, broadcast scale, FMA: measured 10-30% slower) would add a third to it. P rows
+// at a time (P = 2 for all but an odd last row).
+template <class Word, bool kInt8Dense, bool kG64, int P>
+SC_HOT void x8_b1_row_block(const QLinear& L, const XQ& X, int64_t r, float* out) {
+  const int64_t G = L.G, ng = L.in / G;
+  const uint16_t* sr[P];
+  const uint8_t* zr[P];
+  const int16_t* cr[P];
+  Word word[P];
+  __m512 acc[P];
+  for (int p = 0; p < P; ++p) {
+    word[p] = Word(L, r + p);
+    sr[p] = L.scales + (r + p) * ng;
+    zr[p] = L.zeros + (r + p) * ng;
+    cr[p] = L.csum + (r + p) * ng;
+    acc[p] = _mm512_setzero_ps();
+  }
+  for (int64_t g0 = 0; g0 < ng; g0 += 16) {
+    const int nb = (int)std::min<int64_t>(16, ng - g0);
+    const __mmask16 mb = (__mmask16)((1u << nb) - 1);
+    for (int p = 0; p < P; ++p) word[p].prefetch(g0 * G, 16 * G);  // the block's bytes, 4 KiB ahead
+    auto group = [&](int j) SC_HOT_LAMBDA {  // per row, the 16 int32 lanes summing to group g0 + j's dot product
+      Lanes<P> a;
+      for (int p = 0; p < P; ++p) {
+        a.v[p] = _mm512_setzero_si512();
+        if (j >= nb) continue;
+        const __m512i zv = _mm512_set1_epi8((char)zr[p][g0 + j]);
+        const int64_t k0 = (g0 + j) * G;
+        if (kG64) {
+          a.v[p] = _mm512_dpbusd_epi32(a.v[p], _mm512_loadu_si512(X.xu + k0), word[p](k0, zv));
+        } else {
+          for (int64_t k = k0; k < k0 + G; k += 64)
+            a.v[p] = _mm512_dpbusd_epi32(a.v[p], _mm512_loadu_si512(X.xu + k), word[p](k, zv));
+        }
+      }
+      return a;
+    };
+    const Lanes<P> sums = sum16_stream<P>(group);
+    for (int p = 0; p < P; ++p) {
+      __m512i s = _mm512_sub_epi32(sums.v[p], _mm512_slli_epi32(
+          _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(mb, cr[p] + g0)), 7));  // - 128 C
+      if (kInt8Dense) {  // + (128 - z) SU
+        const __m512i z = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mb, zr[p] + g0));
+        s = _mm512_add_epi32(s, _mm512_mullo_epi32(_mm512_sub_epi32(_mm512_set1_epi32(128), z),
+                                                   _mm512_maskz_loadu_epi32(mb, X.su + g0)));
+      }
+      const __m512 scale = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mb, sr[p] + g0)),
+                                         _mm512_maskz_loadu_ps(mb, X.sx + g0));
+      acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[p]);
+    }
+  }
+  for (int p = 0; p < P; ++p) out[p] = _mm512_reduce_add_ps(acc[p]) + (L.bias ? L.bias[r + p] : 0.f);
+}
+
 template <class Word, bool kInt8Dense, bool kG64>
 void x8_b1_rows(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
-  const int64_t G = L.G, ng = L.in / G;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint16_t* sr = L.scales + r * ng;
-    const uint8_t* zr = L.zeros + r * ng;
-    const int16_t* cr = L.csum + r * ng;
-    Word word(L, r);
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t g0 = 0; g0 < ng; g0 += 16) {
-      const int nb = (int)std::min<int64_t>(16, ng - g0);
-      const __mmask16 mb = (__mmask16)((1u << nb) - 1);
-      auto group = [&](int j) SC_HOT_LAMBDA {  // the 16 int32 lanes whose sum is group g0 + j's dot product
-        __m512i a = _mm512_setzero_si512();
-        if (j >= nb) return a;
-        const __m512i zv = _mm512_set1_epi8((char)zr[g0 + j]);
-        const int64_t k0 = (g0 + j) * G;
-        if (kG64) return _mm512_dpbusd_epi32(a, _mm512_loadu_si512(X.xu + k0), word(k0, zv));
-        for (int64_t k = k0; k < k0 + G; k += 64)
-          a = _mm512_dpbusd_epi32(a, _mm512_loadu_si512(X.xu + k), word(k, zv));
-        return a;
-      };
-      __m512i sums = _mm512_sub_epi32(sum16_stream(group), _mm512_slli_epi32(
-          _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(mb, cr + g0)), 7));  // - 128 C
-      if (kInt8Dense) {  // + (128 - z) SU
-        const __m512i z = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mb, zr + g0));
-        sums = _mm512_add_epi32(sums, _mm512_mullo_epi32(_mm512_sub_epi32(_mm512_set1_epi32(128), z),
-                                                         _mm512_maskz_loadu_epi32(mb, X.su + g0)));
-      }
-      const __m512 scale = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mb, sr + g0)),
-                                         _mm512_maskz_loadu_ps(mb, X.sx + g0));
-      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
-    }
-    out[r - r0] = _mm512_reduce_add_ps(acc) + (L.bias ? L.bias[r] : 0.f);
-  }
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) x8_b1_row_block<Word, kInt8Dense, kG64, 2>(L, X, r, out + (r - r0));
+  if (r < r1) x8_b1_row_block<Word, kInt8Dense, kG64, 1>(L, X, r, out + (r - r0));
 }
 
 template <class Word, bool kInt8Dense>
@@ -257,6 +307,7 @@ template <int N>
 void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
   const int64_t nr = r1 - r0, in = L.in, G = L.G, ng = in / G;
   for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* pf = nullptr;
     const uint16_t* sr = L.scales + r * ng;
     const uint8_t* zr = L.zeros + r * ng;
     const int16_t* cr = L.csum + r * ng;
@@ -274,6 +325,8 @@ void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* 
       for (int n = 0; n < N; ++n) ia[n] = _mm512_setzero_si512();
       const int32_t z = zr[g];
       const __m512i zv = _mm512_set1_epi8((char)z);
+      if (L.kind == kQSparse) prefetch_stream(pf, stream, G * L.bits / 16), prefetch_ahead(L.masks + r * L.mstride + k / 64, G / 8);
+      else prefetch_ahead(row + k * L.bits / 8, G * L.bits / 8);
       for (const int64_t kend = k + G; k < kend; k += 64) {
         const __m512i w = x8_word(L, r, row, stream, k, zv);
         for (int n = 0; n < N; ++n) ia[n] = _mm512_dpbusd_epi32(ia[n], _mm512_loadu_si512(X.xu + n * in + k), w);
