@@ -15,7 +15,8 @@ kept before its recovery, so ``--recover-steps 0`` first and a later run adds th
     flock /tmp/sparsecraft-heavy.lock python benchmarks/bench_structure.py --part timing
 
 Timing (torch's dense kernels for structured rows; ``sparsecraft.convert(backend="auto")`` for the
-SparseGPT peers): batch-16 prefill of 128 tokens (``time_blocks``, each row interleaved with the
+SparseGPT peers): batch-16 prefill of 128 tokens -- KV cache and next-token logits, as ``generate``
+computes them (``--prefill-logits all``: every position's logits) -- (``time_blocks``, each row interleaved with the
 dense model in the same process, median of block medians) and batch-1 greedy decode of 32 tokens
 after a 16-token prompt (median of 3, interleaved with dense). Writes docs/results/structure.md.
 """
@@ -122,7 +123,11 @@ def _decode(model: torch.nn.Module, ids: torch.Tensor, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def _forward(model: torch.nn.Module, batch: torch.Tensor) -> callable:
+def _prefill(model: torch.nn.Module, batch: torch.Tensor, logits: str) -> callable:
+    """A batch prefill: the KV cache filled and the next-token logits (``logits="last"``, what
+    ``generate`` computes), or a scoring forward with the logits of every position (``"all"``)."""
+    if logits == "last":
+        return lambda: model(batch, use_cache=True, logits_to_keep=1)
     return lambda: model(batch, use_cache=False)
 
 
@@ -133,6 +138,7 @@ def timing(args: argparse.Namespace, cache: dict, save: callable) -> None:
 
     dense = load_model(args.model).model
     cache["timing"] = {"prefill": f"16 x {args.prefill_len} tokens", "decode": f"{args.decode_len} tokens",
+                       "logits": args.prefill_logits,
                        "rounds": args.rounds, "repeats": args.repeats, "command": " ".join(__import__("sys").argv)}
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 49152, (1, 16), generator=g)
@@ -149,7 +155,7 @@ def timing(args: argparse.Namespace, cache: dict, save: callable) -> None:
             dec = copy.deepcopy(model)
             row["convert_b1"] = sum(x.converted for x in convert(dec, backend="auto", batch=1).layers)
             row["convert_b16"] = sum(x.converted for x in convert(pre, backend="auto", batch=batch.numel()).layers)
-        calls = {"dense": _forward(dense, batch), key: _forward(pre, batch)}
+        calls = {"dense": _prefill(dense, batch, args.prefill_logits), key: _prefill(pre, batch, args.prefill_logits)}
         with torch.no_grad():
             blocks = time_blocks(calls, rounds=args.rounds, block=2, warmup=1, pause_s=0.2)
         t_dense, t_row = block_median(blocks["dense"]), block_median(blocks[key])
@@ -217,7 +223,10 @@ def _timing_line(cache: dict) -> str:
     t = cache.get("timing")
     if not t:
         return "Timing: not run yet (`--part timing`)."
-    return (f"Timing (`{t['command']}`, under the heavy lock): batch-16 prefill of {t['prefill']} (time_blocks, "
+    what = ("KV cache and next-token logits, as generate's prefill" if t.get("logits", "all") == "last"
+            else "a scoring forward with every position's logits")
+    return (f"Timing (`{t['command']}`, under the heavy lock): batch-16 prefill of {t['prefill']} ({what}; "
+            "time_blocks, "
             f"{t['rounds']} rounds, each row interleaved with dense), batch-1 greedy decode of {t['decode']} "
             f"(median of {t['repeats']}, interleaved with dense); torch's dense kernels for structured rows, "
             "sparsecraft.convert(backend='auto') for the SparseGPT peers.")
@@ -256,6 +265,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="decodes per model (median)")
     ap.add_argument("--rounds", type=int, default=4, help="prefill timing rounds (blocks of 2 calls)")
     ap.add_argument("--prefill-len", type=int, default=128, help="tokens per sequence of the batch-16 prefill")
+    ap.add_argument("--prefill-logits", choices=("last", "all"), default="last",
+                    help="last: the prefill generate runs (KV cache, next-token logits); all: a scoring forward "
+                         "with the logits of every position (the LM head then costs a quarter of SmolLM2's time)")
     ap.add_argument("--decode-len", type=int, default=32, help="greedy tokens per batch-1 decode")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--retime", action="store_true", help="timing: measure rows that already have times again")
