@@ -42,6 +42,7 @@ from torch import nn
 
 from sparsecraft.errors import SparsecraftError
 from sparsecraft.kernels import quant_pack as qp
+from sparsecraft.kernels.arena import in_arena
 from sparsecraft.kernels.backend_quant import group_size
 from sparsecraft.kernels.extension import ops
 from sparsecraft.kernels.sparse_linear import effective_weight
@@ -210,6 +211,7 @@ class LlamaDecodePath:
         ints = [len(inner.layers), cfg.hidden_size, cfg.num_attention_heads,
                 getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, hd, cfg.intermediate_size,
                 cfg.vocab_size, max_positions]
+        tensors, _ = in_arena(tensors)  # one buffer in huge pages: the loop streams it every token
         decoder = torch.classes.sparsecraft_kernels.LlamaDecoder(ints, [float(cfg.rms_norm_eps)], tensors, metas)
         return cls(decoder, choices, threads)
 
