@@ -4,7 +4,9 @@ The maths lives in :mod:`sparsecraft.structure.slicegpt` (fold the RMSNorm scale
 per block from calibration activations, slice the hidden size); ``sparsity`` is the fraction of
 the hidden size sliced. Options: ``embeddings`` (``"keep"``: tied embedding / head untouched,
 the default; ``"slice"``: the reference layout, rotated and sliced embedding with an untied
-head) and ``round_to`` (8: the sliced width is a multiple of it).
+head), ``round_to`` (8: the sliced width is a multiple of it) and ``rotations`` (``"per-half"``: the
+paper's two PCAs and two shortcut matrices per block, the default; ``"per-block"``: one, the MLP
+half's shortcut becomes the identity).
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ class SliceGPT(StructuralPruner):
 
     keeps_block_outputs = False
 
-    def __init__(self, embeddings: str = "keep", round_to: int = 8) -> None:
+    def __init__(self, embeddings: str = "keep", round_to: int = 8, rotations: str = "per-half") -> None:
         from sparsecraft.errors import SparsecraftError
-        from sparsecraft.structure.slicegpt import EMBEDDINGS
+        from sparsecraft.structure.slicegpt import EMBEDDINGS, ROTATIONS
 
         if embeddings not in EMBEDDINGS:
             raise SparsecraftError(f"slicegpt embeddings must be one of {', '.join(EMBEDDINGS)}, got {embeddings!r}")
-        self.embeddings, self.round_to = embeddings, round_to
+        if rotations not in ROTATIONS:
+            raise SparsecraftError(f"slicegpt rotations must be one of {', '.join(ROTATIONS)}, got {rotations!r}")
+        self.embeddings, self.round_to, self.rotations = embeddings, round_to, rotations
 
     def prune_model(self, model: Any, sparsity: float, *, calib: Any, batch_size: int, progress: bool,
                     **unused: Any) -> dict:
@@ -40,4 +44,4 @@ class SliceGPT(StructuralPruner):
             raise SparsecraftError("slicegpt slices every block of the model; it takes no targets / ignore")
         batches = batched(calib, batch_size) if calib is not None else []
         return slice_gpt(model, sparsity, batches, embeddings=self.embeddings, round_to=self.round_to,
-                         progress=_bar("slicegpt blocks", progress))
+                         rotations=self.rotations, progress=_bar("slicegpt blocks", progress))
