@@ -40,16 +40,14 @@ def _tied_llama():
     return model
 
 
-@pytest.mark.parametrize("rotations", ["per-half", "per-block"])
 @pytest.mark.parametrize("embeddings", ["keep", "slice"])
 @pytest.mark.parametrize("make", [_tied_llama, HF_MAKERS["qwen2"], HF_MAKERS["mistral"]])
-def test_rotation_without_slicing_keeps_the_outputs(embeddings, make, rotations):
+def test_rotation_without_slicing_keeps_the_outputs(embeddings, make):
     """Computational invariance (Sec. 3.1): folded norms + orthogonal rotations change nothing."""
     model = make()
     ids = calib_ids(4, 12)
     before = model(ids).logits
-    sparsecraft.prune(model, 0.0, method="slicegpt", calib=ids, embeddings=embeddings, rotations=rotations,
-                      progress=False)
+    sparsecraft.prune(model, 0.0, method="slicegpt", calib=ids, embeddings=embeddings, progress=False)
     assert torch.allclose(model(ids).logits, before, atol=1e-4)
 
 
@@ -67,35 +65,12 @@ def test_parameter_counts_of_both_layouts():
     removed = norms_gone + layers * (qkv * d + 32 * d + 3 * mlp * d)
     expected = dense - removed + block(32, 24) + block(24, 24) + block(24, 32)
     assert keep["params_after"] == expected
-    one = sparsecraft.prune(_tied_llama(), 0.25, method="slicegpt", calib=ids, rotations="per-block",
-                            progress=False).info["structure"]
-    # one rotation per block: blocks 0 and 1 lose their w x w MLP shortcut (the last keeps its w x d one)
-    assert one["layers"] == keep["layers"] and one["params_after"] == expected - 2 * w * w
     ref = sparsecraft.prune(_tied_llama(), 0.25, method="slicegpt", calib=ids, embeddings="slice",
                             progress=False).info["structure"]
     # reference layout: the embedding is sliced to w, the head is untied (v x d), the final norm scale is folded
     assert ref["layers"] == [[24, 24, 24], [24, 24, 24], [24, 24, 32]]
     assert ref["params_after"] == (dense - v * d - d - norms_gone - layers * (qkv * d + 32 * d + 3 * mlp * d)
                                    + v * w + v * d + block(24, 24) * 2 + block(24, 32))
-
-
-def test_one_rotation_per_block_writes_both_halves_in_one_basis():
-    """rotations="per-block": a block's attention output (o_proj) and MLP output (down_proj) are
-    written in the same sliced basis Q (Q^T W for both), so no matrix is needed between them; Q is
-    recovered from o_proj with the original (square, invertible) W_o and checked on down_proj."""
-    import copy
-
-    model = _tied_llama()
-    dense = copy.deepcopy(model)
-    sparsecraft.prune(model, 0.25, method="slicegpt", calib=calib_ids(8, 16), rotations="per-block",
-                      round_to=1, progress=False)
-    for i in (0, 1):  # the last block writes the head's (full) basis
-        new, old = model.model.layers[i], dense.model.layers[i]
-        assert new.mlp_shortcut is None
-        qt = new.self_attn.o_proj.weight.double() @ torch.linalg.inv(old.self_attn.o_proj.weight.double())
-        assert qt.shape == (24, 32) and torch.allclose(qt @ qt.T, torch.eye(24, dtype=torch.float64), atol=1e-5)
-        assert torch.allclose(new.mlp.down_proj.weight.double(), qt @ old.mlp.down_proj.weight.double(), atol=1e-5)
-    assert model.model.layers[2].mlp_shortcut is not None
 
 
 def test_slicing_keeps_the_function_better_than_dropping_coordinates():
@@ -117,7 +92,6 @@ def test_slicing_keeps_the_function_better_than_dropping_coordinates():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"sparsity": 0.25, "embeddings": "rotate"}, "embeddings must be one of keep, slice"),
-    ({"sparsity": 0.25, "rotations": "per-layer"}, "rotations must be one of per-half, per-block"),
     ({"sparsity": 0.25, "criterion": "wanda"}, "slicegpt chooses what to remove itself"),
     ({"sparsity": 0.25, "pattern": "2:4"}, "leave pattern unset"),
     ({"sparsity": 0.99}, "leaves no channel"),

@@ -4,9 +4,7 @@ The maths lives in :mod:`sparsecraft.structure.slicegpt` (fold the RMSNorm scale
 per block from calibration activations, slice the hidden size); ``sparsity`` is the fraction of
 the hidden size sliced. Options: ``embeddings`` (``"keep"``: tied embedding / head untouched,
 the default; ``"slice"``: the reference layout, rotated and sliced embedding with an untied
-head), ``round_to`` (8: the sliced width is a multiple of it) and ``rotations`` (``"per-half"``: the
-paper's two PCAs and two shortcut matrices per block, the default; ``"per-block"``: one, the MLP
-half's shortcut becomes the identity).
+head) and ``round_to`` (8: the sliced width is a multiple of it).
 """
 
 from __future__ import annotations
@@ -23,15 +21,13 @@ class SliceGPT(StructuralPruner):
 
     keeps_block_outputs = False
 
-    def __init__(self, embeddings: str = "keep", round_to: int = 8, rotations: str = "per-half") -> None:
+    def __init__(self, embeddings: str = "keep", round_to: int = 8) -> None:
         from sparsecraft.errors import SparsecraftError
-        from sparsecraft.structure.slicegpt import EMBEDDINGS, ROTATIONS
+        from sparsecraft.structure.slicegpt import EMBEDDINGS
 
         if embeddings not in EMBEDDINGS:
             raise SparsecraftError(f"slicegpt embeddings must be one of {', '.join(EMBEDDINGS)}, got {embeddings!r}")
-        if rotations not in ROTATIONS:
-            raise SparsecraftError(f"slicegpt rotations must be one of {', '.join(ROTATIONS)}, got {rotations!r}")
-        self.embeddings, self.round_to, self.rotations = embeddings, round_to, rotations
+        self.embeddings, self.round_to = embeddings, round_to
 
     def prune_model(self, model: Any, sparsity: float, *, calib: Any, batch_size: int, progress: bool,
                     **unused: Any) -> dict:
@@ -44,4 +40,4 @@ class SliceGPT(StructuralPruner):
             raise SparsecraftError("slicegpt slices every block of the model; it takes no targets / ignore")
         batches = batched(calib, batch_size) if calib is not None else []
         return slice_gpt(model, sparsity, batches, embeddings=self.embeddings, round_to=self.round_to,
-                         rotations=self.rotations, progress=_bar("slicegpt blocks", progress))
+                         progress=_bar("slicegpt blocks", progress))

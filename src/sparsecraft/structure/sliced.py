@@ -12,8 +12,7 @@ two halves of a block, so each residual path carries a small matrix (Eq. 9):
 :class:`RMSN` is the scale-free RMSNorm; like the reference implementation it divides the sum
 of squares by the *original* hidden size, so a sliced vector keeps the norm the dense one had
 (up to the discarded components). :class:`SlicedDecoderLayer` holds the two shortcut matrices as
-bias-free ``nn.Linear`` layers (``attn_shortcut`` d_in -> d_mid, ``mlp_shortcut`` d_mid -> d_out);
-``mlp_shortcut`` is ``None`` where it is the identity (``rotations="per-block"``).
+bias-free ``nn.Linear`` layers (``attn_shortcut`` d_in -> d_mid, ``mlp_shortcut`` d_mid -> d_out).
 """
 
 from __future__ import annotations
@@ -49,8 +48,7 @@ class RMSN(nn.Module):
 class SlicedDecoderLayer(nn.Module):
     """A Llama-style decoder layer whose residual paths go through shortcut matrices."""
 
-    def __init__(self, layer: nn.Module, d_in: int, d_mid: int, d_out: int, hidden: int, eps: float,
-                 mlp_shortcut: bool = True) -> None:
+    def __init__(self, layer: nn.Module, d_in: int, d_mid: int, d_out: int, hidden: int, eps: float) -> None:
         super().__init__()
         for k, v in vars(layer).items():  # plain attributes the model reads (attention_type, hidden_size, ...)
             if not k.startswith("_") and not isinstance(v, (nn.Module, torch.Tensor)) and k != "training":
@@ -61,8 +59,7 @@ class SlicedDecoderLayer(nn.Module):
         self.mlp = layer.mlp
         w = layer.self_attn.o_proj.weight
         self.attn_shortcut = nn.Linear(d_in, d_mid, bias=False, device=w.device, dtype=w.dtype)
-        self.mlp_shortcut = (nn.Linear(d_mid, d_out, bias=False, device=w.device, dtype=w.dtype) if mlp_shortcut
-                             else None)
+        self.mlp_shortcut = nn.Linear(d_mid, d_out, bias=False, device=w.device, dtype=w.dtype)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None, position_ids: Any = None,
                 cache: Any = None, use_cache: bool | None = False, position_embeddings: Any = None,
@@ -72,8 +69,7 @@ class SlicedDecoderLayer(nn.Module):
                               position_ids=position_ids, cache=cache, use_cache=use_cache,
                               position_embeddings=position_embeddings, **kwargs)
         h = self.attn_shortcut(residual) + h
-        y = self.mlp(self.post_attention_layernorm(h))
-        return y + (h if self.mlp_shortcut is None else self.mlp_shortcut(h))
+        return self.mlp_shortcut(h) + self.mlp(self.post_attention_layernorm(h))
 
 
 def check_llama_style(model: nn.Module) -> tuple[Any, nn.Module, nn.Module, nn.Module]:
@@ -113,9 +109,7 @@ def convert_sliced(model: nn.Module, spec: dict[str, Any]) -> None:
     if len(dims) != len(stack.blocks):
         raise SparsecraftError(f"the slicegpt record has {len(dims)} layers, the model {len(stack.blocks)}")
     hidden, eps = int(spec["hidden"]), float(spec["eps"])
-    identity = set(spec.get("identity_mlp_shortcut", []))
     for i, (d_in, d_mid, d_out) in enumerate(dims):
-        stack.blocks[i] = SlicedDecoderLayer(stack.blocks[i], d_in, d_mid, d_out, hidden, eps,
-                                             mlp_shortcut=i not in identity)
+        stack.blocks[i] = SlicedDecoderLayer(stack.blocks[i], d_in, d_mid, d_out, hidden, eps)
     if spec.get("final_norm") == "rmsn":
         model.model.norm = RMSN(hidden, eps)

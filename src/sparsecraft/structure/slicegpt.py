@@ -23,13 +23,6 @@ the dense one (an untied head plus 2 d_new^2 shortcut parameters per block).
 ``embeddings="keep"`` (default) keeps the embedding, the final norm and a tied LM head in the
 original basis: the first block reads it unrotated (Q_in = I, its q/k/v keep the full width) and
 the last block writes it back (Q_out = I). Fewer parameters, and nothing the head reads is sliced.
-
-``rotations="per-half"`` (default) is the paper's scheme above: two PCAs per block, two shortcut
-matrices. ``rotations="per-block"`` (our option, not in the paper) uses one: Q_out = Q_mid, so the
-MLP half reads and writes the same basis and its shortcut ``Q_mid^T Q_out`` is the identity -- a
-plain residual add, d_new^2 fewer parameters and one matrix product fewer per block (all but the
-last, which writes the basis the head reads as in the default); the block's output is then sliced
-along the principal directions of the MLP input instead of its own.
 """
 
 from __future__ import annotations
@@ -47,7 +40,6 @@ from sparsecraft.structure import hf
 from sparsecraft.structure.sliced import RMSN, SlicedDecoderLayer, check_llama_style, hidden_and_eps
 
 EMBEDDINGS = ("keep", "slice")
-ROTATIONS = ("per-half", "per-block")
 
 
 class _Stop(Exception):
@@ -104,12 +96,10 @@ def sliced_width(hidden: int, sparsity: float, round_to: int = 8) -> int:
 
 @torch.no_grad()
 def slice_gpt(model: nn.Module, sparsity: float, batches: list[Any], *, embeddings: str = "keep", round_to: int = 8,
-              rotations: str = "per-half", progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, Any]:
+              progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, Any]:
     """Slice ``model`` in place (see the module docstring); returns a summary dict."""
     if embeddings not in EMBEDDINGS:
         raise SparsecraftError(f"slicegpt embeddings must be one of {', '.join(EMBEDDINGS)}, got {embeddings!r}")
-    if rotations not in ROTATIONS:
-        raise SparsecraftError(f"slicegpt rotations must be one of {', '.join(ROTATIONS)}, got {rotations!r}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise SparsecraftError(f"slicegpt round_to must be an integer >= 1, got {round_to!r}")
     if not 0.0 <= sparsity < 1.0:
@@ -140,7 +130,7 @@ def slice_gpt(model: nn.Module, sparsity: float, batches: list[Any], *, embeddin
         q_in = torch.eye(hidden, dtype=torch.float64)
     for inp in inputs:
         inp.hidden = (inp.hidden.double() @ q_in).to(inp.hidden.dtype)
-    dims, identity = [], []
+    dims = []
     for i in (progress or (lambda x: x))(range(n)):
         layer = stack.blocks[i]
         att, mlp = layer.self_attn, layer.mlp
@@ -162,15 +152,9 @@ def slice_gpt(model: nn.Module, sparsity: float, batches: list[Any], *, embeddin
         outs = [block_forward(s, inp) for inp in inputs]
         if i == n - 1 and not slice_emb:
             q_out = torch.eye(hidden, dtype=torch.float64)
-        elif rotations == "per-block" and i < n - 1:  # the last block writes what the head reads in full
-            q_out = q_mid
         else:
             q_out = pca(outs)[1][:, :d_out]
-        if q_out is q_mid:
-            s.mlp_shortcut = None  # Q_mid^T Q_mid = I: the residual add alone
-            identity.append(i)
-        else:
-            _set(s.mlp_shortcut, q_mid.T @ q_out)
+        _set(s.mlp_shortcut, q_mid.T @ q_out)
         _rot_out(mlp.down_proj, q_out)
         for inp, out in zip(inputs, outs):
             inp.hidden = (out.double() @ q_out).to(out.dtype)
@@ -183,14 +167,12 @@ def slice_gpt(model: nn.Module, sparsity: float, batches: list[Any], *, embeddin
         model.model.norm = RMSN(hidden, eps)
     model.train(was_training)
     spec = {"hidden": hidden, "eps": eps, "layers": dims, "final_norm": "rmsn" if slice_emb else "original",
-            "embeddings": embeddings, "sparsity": float(sparsity), "width": d_new, "rotations": rotations,
-            "identity_mlp_shortcut": identity}
+            "embeddings": embeddings, "sparsity": float(sparsity), "width": d_new}
     cfg = model.config
     cfg.sparsecraft_structure = {**(getattr(cfg, hf.RECORD, None) or {"version": 1, "history": [], "attrs": {}}),
                                  "slicegpt": spec}
-    hf.sync_config(model, {"kind": "slicegpt", "sparsity": float(sparsity), "width": d_new, "embeddings": embeddings,
-                           "rotations": rotations})
-    return {"width": d_new, "hidden": hidden, "embeddings": embeddings, "rotations": rotations, "layers": dims,
+    hf.sync_config(model, {"kind": "slicegpt", "sparsity": float(sparsity), "width": d_new, "embeddings": embeddings})
+    return {"width": d_new, "hidden": hidden, "embeddings": embeddings, "layers": dims,
             "wall_time_s": round(time.perf_counter() - t0, 3)}
 
 
