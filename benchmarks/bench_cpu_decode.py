@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results" / "cpu_decode.md"
 PROMPT = "To be, or not to be, that is the question:"
 CONFIGS = ["dense", "s50", "s70", "w8s50", "w4s40", "w4s50", "w4s50-gqsa", "w4s70", "w4-24", "w4",
-           "w4+x8", "w4s40+x8", "w4s50+x8", "w8s50+x8"]
+           "w4+x8", "w4s40+x8", "w4s50+x8", "w8s50+x8", "w4s50-gqsa+x8"]
 LLAMA = ["Q4_1", "Q8_0", "F16", "F32"]
 NOT_SPARSE_QUANT = {"dense", "s50", "s70", "w4", "w8", "s24"}  # float or dense-quantized: not goal candidates
 

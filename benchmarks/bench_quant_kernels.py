@@ -40,7 +40,8 @@ SHAPES = {"q/o 576x576": (576, 576), "gate/up 1536x576": (1536, 576), "down 576x
           "head 49152x576": (49152, 576), "4096x4096": (4096, 4096)}
 LAYOUTS = ["torch f32", "q4 dense", "q8 dense", "q4 bitmap 50%", "q4 bitmap 70%", "q8 bitmap 50%",
            "q4 group16 50%", "f32 bitmap 70%", "f32 csr16 90%",
-           "q4 dense x8", "q8 dense x8", "q4 bitmap 50% x8", "q4 bitmap 70% x8", "q8 bitmap 50% x8"]
+           "q4 dense x8", "q8 dense x8", "q4 bitmap 50% x8", "q4 bitmap 70% x8", "q8 bitmap 50% x8",
+           "q4 group16 50% x8"]
 
 
 def keep_for(layout: str, out: int, inp: int, g: torch.Generator) -> torch.Tensor:

@@ -32,24 +32,26 @@ def reference(codes, keep, scale, zero, group, x) -> torch.Tensor:
     return (ints * s[None] * sx.squeeze(-1).double()[:, None, :]).sum(-1)
 
 
-def _pack(bits, sym, group, sparse, seed=0, inp=384):
+def _pack(bits, sym, group, sparse, seed=0, inp=384, g=0):
+    """sparse: an element bitmap (g = 0) or a group bitmap of g inputs kept or dropped together."""
     torch.manual_seed(seed)
     out = 37
-    keep = torch.rand(out, inp) > 0.5 if sparse else torch.ones(out, inp, dtype=torch.bool)
+    keep = (torch.rand(out, inp // max(g, 1)) > 0.5).repeat_interleave(max(g, 1), 1) if sparse else \
+        torch.ones(out, inp, dtype=torch.bool)
     w, s, z = rtn(torch.randn(out, inp) * keep, QuantSpec(bits, group, sym))
     codes = codes_of(w, s, z, bits)
-    p = qp.pack_q_sparse(codes, keep, s, z, bits, 0) if sparse else qp.pack_q_dense(codes, s, z, bits)
+    p = qp.pack_q_sparse(codes, keep, s, z, bits, g) if sparse else qp.pack_q_dense(codes, s, z, bits)
     return p, codes, keep, s, z
 
 
-CASES = [(b, sym, grp, sp) for b in (4, 8) for sym in (True, False) for grp in (64, 128) for sp in (False, True)
-         if not (b == 8 and not sym and sp)]
+CASES = [(b, sym, grp, sp, 0) for b in (4, 8) for sym in (True, False) for grp in (64, 128) for sp in (False, True)
+         if not (b == 8 and not sym and sp)] + [(b, True, 64, True, g) for b in (4, 8) for g in (4, 8, 16)]
 
 
 @pytest.mark.parametrize("inp", [384, 2432])  # 2432: batch 1 runs full blocks of 16 groups and a tail
-@pytest.mark.parametrize("bits,sym,group,sparse", CASES)
-def test_int8_inputs_match_the_rule(kops, bits, sym, group, sparse, inp):
-    p, codes, keep, s, z = _pack(bits, sym, group, sparse, inp=inp)
+@pytest.mark.parametrize("bits,sym,group,sparse,g", CASES)
+def test_int8_inputs_match_the_rule(kops, bits, sym, group, sparse, g, inp):
+    p, codes, keep, s, z = _pack(bits, sym, group, sparse, inp=inp, g=g)
     p8 = qp.with_int8_inputs(p, codes, keep if sparse else None, z)
     assert int(p8["meta"][9]) == 8 and p8["csums"].dtype == torch.int16
     for n in (1, 3, 8):
@@ -85,9 +87,7 @@ def test_unsupported_layouts_are_refused(kops):
     with pytest.raises(SparsecraftError, match="multiples of 64"):
         w, s32, z32 = rtn(torch.randn(8, 96), QuantSpec(4, 32, True))
         qp.with_int8_inputs(qp.pack_q_dense(codes_of(w, s32, z32, 4), s32, z32, 4), codes_of(w, s32, z32, 4))
-    grouped = qp.pack_q_sparse(codes, keep, s, z, 4, 16)
-    assert "element-bitmap" in qp.int8_inputs_unsupported(grouped)
-    assert "dense or element-bitmap" in qp.int8_inputs_unsupported(qp.pack_f32_dense(torch.randn(4, 64)))
+    assert "dense, bitmap or group-bitmap" in qp.int8_inputs_unsupported(qp.pack_f32_dense(torch.randn(4, 64)))
     p8, *_ = _pack(8, False, 64, True)
     with pytest.raises(SparsecraftError, match="symmetric grid"):
         _, c8, k8, _, z8 = _pack(8, False, 64, True)

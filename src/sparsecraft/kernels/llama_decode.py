@@ -25,7 +25,7 @@ one side.
 multiples of 64 round their input to int8 per quantization group and multiply with integer dot
 products (``csrc/qdot_x8.h``, AVX-512 VNNI), as llama.cpp multiplies its 4-bit weights with 8-bit
 activation blocks. The outputs then differ from the float-input model by the input rounding (about
-0.4% of a group's largest input per element); float layers and GQSA's group layouts keep float inputs.
+0.4% of a group's largest input per element); float layers keep float inputs.
 """
 
 from __future__ import annotations

@@ -143,9 +143,9 @@ def parts_of(packed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
 
 def int8_inputs_unsupported(packed: dict[str, torch.Tensor]) -> str | None:
     """Why a packed layer cannot run with int8 inputs (``None`` if it can)."""
-    kind, bits, group, g = (int(v) for v in packed["meta"][[0, 3, 4, 5]])
-    if kind not in (Q_DENSE, Q_SPARSE) or (kind == Q_SPARSE and g):
-        return "int8 inputs need int4/int8 codes in the dense or element-bitmap layout"
+    kind, group = int(packed["meta"][0]), int(packed["meta"][4])
+    if kind not in (Q_DENSE, Q_SPARSE):
+        return "int8 inputs need int4/int8 codes (dense, bitmap or group-bitmap layout)"
     if group % 64:
         return f"int8 inputs need quantization groups that are multiples of 64, got {group}"
     return None

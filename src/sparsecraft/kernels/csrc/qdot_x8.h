@@ -106,7 +106,7 @@ void rows_x8_scalar(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float
     for (int64_t g = 0; g < ng; ++g) {
       int64_t dp[N] = {};
       for (int64_t w = g * G / 64; w < (g + 1) * G / 64; ++w) {
-        const uint64_t m = L.kind == kQSparse ? L.masks[r * L.mstride + w] : ~0ull;
+        const uint64_t m = L.kind == kQSparse ? keep_mask(L, r, w) : ~0ull;
         for (int j = 0; j < 64; ++j) {
           const int64_t k = 64 * w + j;
           if (!((m >> j) & 1)) continue;
@@ -133,7 +133,7 @@ void rows_x8_scalar(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float
 inline __m512i x8_word(const QLinear& L, int64_t r, const uint8_t* row, const uint8_t*& stream, int64_t k,
                        __m512i zv) {
   if (L.kind == kQSparse) {
-    const uint64_t m = L.masks[r * L.mstride + k / 64];
+    const uint64_t m = keep_mask(L, r, k / 64);
     return _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, L.bits), zv);
   }
   if (L.bits == 4) {
@@ -206,19 +206,24 @@ struct X8DenseQ8 {
     return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8((char)0x80));
   }
 };
-template <int BITS>
+// Element bitmap (kGroups false) or group bitmap (groups of 4 / 8 / 16 inputs kept or dropped
+// together: the word's mask is expanded from the group bits); the code stream is the same for both.
+template <int BITS, bool kGroups>
 struct X8Sparse {
+  const QLinear* L = nullptr;
+  int64_t r = 0;
   const uint64_t* masks;
   const uint8_t* stream;
   X8Sparse() = default;
-  X8Sparse(const QLinear& L, int64_t r) : masks(L.masks + r * L.mstride), stream(L.codes + L.rowoff[r]) {}
+  X8Sparse(const QLinear& l, int64_t row)
+      : L(&l), r(row), masks(l.masks + row * l.mstride), stream(l.codes + l.rowoff[row]) {}
   const uint8_t* pf = nullptr;  // the codes are prefetched up to here (minus kPrefetchAhead)
   SC_HOT void prefetch(int64_t k, int64_t n) {  // the next n inputs' masks, and codes as far as used
-    prefetch_ahead(masks + k / 64, n / 8);
+    if (!kGroups) prefetch_ahead(masks + k / 64, n / 8);
     prefetch_stream(pf, stream, n * BITS / 16);
   }
   SC_HOT __m512i operator()(int64_t k, __m512i zv) {
-    const uint64_t m = masks[(uint64_t)k >> 6];
+    const uint64_t m = kGroups ? keep_mask(*L, r, k / 64) : masks[(uint64_t)k >> 6];
     return _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, BITS), zv);
   }
 };
@@ -293,9 +298,12 @@ void x8_b1_rows_g(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* 
 }
 
 inline void rows_x8_vnni_b1(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
-  if (L.kind == kQSparse) {
-    if (L.bits == 4) x8_b1_rows_g<X8Sparse<4>, false>(L, X, r0, r1, out);
-    else x8_b1_rows_g<X8Sparse<8>, false>(L, X, r0, r1, out);
+  if (L.kind == kQSparse && L.g) {
+    if (L.bits == 4) x8_b1_rows_g<X8Sparse<4, true>, false>(L, X, r0, r1, out);
+    else x8_b1_rows_g<X8Sparse<8, true>, false>(L, X, r0, r1, out);
+  } else if (L.kind == kQSparse) {
+    if (L.bits == 4) x8_b1_rows_g<X8Sparse<4, false>, false>(L, X, r0, r1, out);
+    else x8_b1_rows_g<X8Sparse<8, false>, false>(L, X, r0, r1, out);
   } else if (L.bits == 4) {
     x8_b1_rows_g<X8DenseQ4, false>(L, X, r0, r1, out);
   } else {

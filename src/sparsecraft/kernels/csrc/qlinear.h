@@ -173,8 +173,8 @@ inline QLinear make_linear(const std::vector<at::Tensor>& parts, at::IntArrayRef
   }
   TORCH_CHECK(L.xbits == 0 || L.xbits == 8, "sparsecraft.packed_linear: xbits must be 0 or 8");
   if (L.xbits == 8) {
-    TORCH_CHECK((L.kind == kQDense || (L.kind == kQSparse && L.g == 0)) && L.G % 64 == 0 && L.blk == 32,
-                "sparsecraft.packed_linear: int8 inputs need quantized dense or bitmap codes and groups of 64k");
+    TORCH_CHECK((L.kind == kQDense || L.kind == kQSparse) && L.G % 64 == 0 && L.blk == 32,
+                "sparsecraft.packed_linear: int8 inputs need quantized codes and groups of 64k");
     const size_t ci = L.kind == kQDense ? 3 : 5;
     L.csum = (const int16_t*)need(ci, at::kShort, L.out * (L.in / L.G), "csums");
   }
