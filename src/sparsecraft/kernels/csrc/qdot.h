@@ -99,7 +99,7 @@ inline uint64_t group_bits_to_mask(uint64_t bits, int g) {  // bit i -> g ones a
 SC_HOT uint64_t keep_mask(const QLinear& L, int64_t r, int64_t w) {
   const uint64_t* row = L.masks + r * L.mstride;
   if (L.g == 0) return row[w];
-  const int per = 64 / L.g;
+  const int per = 64 >> __builtin_ctz((unsigned)L.g);  // g is 4, 8 or 16: no division per word
   const int64_t bit = w * per;
   const uint64_t bits = (row[bit >> 6] >> (bit & 63)) & (per == 64 ? ~0ull : ((1ull << per) - 1));
 #if SCQ_AVX512
