@@ -163,7 +163,8 @@ def timing(args: argparse.Namespace, cache: dict, save: callable) -> None:
         for _ in range(args.repeats + 1):
             dd.append(_decode(dense, prompt, args.decode_len))
             dr.append(_decode(dec, prompt, args.decode_len))
-        row.update({"prefill_s": t_row, "prefill_dense_s": t_dense, "prefill_ratio": t_row / t_dense,
+        row.update({"timed_by": cache["timing"]["command"], "prefill_s": t_row, "prefill_dense_s": t_dense,
+                    "prefill_ratio": t_row / t_dense,
                     "decode_tps": args.decode_len / statistics.median(dr[1:]),
                     "decode_dense_tps": args.decode_len / statistics.median(dd[1:])})
         print(f"{row['label']}: prefill {t_row / t_dense:.3f} x dense, decode {row['decode_tps']:.1f} tok/s",
@@ -223,13 +224,18 @@ def _timing_line(cache: dict) -> str:
     t = cache.get("timing")
     if not t:
         return "Timing: not run yet (`--part timing`)."
+    by: dict[str, list[str]] = {}
+    for r in cache["rows"].values():
+        if "timed_by" in r:
+            by.setdefault(r["timed_by"], []).append(r["label"])
+    cmds = (" ".join(f"Rows timed by `{c}`: {', '.join(labels)}." for c, labels in by.items()) if len(by) > 1
+            else f"Command `{t['command']}`.")
     what = ("KV cache and next-token logits, as generate's prefill" if t.get("logits", "all") == "last"
             else "a scoring forward with every position's logits")
-    return (f"Timing (`{t['command']}`, under the heavy lock): batch-16 prefill of {t['prefill']} ({what}; "
-            "time_blocks, "
-            f"{t['rounds']} rounds, each row interleaved with dense), batch-1 greedy decode of {t['decode']} "
-            f"(median of {t['repeats']}, interleaved with dense); torch's dense kernels for structured rows, "
-            "sparsecraft.convert(backend='auto') for the SparseGPT peers.")
+    return (f"Timing (under the heavy lock): batch-16 prefill of {t['prefill']} ({what}; time_blocks, each row "
+            f"interleaved with dense), batch-1 greedy decode of {t['decode']} (median of {t['repeats']}, "
+            "interleaved with dense); torch's dense kernels for structured rows, sparsecraft.convert(backend='auto') "
+            f"for the SparseGPT peers. {cmds}")
 
 
 def _comparisons(rows: dict, p0: int) -> list[str]:
