@@ -128,23 +128,6 @@ void rows_x8_scalar(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float
 }
 
 #if SCQ_VNNI
-// The 64 signed weight bytes of the 64 inputs at k of row r (see the header comment): codes minus the
-// zero point (0 where not kept), or int8 codes ^ 0x80.
-inline __m512i x8_word(const QLinear& L, int64_t r, const uint8_t* row, const uint8_t*& stream, int64_t k,
-                       __m512i zv) {
-  if (L.kind == kQSparse) {
-    const uint64_t m = keep_mask(L, r, k / 64);
-    return _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, L.bits), zv);
-  }
-  if (L.bits == 4) {
-    const __m256i lo4 = _mm256_set1_epi8(0x0F);
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k / 2));
-    return _mm512_sub_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, lo4)),
-                                              _mm256_and_si256(_mm256_srli_epi16(b, 4), lo4), 1), zv);
-  }
-  return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8((char)0x80));
-}
-
 // P vectors handled together (P rows of a batch-1 call: independent work to overlap with the
 // dependency chain of each row's reduction).
 template <int P>
@@ -183,8 +166,9 @@ SC_HOT Lanes<P> sum16_stream(F&& f) {
     return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x88), _mm512_shuffle_i32x4(a, b, 0xDD)); });
 }
 
-// Word decoders of the batch-1 loop, one per layout, so that each instantiation of x8_b1_rows keeps its
-// 16 integer accumulators in registers (with the layout tested per word they spilled to the stack).
+// Word decoders, one per layout: word(k, zv) is the 64 signed weight bytes of the inputs at k (codes minus
+// the zero point, 0 where not kept; int8 dense: codes ^ 0x80, see the header comment). The loops are
+// instantiated per decoder, so no layout test runs per word and the accumulators stay in registers.
 struct X8DenseQ4 {
   const uint8_t* row;
   X8DenseQ4() = default;
@@ -301,52 +285,29 @@ void x8_b1_rows(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* ou
   if (r < r1) x8_b1_row_block<Word, kInt8Dense, kG64, 1>(L, X, r, out + (r - r0));
 }
 
-template <class Word, bool kInt8Dense>
-void x8_b1_rows_g(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
-  if (L.G == 64) x8_b1_rows<Word, kInt8Dense, true>(L, X, r0, r1, out);
-  else x8_b1_rows<Word, kInt8Dense, false>(L, X, r0, r1, out);
-}
-
-inline void rows_x8_vnni_b1(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
-  if (L.kind == kQSparse && L.g) {
-    if (L.bits == 4) x8_b1_rows_g<X8Sparse<4, true>, false>(L, X, r0, r1, out);
-    else x8_b1_rows_g<X8Sparse<8, true>, false>(L, X, r0, r1, out);
-  } else if (L.kind == kQSparse) {
-    if (L.bits == 4) x8_b1_rows_g<X8Sparse<4, false>, false>(L, X, r0, r1, out);
-    else x8_b1_rows_g<X8Sparse<8, false>, false>(L, X, r0, r1, out);
-  } else if (L.bits == 4) {
-    x8_b1_rows_g<X8DenseQ4, false>(L, X, r0, r1, out);
-  } else {
-    x8_b1_rows_g<X8DenseQ8, true>(L, X, r0, r1, out);
-  }
-}
-
-template <int N>
-void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
+// Batch 2..8: one integer accumulator per input row and group, corrected and scaled per group.
+template <class Word, int N>
+void x8_batch_rows(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
   const int64_t nr = r1 - r0, in = L.in, G = L.G, ng = in / G;
   for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* pf = nullptr;
     const uint16_t* sr = L.scales + r * ng;
     const uint8_t* zr = L.zeros + r * ng;
     const int16_t* cr = L.csum + r * ng;
-    const uint8_t* row = L.codes + r * L.cstride;
-    const uint8_t* stream = L.kind == kQSparse ? L.codes + L.rowoff[r] : nullptr;
-    // batch 2: two float accumulators per input row (an FMA chain has 4 cycles latency); batch 1 runs
-    // rows_x8_vnni_b1, larger batches have enough independent chains
+    Word word(L, r);
+    // batch 2: two float accumulators per input row (an FMA chain has 4 cycles latency); larger
+    // batches have enough independent chains
     constexpr int C = N == 2 ? 2 : 1;
     __m512 acc[C * N];
     for (int i = 0; i < C * N; ++i) acc[i] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (int64_t g = 0; g < ng; ++g) {
+    for (int64_t g = 0, k = 0; g < ng; ++g) {
       __m512 * const a = acc + (g % C) * N;
       __m512i ia[N];
       for (int n = 0; n < N; ++n) ia[n] = _mm512_setzero_si512();
       const int32_t z = zr[g];
       const __m512i zv = _mm512_set1_epi8((char)z);
-      if (L.kind == kQSparse) prefetch_stream(pf, stream, G * L.bits / 16), prefetch_ahead(L.masks + r * L.mstride + k / 64, G / 8);
-      else prefetch_ahead(row + k * L.bits / 8, G * L.bits / 8);
+      word.prefetch(k, G);
       for (const int64_t kend = k + G; k < kend; k += 64) {
-        const __m512i w = x8_word(L, r, row, stream, k, zv);
+        const __m512i w = word(k, zv);
         for (int n = 0; n < N; ++n) ia[n] = _mm512_dpbusd_epi32(ia[n], _mm512_loadu_si512(X.xu + n * in + k), w);
       }
       const float s = half_to_float(sr[g]);
@@ -361,14 +322,38 @@ void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* 
     for (int n = 0; n < N; ++n) out[n * nr + (r - r0)] = _mm512_reduce_add_ps(acc[n]) + (L.bias ? L.bias[r] : 0.f);
   }
 }
+
+template <class Word, bool kInt8Dense, int N>
+void x8_rows(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
+  if constexpr (N == 1) {
+    if (L.G == 64) x8_b1_rows<Word, kInt8Dense, true>(L, X, r0, r1, out);
+    else x8_b1_rows<Word, kInt8Dense, false>(L, X, r0, r1, out);
+  } else {
+    x8_batch_rows<Word, N>(L, X, r0, r1, out);
+  }
+}
+
+template <int N>
+void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
+  if (L.kind == kQSparse && L.g) {
+    if (L.bits == 4) x8_rows<X8Sparse<4, true>, false, N>(L, X, r0, r1, out);
+    else x8_rows<X8Sparse<8, true>, false, N>(L, X, r0, r1, out);
+  } else if (L.kind == kQSparse) {
+    if (L.bits == 4) x8_rows<X8Sparse<4, false>, false, N>(L, X, r0, r1, out);
+    else x8_rows<X8Sparse<8, false>, false, N>(L, X, r0, r1, out);
+  } else if (L.bits == 4) {
+    x8_rows<X8DenseQ4, false, N>(L, X, r0, r1, out);
+  } else {
+    x8_rows<X8DenseQ8, true, N>(L, X, r0, r1, out);
+  }
+}
 #endif
 
 template <int N>
 void rows_x8(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
 #if SCQ_VNNI
   if (isa_level() >= 2) {
-    if constexpr (N == 1) rows_x8_vnni_b1(L, X, r0, r1, out);
-    else rows_x8_vnni<N>(L, X, r0, r1, out);
+    rows_x8_vnni<N>(L, X, r0, r1, out);
     return;
   }
 #endif
