@@ -50,11 +50,10 @@ inline void group_rows(const QLinear& L, int64_t r, const float* x, int64_t ldx,
   const int64_t step = (int64_t)g * L.bits / 8;
   __m256 acc8[N];
   for (int n = 0; n < N; ++n) acc8[n] = _mm256_setzero_ps();
-  const uint8_t* pf = nullptr;
   for (int64_t wi = 0; wi < L.mstride; ++wi) {
     prefetch_ahead(gb + wi, 8);
     for (uint64_t bits = gb[wi]; bits; bits &= bits - 1) {
-      prefetch_stream(pf, p, step);
+      prefetch_ahead(p, 1);  // one line: a group's codes are 4-16 bytes
       const int64_t j = wi * 64 + __builtin_ctzll(bits), col = j * g, qg = pow2 ? (j >> sh) : j / ratio;
       const float s = half_to_float(sr[qg]), z = (float)zr[qg];
       if (g == 16) {
@@ -133,10 +132,9 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
       fold(_mm512_set1_ps(1.f));
     } else if (L.kind == kF32Bitmap) {
       const float* p = L.vals + L.rowoff[r];
-      const float* pf = nullptr;
       for (int64_t w = 0; w * 64 < in; ++w) {
         const uint64_t m = L.masks[r * L.mstride + w];
-        prefetch_stream(pf, p, 64);
+        prefetch_ahead(p, 128);  // up to 64 values a word: two lines (no data-dependent branch)
         if ((w & 7) == 0) prefetch_ahead(L.masks + r * L.mstride + w, 64);
         for (int i = 0; i < 4 && 64 * w + 16 * i < in; ++i) {
           const __mmask16 mi = (__mmask16)(m >> (16 * i));
@@ -228,10 +226,9 @@ void rows_avx512(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
       int64_t gi = 0, gend = L.G;  // current quantization group and where it ends (no division)
       const bool q4 = L.bits == 4;
       __m512 lut = q4 ? int4_lut(half_to_float(sr[0]), (float)zr[0]) : _mm512_setzero_ps();
-      const uint8_t* pf = nullptr;
       const int64_t nwords = (in + 63) / 64;
       for (int64_t w = 0; w * 64 < in; ++w) {
-        prefetch_stream(pf, stream, 4 * L.bits);
+        prefetch_ahead(stream, 1);  // a word's codes are at most 64 bytes: one line
         if ((w & 7) == 0) prefetch_ahead(L.masks + r * L.mstride + w * L.mstride / nwords, 64);  // g > 0: fewer
         const uint64_t m = keep_mask(L, r, w);
         const __m512i lanes = sparse_word_codes(stream, m, L.bits);

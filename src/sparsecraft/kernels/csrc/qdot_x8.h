@@ -206,10 +206,8 @@ struct X8Sparse {
       for (int i = 0; i < per; ++i) rep |= 1ull << (g * i);
     }
   }
-  const uint8_t* pf = nullptr;  // the codes are prefetched up to here (minus kPrefetchAhead)
-  SC_HOT void prefetch(int64_t k, int64_t n) {  // the next n inputs' masks, and codes as far as used
+  SC_HOT void prefetch(int64_t k, int64_t n) const {  // the next n inputs' masks (the codes: per word)
     if (!kGroups) prefetch_ahead(masks + k / 64, n / 8);
-    prefetch_stream(pf, stream, n * BITS / 16);
   }
   SC_HOT uint64_t word_mask(int64_t w) const {  // keep_mask() with the row's constants hoisted
     if (!kGroups) return masks[w];
@@ -218,6 +216,7 @@ struct X8Sparse {
   }
   SC_HOT __m512i operator()(int64_t k, __m512i zv) {
     const uint64_t m = word_mask((uint64_t)k >> 6);
+    prefetch_ahead(stream, 1);  // a word's codes are at most 64 bytes: one line, no data-dependent branch
     return _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, BITS), zv);
   }
 };
