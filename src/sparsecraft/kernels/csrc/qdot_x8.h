@@ -194,28 +194,19 @@ struct X8DenseQ8 {
 // together: the word's mask is expanded from the group bits); the code stream is the same for both.
 template <int BITS, bool kGroups>
 struct X8Sparse {
+  const QLinear* L = nullptr;
+  int64_t r = 0;
   const uint64_t* masks;
   const uint8_t* stream;
-  int per = 64, g = 1;             // group bitmap: 64 / g group bits per word, each g inputs wide
-  uint64_t low = ~0ull, rep = 0;   // the low `per` bits; pdep pattern placing one bit per group
   X8Sparse() = default;
-  X8Sparse(const QLinear& L, int64_t r) : masks(L.masks + r * L.mstride), stream(L.codes + L.rowoff[r]) {
-    if (kGroups) {
-      g = L.g, per = 64 / g;
-      low = (1ull << per) - 1;
-      for (int i = 0; i < per; ++i) rep |= 1ull << (g * i);
-    }
-  }
+  X8Sparse(const QLinear& l, int64_t row)
+      : L(&l), r(row), masks(l.masks + row * l.mstride), stream(l.codes + l.rowoff[row]) {}
   SC_HOT void prefetch(int64_t k, int64_t n) const {  // the next n inputs' masks (the codes: per word)
     if (!kGroups) prefetch_ahead(masks + k / 64, n / 8);
   }
-  SC_HOT uint64_t word_mask(int64_t w) const {  // keep_mask() with the row's constants hoisted
-    if (!kGroups) return masks[w];
-    const int64_t bit = w * per;
-    return _pdep_u64((masks[bit >> 6] >> (bit & 63)) & low, rep) * ((1ull << g) - 1);
-  }
   SC_HOT __m512i operator()(int64_t k, __m512i zv) {
-    const uint64_t m = word_mask((uint64_t)k >> 6);
+    const int64_t w = (uint64_t)k >> 6;
+    const uint64_t m = kGroups ? keep_mask(*L, r, w) : masks[w];
     prefetch_ahead(stream, 1);  // a word's codes are at most 64 bytes: one line, no data-dependent branch
     return _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, BITS), zv);
   }
