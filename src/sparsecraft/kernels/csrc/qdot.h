@@ -185,6 +185,7 @@ void rows_scalar(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
 }  // namespace sc
 
 #include "qdot_simd.h"
+#include "qdot_bf16.h"
 #include "qdot_x8.h"
 
 namespace sc {

@@ -20,6 +20,10 @@ SC_HOT __m512 lut16(__m128i codes, __m512 lut) { return _mm512_permutexvar_ps(_m
 // c0, c1, c2, ... in byte order (one cross-lane widen; an AND / shift split needs a byte permute after
 // it). The expand is vpexpandb (vpcompressb on the inputs would do it too, but costs ~35 cycles on
 // AMD Zen 4).
+SC_HOT __m512i q4_compact(const uint8_t* p) {  // 64 nibbles at p -> 64 bytes, in order
+  const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_and_si512(_mm512_or_si512(w, _mm512_slli_epi16(w, 4)), _mm512_set1_epi16(0x0F0F));
+}
 SC_HOT __m512i sparse_word_codes(const uint8_t*& stream, uint64_t m, int bits) {
   const unsigned n = (unsigned)__builtin_popcountll(m);
   __m512i compact;
@@ -27,11 +31,16 @@ SC_HOT __m512i sparse_word_codes(const uint8_t*& stream, uint64_t m, int bits) {
     compact = in_reg(_mm512_loadu_si512(stream));
     stream += n;
   } else {
-    const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(stream)));
-    compact = _mm512_and_si512(_mm512_or_si512(w, _mm512_slli_epi16(w, 4)), _mm512_set1_epi16(0x0F0F));
+    compact = q4_compact(stream);
     stream += (n + 1) >> 1;
   }
   return _mm512_maskz_expand_epi8(m, compact);
+}
+// The same with `fill` in the bytes of dropped inputs (int4 only).
+SC_HOT __m512i sparse_word_codes_q4(const uint8_t*& stream, uint64_t m, __m512i fill) {
+  const __m512i compact = q4_compact(stream);
+  stream += ((unsigned)__builtin_popcountll(m) + 1) >> 1;
+  return _mm512_mask_expand_epi8(fill, m, compact);
 }
 
 // Kept groups of 16 or 8 inputs of row r: the set bits of the row's group bitmap (one loop exit

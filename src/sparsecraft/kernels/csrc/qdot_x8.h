@@ -33,6 +33,7 @@ struct XQ {
   const uint8_t* xu = nullptr;  // [n][in] xq + 128, in the layer's order
   const float* sx = nullptr;    // [n][ng]
   const int32_t* su = nullptr;  // [n][ng] sum of xu over the group
+  const uint16_t* xb = nullptr; // float input in bfloat16 parts (qdot_bf16.h)
 };
 
 inline bool x8_nibble_order(const QLinear& L) { return L.kind == kQDense && L.bits == 4; }

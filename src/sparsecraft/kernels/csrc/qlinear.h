@@ -22,36 +22,58 @@ struct LinearCtx {
   XQ xq;  // the int8 input when L.xbits == 8
 };
 
-// xbits 8: the input rounded to int8 once per call (qdot_x8.h). It goes to a per-thread scratch area
-// that is never freed while the thread lives (a pool helper that comes back late may still read the
-// previous call's bytes; it then throws its chunk away, see sc_pool.h), or to a tensor the job keeps
-// alive when it does not fit. `used` is the scratch already taken by this job (q/k/v take three parts).
-inline XQ quantized_input(const QLinear& L, const float* x, int64_t ldx, int n, std::vector<c10::IValue>& keep,
-                          size_t& used) {
-  if (L.xbits != 8) return XQ{};
+// The input as the layer's row loop reads it, prepared once per call: xbits 8, rounded to int8
+// (qdot_x8.h); float input of an int4 bitmap layer, split into bfloat16 parts (qdot_bf16.h). It goes to a per-thread
+// scratch area that is never freed while the thread lives (a pool helper that comes back late may
+// still read the previous call's bytes; it then throws its chunk away, see sc_pool.h), or to a tensor
+// the job keeps alive when it does not fit. `used` is the scratch already taken by this job (q/k/v
+// take three parts).
+inline uint8_t* input_scratch(size_t need, std::vector<c10::IValue>& keep, size_t& used) {
   constexpr size_t kScratch = size_t(1) << 20;
   thread_local std::unique_ptr<uint8_t[]> scratch(new uint8_t[kScratch]);
-  const int64_t ng = L.in / L.G;
-  const size_t off = ((size_t)n * L.in + 63) / 64 * 64, need = off + ((size_t)8 * n * ng + 63) / 64 * 64;
-  uint8_t* base;
+  need = (need + 63) / 64 * 64;
   if (used + need <= kScratch) {
-    base = scratch.get() + used;
     used += need;
-  } else {
-    at::Tensor buf = at::empty({(int64_t)need}, at::TensorOptions().dtype(at::kByte));
-    keep.emplace_back(buf);
-    base = buf.data_ptr<uint8_t>();
+    return scratch.get() + used - need;
   }
+  at::Tensor buf = at::empty({(int64_t)need}, at::TensorOptions().dtype(at::kByte));
+  keep.emplace_back(buf);
+  return buf.data_ptr<uint8_t>();
+}
+
+inline bool same_prepared_input(const QLinear& a, const QLinear& b) {
+  if (bf16_input(a) || bf16_input(b)) return bf16_input(a) && bf16_input(b) && a.in == b.in;
+  return a.xbits == 8 && b.xbits == 8 && a.G == b.G && x8_nibble_order(a) == x8_nibble_order(b);
+}
+
+inline XQ prepared_input(const QLinear& L, const float* x, int64_t ldx, int n, std::vector<c10::IValue>& keep,
+                         size_t& used) {
+  if (bf16_input(L)) {
+    uint16_t* xb = reinterpret_cast<uint16_t*>(input_scratch(2 * n * (L.in / 64) * kBf16PerWord, keep, used));
+    bf16_parts_of_input(x, ldx, n, L.in, xb);
+    XQ out;
+    out.xb = xb;
+    return out;
+  }
+  if (L.xbits != 8) return XQ{};
+  const int64_t ng = L.in / L.G;
+  const size_t off = ((size_t)n * L.in + 63) / 64 * 64;
+  uint8_t* base = input_scratch(off + (size_t)8 * n * ng, keep, used);
   float* sx = reinterpret_cast<float*>(base + off);
   int32_t* su = reinterpret_cast<int32_t*>(base + off + 4 * n * ng);
   quantize_x8(L, x, ldx, n, base, sx, su);
-  return XQ{base, sx, su};
+  XQ out;
+  out.xu = base;
+  out.sx = sx;
+  out.su = su;
+  return out;
 }
 
 inline void linear_chunk(const void* p, int64_t c, float* buf) {
   const auto& k = *static_cast<const LinearCtx*>(p);
   const int64_t r0 = c * k.rows_per, r1 = std::min(k.L.out, r0 + k.rows_per);
   if (k.L.xbits == 8) rows_x8_n(k.n, k.L, k.xq, r0, r1, buf);
+  else if (k.xq.xb) rows_bf16_n(k.n, k.L, k.xq.xb, r0, r1, buf);
   else rows_dot_n(k.n, k.L, k.x, k.ldx, r0, r1, buf);
 }
 
@@ -72,7 +94,7 @@ inline void run_linear(const QLinear& L, const float* x, int64_t ldx, int n, flo
                        std::vector<c10::IValue> keep = {}, std::shared_ptr<void> owner = nullptr) {
   Pool& p = pool();
   size_t used = 0;
-  XQ xq = quantized_input(L, x, ldx, n, keep, used);
+  XQ xq = prepared_input(L, x, ldx, n, keep, used);
   LinearCtx ctx{L, x, ldx, y, rows_per_chunk(L.out, n, p.threads()), n, xq};
   const int64_t chunks = (L.out + ctx.rows_per - 1) / ctx.rows_per;
   p.run(chunks, linear_chunk, linear_commit, ctx, std::move(keep), std::move(owner));
@@ -100,6 +122,7 @@ inline void multi_chunk(const void* p, int64_t c, float* buf) {
   const int i = multi_which(k, c);
   const int64_t r0 = (c - k.first[i]) * k.rows_per[i], r1 = std::min(k.L[i].out, r0 + k.rows_per[i]);
   if (k.L[i].xbits == 8) rows_x8<1>(k.L[i], k.xq[i], r0, r1, buf);
+  else if (k.xq[i].xb) rows_bf16_n(1, k.L[i], k.xq[i].xb, r0, r1, buf);
   else rows_dot<1>(k.L[i], k.x, 0, r0, r1, buf);
 }
 
@@ -121,10 +144,10 @@ inline void run_linears(const QLinear* const* Ls, float* const* ys, int count, c
   size_t used = 0;
   for (int i = 0; i < count; ++i) {
     ctx.L[i] = *Ls[i];
-    int same = -1;  // q/k/v with the same group and code order share one rounded input
-    for (int j = 0; j < i && Ls[i]->xbits == 8; ++j)
-      if (Ls[j]->xbits == 8 && Ls[j]->G == Ls[i]->G && x8_nibble_order(*Ls[j]) == x8_nibble_order(*Ls[i])) same = j;
-    ctx.xq[i] = same >= 0 ? ctx.xq[same] : quantized_input(*Ls[i], x, 0, 1, keep, used);
+    int same = -1;  // q/k/v with the same group and code order share one prepared input
+    for (int j = 0; j < i; ++j)
+      if (same_prepared_input(*Ls[j], *Ls[i])) same = j;
+    ctx.xq[i] = same >= 0 ? ctx.xq[same] : prepared_input(*Ls[i], x, 0, 1, keep, used);
     ctx.y[i] = ys[i];
     ctx.rows_per[i] = rows_per_chunk(Ls[i]->out, 1, p.threads());
     ctx.first[i + 1] = ctx.first[i] + (Ls[i]->out + ctx.rows_per[i] - 1) / ctx.rows_per[i];

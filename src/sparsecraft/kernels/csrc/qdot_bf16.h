@@ -1,0 +1,149 @@
+// Float-input rows of the int4 element-bitmap layout (kQSparse, bits 4, g 0 or 4, groups of 64k
+// inputs) on bfloat16 dot products (AVX512_BF16 vdpbf16ps: 32 products per instruction), exact up
+// to float32 rounding:
+//   - the input is split once per call into three bfloat16 parts, x = x1 + x2 + x3 + e with
+//     x1 = bf16(x), x2 = bf16(x - x1), x3 = bf16(x - x1 - x2) (round to nearest even), |e| <= 2^-24 |x|:
+//     the float32 input to float32 precision;
+//   - a code c of group g becomes the bfloat16 of c - z[g] through a table (vpermw, one per zero
+//     point): |c - z| <= 15 is exact in bfloat16; dropped inputs get the code 16 (table entry 0);
+//   - the products of bfloat16 values are exact in float32 and accumulate in float32; the group's
+//     sum is scaled by s[g] as in the float32 loops.
+// Per 64 inputs: one widen and one expand (as for int8 inputs), two table permutes (the even and the
+// odd inputs of the word: vpermw reads the low 5 bits of each 16-bit lane), six vdpbf16ps; the
+// permute-per-16 float32 loop (extract, widen, table permute, FMA per 16 weights) took ~2.5x the time
+// (benchmarks/bench_quant_kernels.py rows "q4 bitmap").
+// Input layout (bf16_parts_of_input): per row and word w, six vectors of 32 bfloat16: for part p,
+// the even inputs x[64w + 2l] then the odd inputs x[64w + 2l + 1], l = 0..31. Included from qdot.h.
+#pragma once
+
+#if SCQ_AVX512 && defined(__AVX512BF16__)
+#define SCQ_BF16 1
+#else
+#define SCQ_BF16 0
+#endif
+
+namespace sc {
+
+constexpr int kBf16Parts = 3;
+constexpr int64_t kBf16PerWord = 2 * kBf16Parts * 32;  // bfloat16 values per row and word
+
+inline bool bf16_input(const QLinear& L) {  // whether this layer's float input goes in bf16 parts
+  return SCQ_BF16 && L.kind == kQSparse && L.bits == 4 && (L.g == 0 || L.g == 4) && L.G % 64 == 0 &&
+         ((L.G / 64) & (L.G / 64 - 1)) == 0 &&
+         L.xbits == 0 && isa_level() >= 2;
+}
+
+#if SCQ_BF16
+inline uint16_t bf16_round(float v) {  // round to nearest even (no NaNs in the tables)
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// xb (n * in / 64 * kBf16PerWord values) from rows x[0:n] (row stride ldx); in % 64 == 0. vcvtneps2bf16
+// rounds to nearest even; the remainder rest - float(bf16(rest)) is exact in float32.
+inline void bf16_parts_of_input(const float* x, int64_t ldx, int n, int64_t in, uint16_t* xb) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int r = 0; r < n; ++r) {
+    for (int64_t k = 0; k < in; k += 64) {
+      const float* xk = x + r * ldx + k;
+      uint16_t* o = xb + (r * (in / 64) + k / 64) * kBf16PerWord;
+      const __m512 a0 = _mm512_loadu_ps(xk), a1 = _mm512_loadu_ps(xk + 16), a2 = _mm512_loadu_ps(xk + 32),
+                   a3 = _mm512_loadu_ps(xk + 48);
+      // the even inputs 0..30, 32..62 and the odd ones, 16 at a time
+      __m512 rest[4] = {_mm512_permutex2var_ps(a0, even, a1), _mm512_permutex2var_ps(a2, even, a3),
+                        _mm512_permutex2var_ps(a0, odd, a1), _mm512_permutex2var_ps(a2, odd, a3)};
+      for (int p = 0; p < kBf16Parts; ++p) {
+        for (int q = 0; q < 4; ++q) {
+          const __m256i h = (__m256i)_mm512_cvtneps_pbh(rest[q]);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 64 * p + 16 * q), h);
+          rest[q] = _mm512_sub_ps(rest[q], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+        }
+      }
+    }
+  }
+}
+
+// Table z (16-bit lanes): lane c < 16 holds the bfloat16 of c - z, lanes 16..31 hold 0 (the code of
+// dropped inputs is 16: the expand fills their bytes with 0x10).
+inline const __m512i* bf16_code_tables() {
+  alignas(64) static uint16_t t[16][32];
+  static const bool ready = [] {
+    for (int z = 0; z < 16; ++z)
+      for (int c = 0; c < 32; ++c) t[z][c] = c < 16 ? bf16_round((float)(c - z)) : 0;
+    return true;
+  }();
+  (void)ready;
+  return reinterpret_cast<const __m512i*>(t);
+}
+
+template <int N, bool kGroups>
+void rows_bf16(const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
+  const int64_t nr = r1 - r0, ng = L.in / L.G, words = L.in / 64;
+  const int64_t wlast = L.G / 64 - 1;  // words per group - 1 (a power of two minus 1)
+  const int wshift = __builtin_ctzll((uint64_t)(L.G / 64)), mshift = kGroups ? __builtin_ctz((unsigned)L.g) : 0;
+  const __m512i* tables = bf16_code_tables();
+  const __m512i dropped = _mm512_set1_epi8(16);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* sr = L.scales + r * ng;
+    const uint8_t* zr = L.zeros + r * ng;
+    const uint64_t* mrow = L.masks + r * L.mstride;
+    const uint8_t* stream = L.codes + L.rowoff[r];
+    __m512 acc[N], te[N], to[N];
+    for (int n = 0; n < N; ++n) acc[n] = te[n] = to[n] = _mm512_setzero_ps();
+    __m512i table = _mm512_setzero_si512();
+    for (int64_t w = 0; w < words; ++w) {
+      if ((w & wlast) == 0) table = _mm512_load_si512(tables + (zr[w >> wshift] & 15));
+      prefetch_ahead(stream, 1);  // a word's codes are at most 32 bytes: one line
+      if ((w & 7) == 0) prefetch_ahead(mrow + ((w >> mshift)), 64);  // g 4: a mask word per 4 words
+      const uint64_t m = kGroups ? keep_mask(L, r, w) : mrow[w];
+      const __m512i b = sparse_word_codes_q4(stream, m, dropped);
+      const __m512bh even = (__m512bh)_mm512_permutexvar_epi16(b, table);
+      const __m512bh odd = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(b, 8), table);
+      for (int n = 0; n < N; ++n) {
+        const uint16_t* xw = xb + (n * words + w) * kBf16PerWord;
+        for (int p = 0; p < kBf16Parts; ++p) {
+          te[n] = _mm512_dpbf16_ps(te[n], even, (__m512bh)_mm512_loadu_si512(xw + 64 * p));
+          to[n] = _mm512_dpbf16_ps(to[n], odd, (__m512bh)_mm512_loadu_si512(xw + 64 * p + 32));
+        }
+      }
+      if ((w & wlast) == wlast) {  // the group's sum, scaled
+        const __m512 s = _mm512_set1_ps(half_to_float(sr[w >> wshift]));
+        for (int n = 0; n < N; ++n) {
+          acc[n] = _mm512_fmadd_ps(s, _mm512_add_ps(te[n], to[n]), acc[n]);
+          te[n] = to[n] = _mm512_setzero_ps();
+        }
+      }
+    }
+    for (int n = 0; n < N; ++n)
+      out[n * nr + (r - r0)] = _mm512_reduce_add_ps(acc[n]) + (L.bias ? L.bias[r] : 0.f);
+  }
+}
+template <int N>
+void rows_bf16(const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
+  if (L.g) rows_bf16<N, true>(L, xb, r0, r1, out);
+  else rows_bf16<N, false>(L, xb, r0, r1, out);
+}
+#else
+inline void bf16_parts_of_input(const float*, int64_t, int, int64_t, uint16_t*) {}
+#endif  // SCQ_BF16
+
+inline void rows_bf16_n(int n, const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
+#if SCQ_BF16
+  switch (n) {
+    case 1: rows_bf16<1>(L, xb, r0, r1, out); break;
+    case 2: rows_bf16<2>(L, xb, r0, r1, out); break;
+    case 3: rows_bf16<3>(L, xb, r0, r1, out); break;
+    case 4: rows_bf16<4>(L, xb, r0, r1, out); break;
+    case 5: rows_bf16<5>(L, xb, r0, r1, out); break;
+    case 6: rows_bf16<6>(L, xb, r0, r1, out); break;
+    case 7: rows_bf16<7>(L, xb, r0, r1, out); break;
+    default: rows_bf16<8>(L, xb, r0, r1, out); break;
+  }
+#else
+  (void)n; (void)L; (void)xb; (void)r0; (void)r1; (void)out;
+#endif
+}
+
+}  // namespace sc
