@@ -78,47 +78,71 @@ inline const __m512i* bf16_code_tables() {
   return reinterpret_cast<const __m512i*>(t);
 }
 
-template <int N, bool kGroups>
-void rows_bf16(const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
-  const int64_t nr = r1 - r0, ng = L.in / L.G, words = L.in / 64;
+// P rows r..r+P-1 (P = 2 at batch 1: the rows share the input's loads and overlap their chains).
+template <int N, bool kGroups, int P>
+SC_HOT void bf16_row_block(const QLinear& L, const uint16_t* xb, int64_t r, int64_t nr, float* out) {
+  const int64_t ng = L.in / L.G, words = L.in / 64;
   const int64_t wlast = L.G / 64 - 1;  // words per group - 1 (a power of two minus 1)
   const int wshift = __builtin_ctzll((uint64_t)(L.G / 64)), mshift = kGroups ? __builtin_ctz((unsigned)L.g) : 0;
   const __m512i* tables = bf16_code_tables();
   const __m512i dropped = _mm512_set1_epi8(16);
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint16_t* sr = L.scales + r * ng;
-    const uint8_t* zr = L.zeros + r * ng;
-    const uint64_t* mrow = L.masks + r * L.mstride;
-    const uint8_t* stream = L.codes + L.rowoff[r];
-    __m512 acc[N], te[N], to[N];
-    for (int n = 0; n < N; ++n) acc[n] = te[n] = to[n] = _mm512_setzero_ps();
-    __m512i table = _mm512_setzero_si512();
-    for (int64_t w = 0; w < words; ++w) {
-      if ((w & wlast) == 0) table = _mm512_load_si512(tables + (zr[w >> wshift] & 15));
-      prefetch_ahead(stream, 1);  // a word's codes are at most 32 bytes: one line
-      if ((w & 7) == 0) prefetch_ahead(mrow + ((w >> mshift)), 64);  // g 4: a mask word per 4 words
-      const uint64_t m = kGroups ? keep_mask(L, r, w) : mrow[w];
-      const __m512i b = sparse_word_codes_q4(stream, m, dropped);
-      const __m512bh even = (__m512bh)_mm512_permutexvar_epi16(b, table);
-      const __m512bh odd = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(b, 8), table);
-      for (int n = 0; n < N; ++n) {
-        const uint16_t* xw = xb + (n * words + w) * kBf16PerWord;
-        for (int p = 0; p < kBf16Parts; ++p) {
-          te[n] = _mm512_dpbf16_ps(te[n], even, (__m512bh)_mm512_loadu_si512(xw + 64 * p));
-          to[n] = _mm512_dpbf16_ps(to[n], odd, (__m512bh)_mm512_loadu_si512(xw + 64 * p + 32));
-        }
-      }
-      if ((w & wlast) == wlast) {  // the group's sum, scaled
-        const __m512 s = _mm512_set1_ps(half_to_float(sr[w >> wshift]));
-        for (int n = 0; n < N; ++n) {
-          acc[n] = _mm512_fmadd_ps(s, _mm512_add_ps(te[n], to[n]), acc[n]);
-          te[n] = to[n] = _mm512_setzero_ps();
+  const uint16_t* sr[P];
+  const uint8_t* zr[P];
+  const uint64_t* mrow[P];
+  const uint8_t* stream[P];
+  __m512 acc[P][N], te[P][N], to[P][N];
+  __m512i table[P];
+  for (int q = 0; q < P; ++q) {
+    sr[q] = L.scales + (r + q) * ng;
+    zr[q] = L.zeros + (r + q) * ng;
+    mrow[q] = L.masks + (r + q) * L.mstride;
+    stream[q] = L.codes + L.rowoff[r + q];
+    table[q] = _mm512_setzero_si512();
+    for (int n = 0; n < N; ++n) acc[q][n] = te[q][n] = to[q][n] = _mm512_setzero_ps();
+  }
+  for (int64_t w = 0; w < words; ++w) {
+    __m512bh even[P], odd[P];
+    for (int q = 0; q < P; ++q) {
+      if ((w & wlast) == 0) table[q] = _mm512_load_si512(tables + (zr[q][w >> wshift] & 15));
+      prefetch_ahead(stream[q], 1);  // a word's codes are at most 32 bytes: one line
+      if ((w & 7) == 0) prefetch_ahead(mrow[q] + (w >> mshift), 64);  // g 4: a mask word per 4 words
+      const uint64_t m = kGroups ? keep_mask(L, r + q, w) : mrow[q][w];
+      const __m512i b = sparse_word_codes_q4(stream[q], m, dropped);
+      even[q] = (__m512bh)_mm512_permutexvar_epi16(b, table[q]);
+      odd[q] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(b, 8), table[q]);
+    }
+    for (int n = 0; n < N; ++n) {
+      const uint16_t* xw = xb + (n * words + w) * kBf16PerWord;
+      for (int p = 0; p < kBf16Parts; ++p) {
+        const __m512bh xe = (__m512bh)_mm512_loadu_si512(xw + 64 * p), xo = (__m512bh)_mm512_loadu_si512(xw + 64 * p + 32);
+        for (int q = 0; q < P; ++q) {
+          te[q][n] = _mm512_dpbf16_ps(te[q][n], even[q], xe);
+          to[q][n] = _mm512_dpbf16_ps(to[q][n], odd[q], xo);
         }
       }
     }
-    for (int n = 0; n < N; ++n)
-      out[n * nr + (r - r0)] = _mm512_reduce_add_ps(acc[n]) + (L.bias ? L.bias[r] : 0.f);
+    if ((w & wlast) == wlast) {  // the group's sum, scaled
+      for (int q = 0; q < P; ++q) {
+        const __m512 s = _mm512_set1_ps(half_to_float(sr[q][w >> wshift]));
+        for (int n = 0; n < N; ++n) {
+          acc[q][n] = _mm512_fmadd_ps(s, _mm512_add_ps(te[q][n], to[q][n]), acc[q][n]);
+          te[q][n] = to[q][n] = _mm512_setzero_ps();
+        }
+      }
+    }
   }
+  for (int q = 0; q < P; ++q)
+    for (int n = 0; n < N; ++n)
+      out[n * nr + q] = _mm512_reduce_add_ps(acc[q][n]) + (L.bias ? L.bias[r + q] : 0.f);
+}
+
+template <int N, bool kGroups>
+void rows_bf16(const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
+  const int64_t nr = r1 - r0;
+  int64_t r = r0;
+  if (N == 1)
+    for (; r + 2 <= r1; r += 2) bf16_row_block<N, kGroups, 2>(L, xb, r, nr, out + (r - r0));
+  for (; r < r1; ++r) bf16_row_block<N, kGroups, 1>(L, xb, r, nr, out + (r - r0));
 }
 template <int N>
 void rows_bf16(const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
