@@ -19,7 +19,7 @@ SC_HOT __m512 lut16(__m128i codes, __m512 lut) { return _mm512_permutexvar_ps(_m
 // the bytes (c0 | c1 << 4, c2 | c3 << 4, ...) are widened to 16 bits and (w | w << 4) & 0x0F0F puts
 // c0, c1, c2, ... in byte order (one cross-lane widen; an AND / shift split needs a byte permute after
 // it). The expand is vpexpandb (vpcompressb on the inputs would do it too, but costs ~35 cycles on
-// AMD Zen 4).
+// AMD Zen 5, family 1Ah).
 SC_HOT __m512i q4_compact(const uint8_t* p) {  // 64 nibbles at p -> 64 bytes, in order
   const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_and_si512(_mm512_or_si512(w, _mm512_slli_epi16(w, 4)), _mm512_set1_epi16(0x0F0F));

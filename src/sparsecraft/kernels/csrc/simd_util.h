@@ -12,7 +12,7 @@ namespace sc {
 
 // The value in a register, so that the compiler cannot fold the load into the instruction that uses
 // it. For the expands: vexpandps / vpexpandb with a memory operand take ~5 cycles per instruction
-// on AMD Zen 4 against ~1-2 for the register form (measured; the float32 bitmap kernel spent 28
+// on AMD Zen 5 (family 1Ah) against ~1-2 for the register form (measured; the float32 bitmap kernel spent 28
 // cycles per 64 inputs in four of them).
 #if defined(__AVX512F__)
 SC_HOT __m512 in_reg(__m512 v) {

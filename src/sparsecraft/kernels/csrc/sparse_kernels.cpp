@@ -191,7 +191,7 @@ float bitmap_dot(const uint64_t* M, int64_t words, const float* p, const float* 
     const int c2 = __builtin_popcount(m2);
     // values are padded with 16 floats at the end, so a full unaligned load is always safe; x is read
     // whole (the expanded weights are 0 where not kept) except in a last partial word, where masked
-    // loads keep the reads inside x (a masked load per chunk tripled the loop's time on Zen 4)
+    // loads keep the reads inside x (a masked load per chunk tripled the loop's time on AMD Zen 5)
     __m512 x0, x1, x2, x3;
     if (64 * w + 64 <= in) {
       x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
