@@ -75,3 +75,22 @@ def test_batches_wider_than_a_chunk_buffer(native_ok):
         y = b.matmul(b.pack(weight), x, 8)
         assert y.shape == (4100, 8)
         assert torch.allclose(y, x @ weight.t(), atol=1e-4), name
+
+
+def test_csr16_batch1_loops_agree_with_the_reference(native_ok):
+    """Both batch-1 csr16 loops (scalar and gather, csrc/csr16_dot.h; the faster one is measured per
+    machine) give the product, over row lengths that exercise the 32-wide body and the tail."""
+    from sparsecraft.kernels.extension import ops
+
+    w = _weight(37, 3000, 0.1, 7)
+    w[0, :] = 0.0  # an empty row
+    w[1, :70] = 1.0  # 70 nonzeros: two 32-wide steps and a tail of 6
+    b = get_backend("csr16")
+    packed = b.pack(w)
+    x = torch.randn(1, 3000, generator=torch.Generator().manual_seed(8))
+    try:
+        for variant in (0, 1):
+            assert ops().csr16_variant(variant) == (variant if ops().has_avx512() else 0)
+            torch.testing.assert_close(b.matmul(packed, x, 37), x @ w.t(), rtol=1e-5, atol=1e-4)
+    finally:
+        ops().csr16_variant(-1)

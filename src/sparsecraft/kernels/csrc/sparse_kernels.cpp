@@ -3,7 +3,7 @@
 // y[N, out] = x[N, in] @ W^T for a sparse weight W[out, in] stored in one of three packed
 // formats (see sparsecraft/kernels/backend_native.py for the packing):
 //   csr16_mm  : CSR with uint16 column indices (6 bytes per nonzero instead of 8 for int32);
-//               batch 1: scalar loop, 8 accumulators (faster than gathers); batch > 1: x transposed to
+//               batch 1: scalar or gather loop, measured per machine (csr16_dot.h); batch > 1: x transposed to
 //               xT[in, Np] so the inner loop runs over the batch with vector FMAs.
 //   bitmap_mm : one bit per weight (uint64 words of 64 columns) + the kept values packed per
 //               row; batch 1: AVX-512 expand-load of the kept values into their lanes,
@@ -31,6 +31,8 @@
 #define SC_AVX512 0
 #endif
 
+#include "csr16_dot.h"
+
 namespace {
 
 constexpr int64_t kGrain = 16;  // rows per parallel task at minimum
@@ -52,23 +54,7 @@ void check_x(const at::Tensor& x, int64_t in) {
 }
 
 // ---------------------------------------------------------------- CSR, uint16 columns
-constexpr int64_t kPrefetch = 1024;  // elements ahead for software prefetch of the packed data
-// Batch 1: a scalar loop with 8 independent accumulators. Measured on the benchmark machine
-// (Cascade Lake, 4096 columns, 90% sparse, data in L2): 1.57 cycles per nonzero vs 2.16 for
-// AVX-512 gathers of 16 lanes (vgatherdps is slow here); the floor is the 3 loads per nonzero
-// (value, column, x[column]) on 2 load ports.
-float csr16_dot(const float* v, const uint16_t* c, int64_t n, const float* x) {
-  float a[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  int64_t k = 0;
-  for (; k + 8 <= n; k += 8) {
-    if ((k & 15) == 0) __builtin_prefetch(v + k + kPrefetch);  // a line holds 16 values,
-    if ((k & 31) == 0) __builtin_prefetch(c + k + kPrefetch);  // 32 columns
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) a[j] += v[k + j] * x[c[k + j]];
-  }
-  for (; k < n; ++k) a[0] += v[k] * x[c[k]];
-  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
+// Batch 1: csr16_dot.h.
 
 // out[0:16*NV] = sum_k v[k] * xT[c[k], 0:16*NV]: NV zmm accumulators over the batch.
 template <int NV>
@@ -388,6 +374,7 @@ TORCH_LIBRARY(sparsecraft_kernels, m) {
   m.def("bitmap_mm(Tensor values, Tensor masks, Tensor rowoff, Tensor x, int in_features) -> Tensor");
   m.def("nm24_mm(Tensor values, Tensor pos, Tensor x, int in_features) -> Tensor");
   m.def("has_avx512", has_avx512);
+  m.def("csr16_variant", csr16_variant);
 }
 
 TORCH_LIBRARY_IMPL(sparsecraft_kernels, CPU, m) {
