@@ -106,30 +106,33 @@ def test_malformed_inputs_are_refused(kops):
         kops.packed_linear(x, parts, None, [meta[0], meta[1], meta[2], 3, *meta[4:]])
 
 
-def test_int4_bitmap_float_inputs_keep_float32_precision(kops):
-    """The int4 bitmap loop carries a float input as three bfloat16 parts (qdot_bf16.h): one input
-    of 1 + 2^-10 + 2^-20 needs all three (a bfloat16 holds 8 significant bits), and 3 x it is exact
-    in float32; inputs spread over six decades stay within float32 rounding of the reference."""
+def test_int4_float_inputs_keep_float32_precision(kops):
+    """The int4 bitmap and dense loops carry a float input as three bfloat16 parts (qdot_bf16.h): one
+    input of 1 + 2^-10 + 2^-20 needs all three (a bfloat16 holds 8 significant bits), and 3 x it is
+    exact in float32; inputs spread over six decades stay within float32 rounding of the reference."""
     codes = torch.full((1, 64), 8, dtype=torch.uint8)
-    codes[0, 5] = 11  # (11 - 8) * scale 1 = 3
+    codes[0, 37] = 11  # (11 - 8) * scale 1 = 3; input 37 sits in the dense layout's second block
     keep = torch.zeros(1, 64, dtype=torch.bool)
-    keep[0, [5, 9]] = True  # input 9 is kept with a zero weight (code 8)
-    p = qp.pack_q_sparse(codes, keep, torch.ones(1, 1), torch.full((1, 1), 8.0), 4, 0)
+    keep[0, [9, 37]] = True  # input 9 is kept with a zero weight (code 8)
+    one, eight = torch.ones(1, 1), torch.full((1, 1), 8.0)
     x = torch.zeros(1, 64)
-    x[0, 5] = 1 + 2**-10 + 2**-20
+    x[0, 37] = 1 + 2**-10 + 2**-20
     x[0, 9] = 12345.0
-    for level in _levels(kops):
-        kops.set_isa(level)
-        assert kops.packed_linear(x, qp.parts_of(p), None, p["meta"].tolist()).item() == 3 * (1 + 2**-10 + 2**-20)
+    for p in (qp.pack_q_sparse(codes, keep, one, eight, 4, 0), qp.pack_q_dense(codes, one, eight, 4)):
+        for level in _levels(kops):
+            kops.set_isa(level)
+            y = kops.packed_linear(x, qp.parts_of(p), None, p["meta"].tolist())
+            assert y.item() == 3 * (1 + 2**-10 + 2**-20), (level, int(p["meta"][0]))
     torch.manual_seed(3)
     out, inp = 19, 512
     keep = torch.rand(out, inp) > 0.5
     w, s, z = rtn(torch.randn(out, inp) * keep, QuantSpec(4, 64, False))
-    p = qp.pack_q_sparse(codes_of(w, s, z, 4), keep, s, z, 4, 0)
-    for level in _levels(kops):
-        kops.set_isa(level)
-        for n in (1, 3):
-            x = torch.randn(n, inp) * 10 ** (torch.rand(n, inp) * 6 - 3)
-            y = kops.packed_linear(x, qp.parts_of(p), None, p["meta"].tolist())
-            scale = x.double().abs() @ w.double().abs().t()  # sum |w| |x| per output
-            assert ((y.double() - _ref(w, x)).abs() / scale).max() < 2e-6
+    c = codes_of(w, s, z, 4)
+    for p in (qp.pack_q_sparse(c, keep, s, z, 4, 0), qp.pack_q_dense(c, s, z, 4)):
+        for level in _levels(kops):
+            kops.set_isa(level)
+            for n in (1, 3):
+                x = torch.randn(n, inp) * 10 ** (torch.rand(n, inp) * 6 - 3)
+                y = kops.packed_linear(x, qp.parts_of(p), None, p["meta"].tolist())
+                scale = x.double().abs() @ w.double().abs().t()  # sum |w| |x| per output
+                assert ((y.double() - _ref(w, x)).abs() / scale).max() < 2e-6, (level, n, int(p["meta"][0]))

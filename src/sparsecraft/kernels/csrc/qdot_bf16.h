@@ -28,8 +28,8 @@ constexpr int kBf16Parts = 3;
 constexpr int64_t kBf16PerWord = 2 * kBf16Parts * 32;  // bfloat16 values per row and word
 
 inline bool bf16_input(const QLinear& L) {  // whether this layer's float input goes in bf16 parts
-  return SCQ_BF16 && L.kind == kQSparse && L.bits == 4 && (L.g == 0 || L.g == 4) && L.G % 64 == 0 &&
-         ((L.G / 64) & (L.G / 64 - 1)) == 0 &&
+  const bool layout = (L.kind == kQSparse && (L.g == 0 || L.g == 4)) || (L.kind == kQDense && L.blk == 32);
+  return SCQ_BF16 && layout && L.bits == 4 && L.G % 64 == 0 && ((L.G / 64) & (L.G / 64 - 1)) == 0 &&
          L.xbits == 0 && isa_level() >= 2;
 }
 
@@ -41,8 +41,10 @@ inline uint16_t bf16_round(float v) {  // round to nearest even (no NaNs in the 
 }
 
 // xb (n * in / 64 * kBf16PerWord values) from rows x[0:n] (row stride ldx); in % 64 == 0. vcvtneps2bf16
-// rounds to nearest even; the remainder rest - float(bf16(rest)) is exact in float32.
-inline void bf16_parts_of_input(const float* x, int64_t ldx, int n, int64_t in, uint16_t* xb) {
+// rounds to nearest even; the remainder rest - float(bf16(rest)) is exact in float32. The word's two
+// halves ("even", "odd") follow the layout's code order: bitmap, inputs 0, 2, .., 62 and 1, 3, .., 63;
+// dense int4 (blocks of 32, byte j = c[j] | c[j + 16] << 4), inputs 0..15, 32..47 and 16..31, 48..63.
+inline void bf16_parts_of_input(const float* x, int64_t ldx, int n, int64_t in, bool dense, uint16_t* xb) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   for (int r = 0; r < n; ++r) {
@@ -54,6 +56,12 @@ inline void bf16_parts_of_input(const float* x, int64_t ldx, int n, int64_t in, 
       // the even inputs 0..30, 32..62 and the odd ones, 16 at a time
       __m512 rest[4] = {_mm512_permutex2var_ps(a0, even, a1), _mm512_permutex2var_ps(a2, even, a3),
                         _mm512_permutex2var_ps(a0, odd, a1), _mm512_permutex2var_ps(a2, odd, a3)};
+      if (dense) {
+        rest[0] = a0;
+        rest[1] = a2;
+        rest[2] = a1;
+        rest[3] = a3;
+      }
       for (int p = 0; p < kBf16Parts; ++p) {
         for (int q = 0; q < 4; ++q) {
           const __m256i h = (__m256i)_mm512_cvtneps_pbh(rest[q]);
@@ -65,38 +73,69 @@ inline void bf16_parts_of_input(const float* x, int64_t ldx, int n, int64_t in, 
   }
 }
 
-// Table z (16-bit lanes): lane c < 16 holds the bfloat16 of c - z, lanes 16..31 hold 0 (the code of
-// dropped inputs is 16: the expand fills their bytes with 0x10).
+// Table z (16-bit lanes): lane c < 16 holds the bfloat16 of c - z. Lanes 16..31: 0 for the bitmap
+// layout (the code of dropped inputs is 16: the expand fills their bytes with 0x10), lane c - 16's
+// value for the dense one (its index lanes carry the next nibble's low bit in bit 4).
+template <bool kDense>
 inline const __m512i* bf16_code_tables() {
   alignas(64) static uint16_t t[16][32];
   static const bool ready = [] {
     for (int z = 0; z < 16; ++z)
-      for (int c = 0; c < 32; ++c) t[z][c] = c < 16 ? bf16_round((float)(c - z)) : 0;
+      for (int c = 0; c < 32; ++c) t[z][c] = c < 16 || kDense ? bf16_round((float)(c % 16 - z)) : 0;
     return true;
   }();
   (void)ready;
   return reinterpret_cast<const __m512i*>(t);
 }
 
+// Word decoders: codes(w) is a vector of 16-bit table indices for the word's "even" inputs, shifted
+// right by kOddShift the indices of its "odd" ones (bf16_parts_of_input's orders).
+template <bool kGroups>
+struct Bf16Bitmap {
+  static constexpr bool kDense = false;
+  static constexpr int kOddShift = 8;
+  const QLinear* L = nullptr;
+  int64_t r = 0;
+  const uint64_t* mrow = nullptr;
+  const uint8_t* stream = nullptr;
+  Bf16Bitmap() = default;
+  Bf16Bitmap(const QLinear& l, int64_t row)
+      : L(&l), r(row), mrow(l.masks + row * l.mstride), stream(l.codes + l.rowoff[row]) {}
+  SC_HOT __m512i codes(int64_t w) {
+    prefetch_ahead(stream, 1);  // a word's codes are at most 32 bytes: one line
+    if (!kGroups && (w & 7) == 0) prefetch_ahead(mrow + w, 64);
+    const uint64_t m = kGroups ? keep_mask(*L, r, w) : mrow[w];
+    return sparse_word_codes_q4(stream, m, _mm512_set1_epi8(16));  // dropped inputs: code 16
+  }
+};
+struct Bf16Dense {
+  static constexpr bool kDense = true;
+  static constexpr int kOddShift = 4;
+  const uint8_t* row = nullptr;
+  Bf16Dense() = default;
+  Bf16Dense(const QLinear& l, int64_t r) : row(l.codes + r * l.cstride) {}
+  SC_HOT __m512i codes(int64_t w) {
+    if ((w & 1) == 0) prefetch_ahead(row + 32 * w, 64);
+    return _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * w)));
+  }
+};
+
 // P rows r..r+P-1 (P = 2 at batch 1: the rows share the input's loads and overlap their chains).
-template <int N, bool kGroups, int P>
+template <class Word, int N, int P>
 SC_HOT void bf16_row_block(const QLinear& L, const uint16_t* xb, int64_t r, int64_t nr, float* out) {
   const int64_t ng = L.in / L.G, words = L.in / 64;
   const int64_t wlast = L.G / 64 - 1;  // words per group - 1 (a power of two minus 1)
-  const int wshift = __builtin_ctzll((uint64_t)(L.G / 64)), mshift = kGroups ? __builtin_ctz((unsigned)L.g) : 0;
-  const __m512i* tables = bf16_code_tables();
-  const __m512i dropped = _mm512_set1_epi8(16);
+  const int wshift = __builtin_ctzll((uint64_t)(L.G / 64));
+  const __m512i* tables = bf16_code_tables<Word::kDense>();
   const uint16_t* sr[P];
   const uint8_t* zr[P];
-  const uint64_t* mrow[P];
-  const uint8_t* stream[P];
+  Word word[P];
   __m512 acc[P][N], te[P][N], to[P][N];
   __m512i table[P];
   for (int q = 0; q < P; ++q) {
+    word[q] = Word(L, r + q);
     sr[q] = L.scales + (r + q) * ng;
     zr[q] = L.zeros + (r + q) * ng;
-    mrow[q] = L.masks + (r + q) * L.mstride;
-    stream[q] = L.codes + L.rowoff[r + q];
     table[q] = _mm512_setzero_si512();
     for (int n = 0; n < N; ++n) acc[q][n] = te[q][n] = to[q][n] = _mm512_setzero_ps();
   }
@@ -104,12 +143,9 @@ SC_HOT void bf16_row_block(const QLinear& L, const uint16_t* xb, int64_t r, int6
     __m512bh even[P], odd[P];
     for (int q = 0; q < P; ++q) {
       if ((w & wlast) == 0) table[q] = _mm512_load_si512(tables + (zr[q][w >> wshift] & 15));
-      prefetch_ahead(stream[q], 1);  // a word's codes are at most 32 bytes: one line
-      if ((w & 7) == 0) prefetch_ahead(mrow[q] + (w >> mshift), 64);  // g 4: a mask word per 4 words
-      const uint64_t m = kGroups ? keep_mask(L, r + q, w) : mrow[q][w];
-      const __m512i b = sparse_word_codes_q4(stream[q], m, dropped);
+      const __m512i b = word[q].codes(w);
       even[q] = (__m512bh)_mm512_permutexvar_epi16(b, table[q]);
-      odd[q] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(b, 8), table[q]);
+      odd[q] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(b, Word::kOddShift), table[q]);
     }
     for (int n = 0; n < N; ++n) {
       const uint16_t* xw = xb + (n * words + w) * kBf16PerWord;
@@ -136,21 +172,22 @@ SC_HOT void bf16_row_block(const QLinear& L, const uint16_t* xb, int64_t r, int6
       out[n * nr + q] = _mm512_reduce_add_ps(acc[q][n]) + (L.bias ? L.bias[r + q] : 0.f);
 }
 
-template <int N, bool kGroups>
-void rows_bf16(const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
+template <class Word, int N>
+void bf16_rows(const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
   const int64_t nr = r1 - r0;
   int64_t r = r0;
   if (N == 1)
-    for (; r + 2 <= r1; r += 2) bf16_row_block<N, kGroups, 2>(L, xb, r, nr, out + (r - r0));
-  for (; r < r1; ++r) bf16_row_block<N, kGroups, 1>(L, xb, r, nr, out + (r - r0));
+    for (; r + 2 <= r1; r += 2) bf16_row_block<Word, N, 2>(L, xb, r, nr, out + (r - r0));
+  for (; r < r1; ++r) bf16_row_block<Word, N, 1>(L, xb, r, nr, out + (r - r0));
 }
 template <int N>
 void rows_bf16(const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
-  if (L.g) rows_bf16<N, true>(L, xb, r0, r1, out);
-  else rows_bf16<N, false>(L, xb, r0, r1, out);
+  if (L.kind == kQDense) bf16_rows<Bf16Dense, N>(L, xb, r0, r1, out);
+  else if (L.g) bf16_rows<Bf16Bitmap<true>, N>(L, xb, r0, r1, out);
+  else bf16_rows<Bf16Bitmap<false>, N>(L, xb, r0, r1, out);
 }
 #else
-inline void bf16_parts_of_input(const float*, int64_t, int, int64_t, uint16_t*) {}
+inline void bf16_parts_of_input(const float*, int64_t, int, int64_t, bool, uint16_t*) {}
 #endif  // SCQ_BF16
 
 inline void rows_bf16_n(int n, const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {

@@ -42,7 +42,7 @@ inline uint8_t* input_scratch(size_t need, std::vector<c10::IValue>& keep, size_
 }
 
 inline bool same_prepared_input(const QLinear& a, const QLinear& b) {
-  if (bf16_input(a) || bf16_input(b)) return bf16_input(a) && bf16_input(b) && a.in == b.in;
+  if (bf16_input(a) || bf16_input(b)) return bf16_input(a) && bf16_input(b) && a.in == b.in && a.kind == b.kind;
   return a.xbits == 8 && b.xbits == 8 && a.G == b.G && x8_nibble_order(a) == x8_nibble_order(b);
 }
 
@@ -50,7 +50,7 @@ inline XQ prepared_input(const QLinear& L, const float* x, int64_t ldx, int n, s
                          size_t& used) {
   if (bf16_input(L)) {
     uint16_t* xb = reinterpret_cast<uint16_t*>(input_scratch(2 * n * (L.in / 64) * kBf16PerWord, keep, used));
-    bf16_parts_of_input(x, ldx, n, L.in, xb);
+    bf16_parts_of_input(x, ldx, n, L.in, L.kind == kQDense, xb);
     XQ out;
     out.xb = xb;
     return out;
