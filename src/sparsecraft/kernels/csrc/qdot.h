@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "simd_util.h"
 
@@ -182,6 +183,21 @@ void rows_scalar(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
   }
 }
 
+// f(std::integral_constant<int, n>{}) for a batch of n = 1..8 rows (the row loops are templates on it).
+template <class F>
+SC_HOT void with_batch(int n, F&& f) {
+  switch (n) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
 }  // namespace sc
 
 #include "qdot_simd.h"
@@ -204,16 +220,7 @@ void rows_dot(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int64_t
 }
 
 inline void rows_dot_n(int n, const QLinear& L, const float* x, int64_t ldx, int64_t r0, int64_t r1, float* out) {
-  switch (n) {
-    case 1: rows_dot<1>(L, x, ldx, r0, r1, out); break;
-    case 2: rows_dot<2>(L, x, ldx, r0, r1, out); break;
-    case 3: rows_dot<3>(L, x, ldx, r0, r1, out); break;
-    case 4: rows_dot<4>(L, x, ldx, r0, r1, out); break;
-    case 5: rows_dot<5>(L, x, ldx, r0, r1, out); break;
-    case 6: rows_dot<6>(L, x, ldx, r0, r1, out); break;
-    case 7: rows_dot<7>(L, x, ldx, r0, r1, out); break;
-    default: rows_dot<8>(L, x, ldx, r0, r1, out); break;
-  }
+  with_batch(n, [&](auto N) { rows_dot<decltype(N)::value>(L, x, ldx, r0, r1, out); });
 }
 
 }  // namespace sc

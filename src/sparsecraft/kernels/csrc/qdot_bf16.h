@@ -192,16 +192,7 @@ inline void bf16_parts_of_input(const float*, int64_t, int, int64_t, bool, uint1
 
 inline void rows_bf16_n(int n, const QLinear& L, const uint16_t* xb, int64_t r0, int64_t r1, float* out) {
 #if SCQ_BF16
-  switch (n) {
-    case 1: rows_bf16<1>(L, xb, r0, r1, out); break;
-    case 2: rows_bf16<2>(L, xb, r0, r1, out); break;
-    case 3: rows_bf16<3>(L, xb, r0, r1, out); break;
-    case 4: rows_bf16<4>(L, xb, r0, r1, out); break;
-    case 5: rows_bf16<5>(L, xb, r0, r1, out); break;
-    case 6: rows_bf16<6>(L, xb, r0, r1, out); break;
-    case 7: rows_bf16<7>(L, xb, r0, r1, out); break;
-    default: rows_bf16<8>(L, xb, r0, r1, out); break;
-  }
+  with_batch(n, [&](auto N) { rows_bf16<decltype(N)::value>(L, xb, r0, r1, out); });
 #else
   (void)n; (void)L; (void)xb; (void)r0; (void)r1; (void)out;
 #endif

@@ -352,16 +352,7 @@ void rows_x8(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) 
 }
 
 inline void rows_x8_n(int n, const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
-  switch (n) {
-    case 1: rows_x8<1>(L, X, r0, r1, out); break;
-    case 2: rows_x8<2>(L, X, r0, r1, out); break;
-    case 3: rows_x8<3>(L, X, r0, r1, out); break;
-    case 4: rows_x8<4>(L, X, r0, r1, out); break;
-    case 5: rows_x8<5>(L, X, r0, r1, out); break;
-    case 6: rows_x8<6>(L, X, r0, r1, out); break;
-    case 7: rows_x8<7>(L, X, r0, r1, out); break;
-    default: rows_x8<8>(L, X, r0, r1, out); break;
-  }
+  with_batch(n, [&](auto N) { rows_x8<decltype(N)::value>(L, X, r0, r1, out); });
 }
 
 }  // namespace sc
