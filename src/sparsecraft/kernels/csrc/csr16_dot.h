@@ -4,7 +4,7 @@
 //   gather: 16 columns widened to 32 bits and one vgatherdps per 16 nonzeros.
 // Which is faster depends on the core: on a Cascade Lake (the first benchmark machine) gathers were
 // slower (2.16 against 1.57 cycles per nonzero, data in L2), on this repository's AMD Zen 5 (family
-// 1Ah) they are faster (1.03-1.06 against 1.19-1.24, in L2 and from DRAM), and Intel cores with the
+// 1Ah) they are faster (benchmarks/bench_quant_kernels.py, "f32 csr16 90%"), and Intel cores with the
 // Gather Data Sampling mitigation make gathers several times slower again. The two loops add in a
 // different order, so their results differ in the last bits; csr16_variant(0 / 1) forces one (tests,
 // reproducibility), -1 returns to the measured choice. Included from sparse_kernels.cpp only.

@@ -1,5 +1,5 @@
-// Float-input rows of the int4 element-bitmap layout (kQSparse, bits 4, g 0 or 4, groups of 64k
-// inputs) on bfloat16 dot products (AVX512_BF16 vdpbf16ps: 32 products per instruction), exact up
+// Float-input rows of the int4 bitmap layout (kQSparse, bits 4, g 0 or 4) and of the dense int4 layout
+// (blk 32), quantization groups of 64 * 2^k inputs, on bfloat16 dot products (AVX512_BF16 vdpbf16ps: 32 products per instruction), exact up
 // to float32 rounding:
 //   - the input is split once per call into three bfloat16 parts, x = x1 + x2 + x3 + e with
 //     x1 = bf16(x), x2 = bf16(x - x1), x3 = bf16(x - x1 - x2) (round to nearest even), |e| <= 2^-24 |x|:
@@ -8,12 +8,12 @@
 //     point): |c - z| <= 15 is exact in bfloat16; dropped inputs get the code 16 (table entry 0);
 //   - the products of bfloat16 values are exact in float32 and accumulate in float32; the group's
 //     sum is scaled by s[g] as in the float32 loops.
-// Per 64 inputs: one widen and one expand (as for int8 inputs), two table permutes (the even and the
-// odd inputs of the word: vpermw reads the low 5 bits of each 16-bit lane), six vdpbf16ps; the
-// permute-per-16 float32 loop (extract, widen, table permute, FMA per 16 weights) took ~2.5x the time
-// (benchmarks/bench_quant_kernels.py rows "q4 bitmap").
-// Input layout (bf16_parts_of_input): per row and word w, six vectors of 32 bfloat16: for part p,
-// the even inputs x[64w + 2l] then the odd inputs x[64w + 2l + 1], l = 0..31. Included from qdot.h.
+// Per 64 inputs: one widen and one expand (as for int8 inputs; the dense layout: one widen), two table
+// permutes (two halves of the word: vpermw reads the low 5 bits of each 16-bit lane), six vdpbf16ps;
+// the permute-per-16 float32 loop (extract, widen, table permute, FMA per 16 weights) took about twice
+// the time (benchmarks/bench_quant_kernels.py rows "q4 bitmap", "q4 dense").
+// Input layout (bf16_parts_of_input): per row and word w, six vectors of 32 bfloat16: for part p, the
+// word's two halves in the layout's code order. Included from qdot.h.
 #pragma once
 
 #if SCQ_AVX512 && defined(__AVX512BF16__)
