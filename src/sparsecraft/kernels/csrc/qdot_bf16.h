@@ -3,7 +3,9 @@
 // to float32 rounding:
 //   - the input is split once per call into three bfloat16 parts, x = x1 + x2 + x3 + e with
 //     x1 = bf16(x), x2 = bf16(x - x1), x3 = bf16(x - x1 - x2) (round to nearest even), |e| <= 2^-24 |x|:
-//     the float32 input to float32 precision;
+//     the float32 input to float32 precision (vcvtneps2bf16 flushes float32 subnormals, so parts below
+//     2^-126 are lost: an absolute error under 1.2e-38 per input; inputs beyond bfloat16's largest finite
+//     value, 3.39e38, or not finite give NaN, where the float32 loops give +-inf or NaN);
 //   - a code c of group g becomes the bfloat16 of c - z[g] through a table (vpermw, one per zero
 //     point): |c - z| <= 15 is exact in bfloat16; dropped inputs get the code 16 (table entry 0);
 //   - the products of bfloat16 values are exact in float32 and accumulate in float32; the group's
