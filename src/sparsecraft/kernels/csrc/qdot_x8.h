@@ -29,7 +29,7 @@
 
 namespace sc {
 
-struct XQ {
+struct XQ {  // a layer's input prepared once per call (qlinear.h prepared_input)
   const uint8_t* xu = nullptr;  // [n][in] xq + 128, in the layer's order
   const float* sx = nullptr;    // [n][ng]
   const int32_t* su = nullptr;  // [n][ng] sum of xu over the group

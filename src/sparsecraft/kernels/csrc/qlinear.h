@@ -20,15 +20,15 @@ struct LinearCtx {
   float* y;
   int64_t rows_per;
   int n;
-  XQ xq;  // the int8 input when L.xbits == 8
+  XQ xq;  // the prepared input (prepared_input)
 };
 
 // The input as the layer's row loop reads it, prepared once per call: xbits 8, rounded to int8
-// (qdot_x8.h); float input of an int4 bitmap layer, split into bfloat16 parts (qdot_bf16.h). It goes to a per-thread
-// scratch area that is never freed while the thread lives (a pool helper that comes back late may
-// still read the previous call's bytes; it then throws its chunk away, see sc_pool.h), or to a tensor
-// the job keeps alive when it does not fit. `used` is the scratch already taken by this job (q/k/v
-// take three parts).
+// (qdot_x8.h); float input of an int4 dense or bitmap layer, split into bfloat16 parts (qdot_bf16.h).
+// It goes to a per-thread scratch area that is never freed while the thread lives (a pool helper that
+// comes back late may still read the previous call's bytes; it then throws its chunk away, see
+// sc_pool.h), or to a tensor the job keeps alive when it does not fit. `used` is the scratch already
+// taken by this job (q/k/v take three parts).
 inline uint8_t* input_scratch(size_t need, std::vector<c10::IValue>& keep, size_t& used) {
   constexpr size_t kScratch = size_t(1) << 20;
   // 64-byte aligned: the row loops read the prepared input in whole 64-byte vectors, and a buffer from
@@ -39,7 +39,7 @@ inline uint8_t* input_scratch(size_t need, std::vector<c10::IValue>& keep, size_
   };
   thread_local std::unique_ptr<uint8_t, Free> scratch(static_cast<uint8_t*>(std::aligned_alloc(64, kScratch)));
   need = (need + 63) / 64 * 64;
-  if (used + need <= kScratch) {
+  if (scratch && used + need <= kScratch) {
     used += need;
     return scratch.get() + used - need;
   }
