@@ -101,10 +101,12 @@ int64_t csr16_variant(int64_t v) {
   return csr16_use_gather() ? 1 : 0;
 }
 
-float csr16_dot(const float* v, const uint16_t* c, int64_t n, const float* x) {
+// gather: csr16_use_gather(), read once per call by the caller (not per row).
+float csr16_dot(const float* v, const uint16_t* c, int64_t n, const float* x, bool gather) {
 #if SC_AVX512
-  if (csr16_use_gather()) return csr16_dot_gather(v, c, n, x);
+  if (gather) return csr16_dot_gather(v, c, n, x);
 #endif
+  (void)gather;
   return csr16_dot_scalar(v, c, n, x);
 }
 

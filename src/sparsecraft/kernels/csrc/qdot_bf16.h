@@ -55,14 +55,19 @@ inline void bf16_parts_of_input(const float* x, int64_t ldx, int n, int64_t in, 
       uint16_t* o = xb + (r * (in / 64) + k / 64) * kBf16PerWord;
       const __m512 a0 = _mm512_loadu_ps(xk), a1 = _mm512_loadu_ps(xk + 16), a2 = _mm512_loadu_ps(xk + 32),
                    a3 = _mm512_loadu_ps(xk + 48);
-      // the even inputs 0..30, 32..62 and the odd ones, 16 at a time
-      __m512 rest[4] = {_mm512_permutex2var_ps(a0, even, a1), _mm512_permutex2var_ps(a2, even, a3),
-                        _mm512_permutex2var_ps(a0, odd, a1), _mm512_permutex2var_ps(a2, odd, a3)};
+      // the word's halves, 16 inputs at a time: bitmap, the even inputs 0..30, 32..62 then the odd ones;
+      // dense, inputs 0..15, 32..47 then 16..31, 48..63
+      __m512 rest[4];
       if (dense) {
         rest[0] = a0;
         rest[1] = a2;
         rest[2] = a1;
         rest[3] = a3;
+      } else {
+        rest[0] = _mm512_permutex2var_ps(a0, even, a1);
+        rest[1] = _mm512_permutex2var_ps(a2, even, a3);
+        rest[2] = _mm512_permutex2var_ps(a0, odd, a1);
+        rest[3] = _mm512_permutex2var_ps(a2, odd, a3);
       }
       for (int p = 0; p < kBf16Parts; ++p) {
         for (int q = 0; q < 4; ++q) {

@@ -118,8 +118,9 @@ at::Tensor csr16_mm(const at::Tensor& values, const at::Tensor& cols, const at::
   std::vector<c10::IValue> keep{values, cols, rowptr, x, y};
   if (N == 1) {
     const float* xp = x.data_ptr<float>();
+    const bool gather = csr16_use_gather();
     sc::parallel_rows(out, 1, yp, grain, [=](int64_t b, int64_t e, float* buf) {
-      for (int64_t r = b; r < e; ++r) buf[r - b] = csr16_dot(v + rp[r], c + rp[r], rp[r + 1] - rp[r], xp);
+      for (int64_t r = b; r < e; ++r) buf[r - b] = csr16_dot(v + rp[r], c + rp[r], rp[r + 1] - rp[r], xp, gather);
     }, keep);
     return y;
   }
