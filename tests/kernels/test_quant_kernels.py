@@ -107,9 +107,10 @@ def test_malformed_inputs_are_refused(kops):
 
 
 def test_int4_float_inputs_keep_float32_precision(kops):
-    """The int4 bitmap and dense loops carry a float input as three bfloat16 parts (qdot_bf16.h): one
-    input of 1 + 2^-10 + 2^-20 needs all three (a bfloat16 holds 8 significant bits), and 3 x it is
-    exact in float32; inputs spread over six decades stay within float32 rounding of the reference."""
+    """The int4 bitmap and dense loops multiply the float input itself with exact weights s * (c - z)
+    (qdot_lanes.h; no bfloat16 or int8 rounding of the input): 3 x (1 + 2^-10 + 2^-20) is exact in
+    float32 and must come out so (a bfloat16 input would keep 8 significant bits); inputs spread over
+    six decades stay within float32 rounding of the reference."""
     codes = torch.full((1, 64), 8, dtype=torch.uint8)
     codes[0, 37] = 11  # (11 - 8) * scale 1 = 3; input 37 sits in the dense layout's second block
     keep = torch.zeros(1, 64, dtype=torch.bool)
@@ -136,3 +137,28 @@ def test_int4_float_inputs_keep_float32_precision(kops):
                 y = kops.packed_linear(x, qp.parts_of(p), None, p["meta"].tolist())
                 scale = x.double().abs() @ w.double().abs().t()  # sum |w| |x| per output
                 assert ((y.double() - _ref(w, x)).abs() / scale).max() < 2e-6, (level, n, int(p["meta"][0]))
+
+
+def test_int8_bitmap_float_inputs_exact_at_extreme_codes(kops):
+    """The int8 bitmap loop turns a code into c - z by the float exponent trick (qdot_lanes.h): the
+    extremes c - z = 255 (z 0) and -255 (z 255) come out exact, dropped inputs count nothing however
+    large their input, and a kept input whose code is its zero point weighs 0. By hand:
+    0.5 * 255 * (1 + 2^-15) + 0.25 * (0 - 255) * 3 = 127.5 + 255 * 2^-16 - 191.25."""
+    codes = torch.zeros(1, 128, dtype=torch.uint8)
+    codes[0, 5], codes[0, 9], codes[0, 70] = 255, 0, 0
+    keep = torch.zeros(1, 128, dtype=torch.bool)
+    keep[0, [5, 9, 70]] = True
+    scale = torch.tensor([[0.5, 0.25]])
+    zero = torch.tensor([[0.0, 255.0]])
+    p = qp.pack_q_sparse(codes, keep, scale, zero, 8, 0)
+    x = torch.zeros(2, 128)
+    x[:, 5] = 1 + 2**-15
+    x[:, 9] = 7.0  # code 0 with zero point 0: weight 0
+    x[:, 70] = 3.0
+    x[:, 6] = x[:, 100] = 1e6  # dropped
+    x[1] *= -2
+    want = 127.5 + 255 * 2**-16 - 191.25
+    for level in _levels(kops):
+        kops.set_isa(level)
+        y = kops.packed_linear(x, qp.parts_of(p), None, p["meta"].tolist())
+        assert y[:, 0].tolist() == [want, -2 * want], level

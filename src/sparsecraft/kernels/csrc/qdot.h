@@ -201,7 +201,7 @@ SC_HOT void with_batch(int n, F&& f) {
 }  // namespace sc
 
 #include "qdot_simd.h"
-#include "qdot_bf16.h"
+#include "qdot_lanes.h"
 #include "qdot_x8.h"
 
 namespace sc {

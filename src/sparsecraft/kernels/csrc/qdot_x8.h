@@ -33,7 +33,7 @@ struct XQ {  // a layer's input prepared once per call (qlinear.h prepared_input
   const uint8_t* xu = nullptr;  // [n][in] xq + 128, in the layer's order
   const float* sx = nullptr;    // [n][ng]
   const int32_t* su = nullptr;  // [n][ng] sum of xu over the group
-  const uint16_t* xb = nullptr; // float input in bfloat16 parts (qdot_bf16.h)
+  const float* xl = nullptr;    // float input in lanes order (qdot_lanes.h)
 };
 
 inline bool x8_nibble_order(const QLinear& L) { return L.kind == kQDense && L.bits == 4; }

@@ -24,7 +24,8 @@ struct LinearCtx {
 };
 
 // The input as the layer's row loop reads it, prepared once per call: xbits 8, rounded to int8
-// (qdot_x8.h); float input of an int4 dense or bitmap layer, split into bfloat16 parts (qdot_bf16.h).
+// (qdot_x8.h); float input of an int4 dense or int4 / int8 bitmap layer, permuted into the order of
+// its weight lanes (qdot_lanes.h).
 // It goes to a per-thread scratch area that is never freed while the thread lives (a pool helper that
 // comes back late may still read the previous call's bytes; it then throws its chunk away, see
 // sc_pool.h), or to a tensor the job keeps alive when it does not fit. `used` is the scratch already
@@ -49,17 +50,18 @@ inline uint8_t* input_scratch(size_t need, std::vector<c10::IValue>& keep, size_
 }
 
 inline bool same_prepared_input(const QLinear& a, const QLinear& b) {
-  if (bf16_input(a) || bf16_input(b)) return bf16_input(a) && bf16_input(b) && a.in == b.in && a.kind == b.kind;
+  if (lanes_input(a) || lanes_input(b))
+    return lanes_input(a) && lanes_input(b) && a.in == b.in && (a.kind == kQDense) == (b.kind == kQDense);
   return a.xbits == 8 && b.xbits == 8 && a.G == b.G && x8_nibble_order(a) == x8_nibble_order(b);
 }
 
 inline XQ prepared_input(const QLinear& L, const float* x, int64_t ldx, int n, std::vector<c10::IValue>& keep,
                          size_t& used) {
-  if (bf16_input(L)) {
-    uint16_t* xb = reinterpret_cast<uint16_t*>(input_scratch(2 * n * (L.in / 64) * kBf16PerWord, keep, used));
-    bf16_parts_of_input(x, ldx, n, L.in, L.kind == kQDense, xb);
+  if (lanes_input(L)) {
+    float* xl = reinterpret_cast<float*>(input_scratch(4 * n * L.in, keep, used));
+    lanes_of_input(x, ldx, n, L.in, L.kind == kQDense, xl);
     XQ out;
-    out.xb = xb;
+    out.xl = xl;
     return out;
   }
   if (L.xbits != 8) return XQ{};
@@ -80,7 +82,7 @@ inline void linear_chunk(const void* p, int64_t c, float* buf) {
   const auto& k = *static_cast<const LinearCtx*>(p);
   const int64_t r0 = c * k.rows_per, r1 = std::min(k.L.out, r0 + k.rows_per);
   if (k.L.xbits == 8) rows_x8_n(k.n, k.L, k.xq, r0, r1, buf);
-  else if (k.xq.xb) rows_bf16_n(k.n, k.L, k.xq.xb, r0, r1, buf);
+  else if (k.xq.xl) rows_lanes_n(k.n, k.L, k.xq.xl, r0, r1, buf);
   else rows_dot_n(k.n, k.L, k.x, k.ldx, r0, r1, buf);
 }
 
@@ -129,7 +131,7 @@ inline void multi_chunk(const void* p, int64_t c, float* buf) {
   const int i = multi_which(k, c);
   const int64_t r0 = (c - k.first[i]) * k.rows_per[i], r1 = std::min(k.L[i].out, r0 + k.rows_per[i]);
   if (k.L[i].xbits == 8) rows_x8<1>(k.L[i], k.xq[i], r0, r1, buf);
-  else if (k.xq[i].xb) rows_bf16_n(1, k.L[i], k.xq[i].xb, r0, r1, buf);
+  else if (k.xq[i].xl) rows_lanes_n(1, k.L[i], k.xq[i].xl, r0, r1, buf);
   else rows_dot<1>(k.L[i], k.x, 0, r0, r1, buf);
 }
 
