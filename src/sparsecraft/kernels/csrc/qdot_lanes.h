@@ -1,5 +1,5 @@
-// Float-input rows of the int4 / int8 bitmap layouts (kQSparse, g 0 or 4) and of the dense int4 layout
-// (blk 32), quantization groups of 64 * 2^k inputs, on float32 FMAs with the codes turned into weights
+// Float-input rows of the int4 / int8 bitmap layouts (kQSparse: element bitmap or groups of 4 / 8 / 16)
+// and of the dense int4 layout (blk 32), quantization groups of 64 * 2^k inputs, on float32 FMAs with the codes turned into weights
 // in the dword lanes they arrive in:
 //   - bitmap: a word's codes are expanded to one byte per input (vpexpandb), dropped inputs filled
 //     with the group's zero point z (so that their weight, s * (z - z), is 0); dword lane i holds the
@@ -23,7 +23,7 @@
 namespace sc {
 
 inline bool lanes_input(const QLinear& L) {  // whether this layer's float input goes in lanes order
-  const bool layout = (L.kind == kQSparse && (L.g == 0 || L.g == 4)) || (L.kind == kQDense && L.bits == 4 && L.blk == 32);
+  const bool layout = L.kind == kQSparse || (L.kind == kQDense && L.bits == 4 && L.blk == 32);
   return SCQ_AVX512 && layout && L.G % 64 == 0 && ((L.G / 64) & (L.G / 64 - 1)) == 0 && L.xbits == 0 &&
          isa_level() >= 2;
 }
@@ -60,20 +60,17 @@ inline void lanes_of_input(const float* x, int64_t ldx, int n, int64_t in, bool 
 
 // Word decoders: codes(w, fill) is the word's codes in dword lanes, the next code kShift bits up.
 // Bitmap: the row's code stream expanded, dropped inputs filled with the bytes of `fill`.
-template <int BITS, bool kGroups>
+template <int BITS, int kG>
 struct LanesBitmap {
   static constexpr int kShift = 8;
-  const QLinear* L = nullptr;
-  int64_t r = 0;
   const uint64_t* mrow = nullptr;
   const uint8_t* stream = nullptr;
   LanesBitmap() = default;
-  LanesBitmap(const QLinear& l, int64_t row)
-      : L(&l), r(row), mrow(l.masks + row * l.mstride), stream(l.codes + l.rowoff[row]) {}
+  LanesBitmap(const QLinear& l, int64_t row) : mrow(l.masks + row * l.mstride), stream(l.codes + l.rowoff[row]) {}
   SC_HOT __m512i codes(int64_t w, __m512i fill) {
     prefetch_ahead(stream, 1);  // a word's codes are at most 64 bytes: one line
-    if (!kGroups && (w & 7) == 0) prefetch_ahead(mrow + w, 64);
-    const uint64_t m = kGroups ? keep_mask(*L, r, w) : mrow[w];
+    if ((w & 7) == 0) prefetch_ahead(mrow + (kG ? w / kG : w), 64);  // the masks of the next 8 words and more
+    const uint64_t m = word_mask<kG>(mrow, w);
     if (BITS == 4) return sparse_word_codes_q4(stream, m, fill);
     const __m512i compact = in_reg(_mm512_loadu_si512(stream));
     stream += __builtin_popcountll(m);
@@ -195,11 +192,14 @@ void lanes_rows(const QLinear& L, const float* xl, int64_t r0, int64_t r1, float
 }
 template <int N>
 void rows_lanes(const QLinear& L, const float* xl, int64_t r0, int64_t r1, float* out) {
-  if (L.kind == kQDense) lanes_rows<LanesDenseQ4, 4, N>(L, xl, r0, r1, out);
-  else if (L.bits == 4 && L.g) lanes_rows<LanesBitmap<4, true>, 4, N>(L, xl, r0, r1, out);
-  else if (L.bits == 4) lanes_rows<LanesBitmap<4, false>, 4, N>(L, xl, r0, r1, out);
-  else if (L.g) lanes_rows<LanesBitmap<8, true>, 8, N>(L, xl, r0, r1, out);
-  else lanes_rows<LanesBitmap<8, false>, 8, N>(L, xl, r0, r1, out);
+  if (L.kind == kQDense) {
+    lanes_rows<LanesDenseQ4, 4, N>(L, xl, r0, r1, out);
+    return;
+  }
+  with_group(L.g, [&](auto G) {
+    if (L.bits == 4) lanes_rows<LanesBitmap<4, decltype(G)::value>, 4, N>(L, xl, r0, r1, out);
+    else lanes_rows<LanesBitmap<8, decltype(G)::value>, 8, N>(L, xl, r0, r1, out);
+  });
 }
 #else
 inline void lanes_of_input(const float*, int64_t, int, int64_t, bool, float*) {}

@@ -191,23 +191,21 @@ struct X8DenseQ8 {
     return _mm512_xor_si512(_mm512_loadu_si512(row + k), _mm512_set1_epi8((char)0x80));
   }
 };
-// Element bitmap (kGroups false) or group bitmap (groups of 4 / 8 / 16 inputs kept or dropped
-// together: the word's mask is expanded from the group bits); the code stream is the same for both.
-template <int BITS, bool kGroups>
+// Element bitmap (kG 0) or group bitmap (groups of kG = 4 / 8 / 16 inputs kept or dropped together:
+// the word's mask is spread from the group bits); the code stream is the same for both.
+template <int BITS, int kG>
 struct X8Sparse {
-  const QLinear* L = nullptr;
-  int64_t r = 0;
   const uint64_t* masks;
   const uint8_t* stream;
   X8Sparse() = default;
-  X8Sparse(const QLinear& l, int64_t row)
-      : L(&l), r(row), masks(l.masks + row * l.mstride), stream(l.codes + l.rowoff[row]) {}
+  X8Sparse(const QLinear& l, int64_t row) : masks(l.masks + row * l.mstride), stream(l.codes + l.rowoff[row]) {}
   SC_HOT void prefetch(int64_t k, int64_t n) const {  // the next n inputs' masks (the codes: per word)
-    if (!kGroups) prefetch_ahead(masks + k / 64, n / 8);
+    const int64_t per = kG ? kG : 1;  // inputs per mask bit
+    prefetch_ahead(reinterpret_cast<const uint8_t*>(masks) + k / per / 8, std::max<int64_t>(64, n / per / 8));
   }
   SC_HOT __m512i operator()(int64_t k, __m512i zv) {
     const int64_t w = (uint64_t)k >> 6;
-    const uint64_t m = kGroups ? keep_mask(*L, r, w) : masks[w];
+    const uint64_t m = word_mask<kG>(masks, w);
     prefetch_ahead(stream, 1);  // a word's codes are at most 64 bytes: one line, no data-dependent branch
     return _mm512_maskz_sub_epi8(m, sparse_word_codes(stream, m, BITS), zv);
   }
@@ -326,12 +324,11 @@ void x8_rows(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) 
 
 template <int N>
 void rows_x8_vnni(const QLinear& L, const XQ& X, int64_t r0, int64_t r1, float* out) {
-  if (L.kind == kQSparse && L.g) {
-    if (L.bits == 4) x8_rows<X8Sparse<4, true>, false, N>(L, X, r0, r1, out);
-    else x8_rows<X8Sparse<8, true>, false, N>(L, X, r0, r1, out);
-  } else if (L.kind == kQSparse) {
-    if (L.bits == 4) x8_rows<X8Sparse<4, false>, false, N>(L, X, r0, r1, out);
-    else x8_rows<X8Sparse<8, false>, false, N>(L, X, r0, r1, out);
+  if (L.kind == kQSparse) {
+    with_group(L.g, [&](auto G) {
+      if (L.bits == 4) x8_rows<X8Sparse<4, decltype(G)::value>, false, N>(L, X, r0, r1, out);
+      else x8_rows<X8Sparse<8, decltype(G)::value>, false, N>(L, X, r0, r1, out);
+    });
   } else if (L.bits == 4) {
     x8_rows<X8DenseQ4, false, N>(L, X, r0, r1, out);
   } else {
