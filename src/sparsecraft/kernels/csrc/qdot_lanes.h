@@ -141,7 +141,11 @@ SC_HOT void lanes_row_block(const QLinear& L, const float* xl, int64_t r, int64_
     for (int q = 0; q < P; ++q) {
       if ((w & wlast) == 0) {  // a group starts
         const int64_t gi = w >> wshift;
-        if ((gi & 15) == 0) gp[q].template load<BITS>(sr[q], zr[q], gi, ng);
+        if ((gi & 15) == 0) {
+          prefetch_ahead(sr[q] + gi, 32);  // the scales and zero points of 16 groups, 4 KiB ahead (~8% of a
+          prefetch_ahead(zr[q] + gi, 16);  // DRAM-cycled call waited on them with hardware prefetch alone)
+          gp[q].template load<BITS>(sr[q], zr[q], gi, ng);
+        }
         gp[q].take(fill[q], scale[q], zs[q]);
         if (BITS == 4) table[q] = _mm512_fmadd_ps(iota, scale[q], zs[q]);
       }
