@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-bits", type=int, default=None, choices=[8],
                    help="8: quantized layers round their inputs to int8 per group and use integer dot products "
                         "(AVX-512 VNNI; outputs differ by the input rounding, as llama.cpp's do). Measure "
-                        "before choosing it: on the benchmark machine float inputs are as fast "
+                        "before choosing it: on the benchmark machine the two are within a few percent "
                         "(docs/results/cpu_decode.md)")
     p.add_argument("--stop-at-eos", action="store_true", help="stop at the end-of-sequence token")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

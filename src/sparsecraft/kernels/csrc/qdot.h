@@ -99,9 +99,9 @@ inline uint64_t group_bits_to_mask(uint64_t bits, int g) {  // bit i -> g ones a
 
 // Word w's keep mask from a row's bitmap, the group size G (0: element bitmap, 4 / 8 / 16: one bit per
 // group of G inputs) known at compile time: G = 4 reads 16 bits, 8 a byte, 16 a nibble, and spreads
-// them with pdep. (A generic form that read g from the layer and looked its constants up per word cost
-// the bitmap loops ~6 cycles per word on AMD Zen 5 -- a group bitmap ran ~1.7x slower than an element
-// bitmap in the same loop; with the constants folded in it runs as fast.)
+// them with pdep. (A generic form that read g from the layer and looked its constants up per word made
+// a group bitmap run far behind an element bitmap in the same loop on AMD Zen 5; with the constants
+// folded in it keeps up: results/quant_kernels.md, the "q4 group16" rows before and after.)
 template <int G>
 SC_HOT uint64_t word_mask(const uint64_t* row, int64_t w) {
   if constexpr (G == 0) {

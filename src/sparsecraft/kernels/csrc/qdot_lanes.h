@@ -140,14 +140,14 @@ SC_HOT void lanes_row_block(const QLinear& L, const float* xl, int64_t r, int64_
     }
   }
   for (int64_t w = 0; w < words; ++w) {
-    // one row after the other within the word (interleaving the two rows' steps ran ~1.5x slower on
-    // the dense layout: more values live at once than registers)
+    // one row after the other within the word (interleaving the two rows' steps was slower on the
+    // dense layout: more values live at once than registers)
     for (int q = 0; q < P; ++q) {
       if ((w & wlast) == 0) {  // a group starts
         const int64_t gi = w >> wshift;
         if ((gi & 15) == 0) {
-          prefetch_ahead(sr[q] + gi, 32);  // the scales and zero points of 16 groups, 4 KiB ahead (~8% of a
-          prefetch_ahead(zr[q] + gi, 16);  // DRAM-cycled call waited on them with hardware prefetch alone)
+          prefetch_ahead(sr[q] + gi, 32);  // the scales and zero points of 16 groups, 4 KiB ahead (with
+          prefetch_ahead(zr[q] + gi, 16);  // hardware prefetch alone, DRAM-cycled calls waited on them)
           gp[q].template load<BITS>(sr[q], zr[q], gi, ng);
         }
         gp[q].template take<Word::kFill>(fill[q], scale[q], zs[q]);

@@ -234,8 +234,8 @@ SC_HOT void x8_b1_row_block(const QLinear& L, const XQ& X, int64_t r, float* out
     const int nb = (int)std::min<int64_t>(16, ng - g0);
     const __mmask16 mb = (__mmask16)((1u << nb) - 1);
     for (int p = 0; p < P; ++p) word[p].prefetch(g0 * G, 16 * G);  // the block's bytes, 4 KiB ahead
-    for (int p = 0; p < P; ++p) {  // and the block's scales, zero points and csums (the hardware prefetchers
-      prefetch_ahead(sr[p] + g0, 32);  // alone left ~8% of the call waiting on them, cycling through DRAM)
+    for (int p = 0; p < P; ++p) {  // and the block's scales, zero points and csums (with hardware prefetch
+      prefetch_ahead(sr[p] + g0, 32);  // alone, DRAM-cycled calls waited on them)
       prefetch_ahead(zr[p] + g0, 16);
       prefetch_ahead(cr[p] + g0, 32);
     }
