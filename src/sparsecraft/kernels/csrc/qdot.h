@@ -128,16 +128,6 @@ SC_HOT uint64_t word_mask(const uint64_t* row, int64_t w) {
   }
 }
 
-SC_HOT uint64_t keep_mask(const QLinear& L, int64_t r, int64_t w) {
-  const uint64_t* row = L.masks + r * L.mstride;
-  switch (L.g) {
-    case 4: return word_mask<4>(row, w);
-    case 8: return word_mask<8>(row, w);
-    case 16: return word_mask<16>(row, w);
-    default: return word_mask<0>(row, w);
-  }
-}
-
 // f(std::integral_constant<int, g>{}) for a bitmap's group size g (0, 4, 8, 16).
 template <class F>
 SC_HOT void with_group(int g, F&& f) {
@@ -147,6 +137,12 @@ SC_HOT void with_group(int g, F&& f) {
     case 16: f(std::integral_constant<int, 16>{}); break;
     default: f(std::integral_constant<int, 0>{}); break;
   }
+}
+
+SC_HOT uint64_t keep_mask(const QLinear& L, int64_t r, int64_t w) {
+  uint64_t m = 0;
+  with_group(L.g, [&](auto G) { m = word_mask<decltype(G)::value>(L.masks + r * L.mstride, w); });
+  return m;
 }
 
 // Software prefetch kPrefetchAhead bytes ahead of a stream the loop is reading, spread over the loop
