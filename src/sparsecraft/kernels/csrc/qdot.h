@@ -128,16 +128,22 @@ SC_HOT uint64_t word_mask(const uint64_t* row, int64_t w) {
   }
 }
 
-// f(std::integral_constant<int, g>{}) for a bitmap's group size g (0, 4, 8, 16).
-template <class F>
-SC_HOT void with_group(int g, F&& f) {
-  switch (g) {
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 8: f(std::integral_constant<int, 8>{}); break;
-    case 16: f(std::integral_constant<int, 16>{}); break;
-    default: f(std::integral_constant<int, 0>{}); break;
+// f(std::integral_constant<int, v>{}) for the first of the listed values equal to v (the last one when
+// none is): loops templated on a small run-time parameter are dispatched once, outside the loop.
+template <int First, int... Rest, class F>
+SC_HOT void with_const(int v, F&& f) {
+  if constexpr (sizeof...(Rest) == 0) {
+    (void)v;
+    f(std::integral_constant<int, First>{});
+  } else if (v == First) {
+    f(std::integral_constant<int, First>{});
+  } else {
+    with_const<Rest...>(v, f);
   }
 }
+// a bitmap's group size g (0, 4, 8, 16)
+template <class F>
+SC_HOT void with_group(int g, F&& f) { with_const<4, 8, 16, 0>(g, f); }
 
 SC_HOT uint64_t keep_mask(const QLinear& L, int64_t r, int64_t w) {
   uint64_t m = 0;
@@ -216,20 +222,9 @@ void rows_scalar(const QLinear& L, const float* x, int64_t ldx, int64_t r0, int6
   }
 }
 
-// f(std::integral_constant<int, n>{}) for a batch of n = 1..8 rows (the row loops are templates on it).
+// a batch of n = 1..8 rows (the row loops are templates on it)
 template <class F>
-SC_HOT void with_batch(int n, F&& f) {
-  switch (n) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
-  }
-}
+SC_HOT void with_batch(int n, F&& f) { with_const<1, 2, 3, 4, 5, 6, 7, 8>(n, f); }
 
 }  // namespace sc
 
