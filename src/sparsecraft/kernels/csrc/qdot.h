@@ -147,7 +147,7 @@ SC_HOT void with_group(int g, F&& f) { with_const<4, 8, 16, 0>(g, f); }
 
 SC_HOT uint64_t keep_mask(const QLinear& L, int64_t r, int64_t w) {
   uint64_t m = 0;
-  with_group(L.g, [&](auto G) { m = word_mask<decltype(G)::value>(L.masks + r * L.mstride, w); });
+  with_group(L.g, [&](auto G) SC_HOT_LAMBDA { m = word_mask<decltype(G)::value>(L.masks + r * L.mstride, w); });
   return m;
 }
 

@@ -72,10 +72,7 @@ struct LanesBitmap {
     prefetch_ahead(stream, 1);  // a word's codes are at most 64 bytes: one line
     if ((w & 7) == 0) prefetch_ahead(mrow + (kG ? w / kG : w), 64);  // the masks of the next 8 words and more
     const uint64_t m = word_mask<kG>(mrow, w);
-    if (BITS == 4) return sparse_word_codes_q4(stream, m, fill);
-    const __m512i compact = in_reg(_mm512_loadu_si512(stream));
-    stream += __builtin_popcountll(m);
-    return _mm512_mask_expand_epi8(fill, m, compact);
+    return sparse_word_codes_filled(stream, m, BITS, fill);
   }
 };
 struct LanesDenseQ4 {

@@ -24,7 +24,8 @@ SC_HOT __m512i q4_compact(const uint8_t* p) {  // 64 nibbles at p -> 64 bytes, i
   const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_and_si512(_mm512_or_si512(w, _mm512_slli_epi16(w, 4)), _mm512_set1_epi16(0x0F0F));
 }
-SC_HOT __m512i sparse_word_codes(const uint8_t*& stream, uint64_t m, int bits) {
+// The word with `fill` in the bytes of dropped inputs.
+SC_HOT __m512i sparse_word_codes_filled(const uint8_t*& stream, uint64_t m, int bits, __m512i fill) {
   const unsigned n = (unsigned)__builtin_popcountll(m);
   __m512i compact;
   if (bits == 8) {
@@ -34,13 +35,10 @@ SC_HOT __m512i sparse_word_codes(const uint8_t*& stream, uint64_t m, int bits) {
     compact = q4_compact(stream);
     stream += (n + 1) >> 1;
   }
-  return _mm512_maskz_expand_epi8(m, compact);
-}
-// The same with `fill` in the bytes of dropped inputs (int4 only).
-SC_HOT __m512i sparse_word_codes_q4(const uint8_t*& stream, uint64_t m, __m512i fill) {
-  const __m512i compact = q4_compact(stream);
-  stream += ((unsigned)__builtin_popcountll(m) + 1) >> 1;
   return _mm512_mask_expand_epi8(fill, m, compact);
+}
+SC_HOT __m512i sparse_word_codes(const uint8_t*& stream, uint64_t m, int bits) {
+  return sparse_word_codes_filled(stream, m, bits, _mm512_setzero_si512());
 }
 
 // Kept groups of 16 or 8 inputs of row r: the set bits of the row's group bitmap (one loop exit
